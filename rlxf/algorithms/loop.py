@@ -1,0 +1,109 @@
+"""The one optimisation loop every training stage runs: batches in, a checkpointed model out.
+
+A stage supplies ``make_batch(step)`` (deterministic in the step, so a resumed run sees
+the same data) and ``loss_fn(micro_batch, batch)``, which returns the micro-batch's share
+of the global-batch loss: per-example (or per-token) terms summed and divided by the
+global count. Summing those shares over micro-batches gives the same gradient however
+the batch is split, which is what makes gradient accumulation exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from rlxf.core.runs import Run
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser settings shared by every training stage."""
+
+    steps: int = 100
+    batch_size: int = 32
+    micro_batch_size: int = 0  # 0: no gradient accumulation
+    lr: float = 1e-3
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 50
+    mixed_precision: bool = False  # bf16 autocast on CUDA; ignored on CPU
+
+
+def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warm-up from 0 over ``warmup`` steps, then cosine decay to 10% at ``total``."""
+
+    def f(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def split_micro(batch: list, micro: int) -> list[list]:
+    if micro <= 0 or micro >= len(batch):
+        return [batch]
+    return [batch[i : i + micro] for i in range(0, len(batch), micro)]
+
+
+def train(run: Run, stage: str, model: torch.nn.Module, cfg: OptimConfig,
+          make_batch: Callable[[int], list], loss_fn: Callable[[list, list], tuple[torch.Tensor, dict]],
+          quiet: bool = False, on_resume: Callable[[dict], None] | None = None,
+          extra_state: Callable[[], dict] | None = None) -> None:
+    """Run ``cfg.steps`` optimiser steps, logging one metrics line per step and resuming
+    from the stage's last checkpoint if there is one. ``extra_state``/``on_resume`` let a
+    stage save and restore state of its own (e.g. an adaptive KL coefficient)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.steps))
+    start = 0
+    ckpt = run.load_checkpoint(stage)
+    if ckpt is not None:
+        last, state = ckpt
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        if on_resume is not None:
+            on_resume(state.get("extra", {}))
+        start = last + 1
+    device_type = next(model.parameters()).device.type
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.mixed_precision and device_type == "cuda"
+                else contextlib.nullcontext())
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=start, desc=stage, disable=quiet, leave=False, dynamic_ncols=True,
+               mininterval=0.5)
+    for step in range(start, cfg.steps):
+        batch = make_batch(step)
+        opt.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        for micro in split_micro(batch, cfg.micro_batch_size):
+            with autocast:
+                loss, metrics = loss_fn(micro, batch)
+            loss.backward()
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+        opt.step()
+        totals["lr"] = sched.get_last_lr()[0]
+        sched.step()
+        totals["grad_norm"] = float(grad_norm)
+        run.log(stage, step, **{k: round(v, 6) for k, v in totals.items()})
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in list(totals.items())[:3]})
+        done = step + 1 == cfg.steps
+        if not done and cfg.checkpoint_every > 0 and (step + 1) % cfg.checkpoint_every == 0:
+            state: dict[str, Any] = {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "torch_rng": torch.get_rng_state(), "extra": extra_state() if extra_state else {},
+            }
+            run.save_checkpoint(stage, step, state)
+    bar.close()
+    model.eval()

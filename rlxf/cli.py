@@ -1,0 +1,86 @@
+"""The ``rlxf`` command: run a pipeline config, run the quickstart, rebuild a report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rlxf", description="Reinforcement learning from any feedback.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value (repeatable), e.g. --set dpo.beta=0.2")
+        sp.add_argument("--fresh", action="store_true", help="delete the run directory first instead of resuming")
+        sp.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
+
+    run = sub.add_parser("run", help="run (or resume) the pipeline of a TOML config")
+    run.add_argument("config", help="path to a TOML config")
+    common(run)
+    quick = sub.add_parser("quickstart", help="SFT -> comparisons -> reward model -> DPO/RLOO/best-of-N -> report")
+    common(quick)
+    rep = sub.add_parser("report", help="rewrite report.html of a finished run and print its table")
+    rep.add_argument("run_dir")
+    return p
+
+
+def quickstart_config_path() -> Path:
+    return Path(str(resources.files("rlxf") / "configs" / "quickstart.toml"))
+
+
+def _run(config_path: str | Path, args) -> int:
+    from rlxf.lab.config import PipelineConfig
+    from rlxf.lab.pipeline import Pipeline, format_table
+    from rlxf.core.config import load_config
+
+    cfg = load_config(PipelineConfig, config_path, args.overrides)
+    log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    pipeline = Pipeline(cfg, fresh=args.fresh, quiet=args.quiet, log=log)
+    summary = pipeline.execute()
+    print(format_table(summary))
+    print(f"report: {pipeline.run.dir / 'report.html'}")
+    print(pipeline.run.dir.resolve())
+    return 0
+
+
+def _report(run_dir: str) -> int:
+    from rlxf.lab.pipeline import format_table
+    from rlxf.lab.report import write_report
+
+    path = Path(run_dir)
+    if not (path / "stages" / "evaluate" / "done.json").is_file():
+        raise FileNotFoundError(f"{path} is not a finished run directory (no stages/evaluate/done.json)")
+    report = write_report(path)
+    print(format_table(json.loads((path / "summary.json").read_text())))
+    print(f"report: {report}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from rlxf.core.config import ConfigError
+    from rlxf.core.runs import RunError
+    from rlxf.data.io import DataError
+    from rlxf.lab.pipeline import PipelineError
+
+    try:
+        if args.command == "run":
+            return _run(args.config, args)
+        if args.command == "quickstart":
+            return _run(quickstart_config_path(), args)
+        return _report(args.run_dir)
+    except (ConfigError, DataError, PipelineError, RunError, FileNotFoundError) as e:
+        print(f"rlxf: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rlxf: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Feedback records and reading/writing them as JSONL, Parquet or Hugging Face datasets."""
+
+from rlxf.data.io import DataError, iter_records, read_records, write_records
+from rlxf.data.records import (
+    KINDS,
+    Comparison,
+    Correction,
+    Critique,
+    Demonstration,
+    Ranking,
+    Rating,
+    Record,
+    RecordError,
+    Unpaired,
+)
+
+__all__ = [
+    "KINDS",
+    "Comparison",
+    "Correction",
+    "Critique",
+    "DataError",
+    "Demonstration",
+    "Ranking",
+    "Rating",
+    "Record",
+    "RecordError",
+    "Unpaired",
+    "iter_records",
+    "read_records",
+    "write_records",
+]

@@ -1,0 +1,280 @@
+"""Feedback records: one small frozen dataclass per kind of feedback.
+
+Each record checks itself when built, so a record that exists is a valid one. Rows
+(``to_row``/``from_row``) use the column names the Hugging Face / TRL ecosystem already
+uses: ``prompt``, ``chosen``, ``rejected``, ``completion``, ``label``. A record's
+``response`` field is the ``completion`` column, and a ranking's ``responses`` are the
+``completions`` column.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+class RecordError(ValueError):
+    """A record field holds a bad value; ``field`` names the row column at fault."""
+
+    def __init__(self, field: str, problem: str, expected: str) -> None:
+        self.field, self.problem, self.expected = field, problem, expected
+        super().__init__(f"field '{field}' {problem} (expected {expected})")
+
+
+# -- field checks ---------------------------------------------------------------------
+
+
+def _describe(value: Any) -> str:
+    """Say what a bad value is, briefly: its type, and the value when it is short."""
+    text = repr(value)
+    return f"is {text} ({type(value).__name__})" if len(text) <= 40 else f"is a {type(value).__name__}"
+
+
+def _text(field: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise RecordError(field, _describe(value), "a non-empty string")
+    if not value:
+        raise RecordError(field, "is empty", "a non-empty string")
+    return value
+
+
+def _number(field: str, value: Any) -> float:
+    # bool is an int subclass; True as a rating is almost surely a wrong column.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RecordError(field, _describe(value), "a number")
+    if not math.isfinite(value):
+        raise RecordError(field, f"is {value}", "a finite number")
+    return float(value)
+
+
+def _require(row: dict[str, Any], field: str, expected: str) -> Any:
+    """Fetch a column, treating a null the same as a missing column."""
+    value = row.get(field)
+    if value is None:
+        raise RecordError(field, "is missing", expected)
+    return value
+
+
+def _texts(row: dict[str, Any], *fields: str) -> list[str]:
+    return [_require(row, f, "a string") for f in fields]
+
+
+# -- records --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A pairwise preference: ``chosen`` beats ``rejected`` for ``prompt``.
+
+    ``strength`` optionally says how strongly (e.g. a margin or a labeler's confidence).
+    """
+
+    prompt: str
+    chosen: str
+    rejected: str
+    strength: float | None = None
+
+    RESPONSE_COLUMNS: ClassVar[tuple[str, ...]] = ("chosen", "rejected")
+
+    def __post_init__(self) -> None:
+        for name in ("prompt", "chosen", "rejected"):
+            _text(name, getattr(self, name))
+        if self.strength is not None:
+            object.__setattr__(self, "strength", _number("strength", self.strength))
+
+    def to_row(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+        if self.strength is not None:
+            row["strength"] = self.strength
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Comparison:
+        return cls(*_texts(row, "prompt", "chosen", "rejected"), strength=row.get("strength"))
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Several responses to one prompt, ranked: ``order`` lists response indices best first."""
+
+    prompt: str
+    responses: tuple[str, ...]
+    order: tuple[int, ...]
+
+    RESPONSE_COLUMNS: ClassVar[tuple[str, ...]] = ("completions",)
+
+    def __post_init__(self) -> None:
+        _text("prompt", self.prompt)
+        if not isinstance(self.responses, (list, tuple)) or len(self.responses) < 2:
+            raise RecordError("completions", _describe(self.responses), "a list of at least 2 strings")
+        object.__setattr__(self, "responses", tuple(_text("completions", r) for r in self.responses))
+        object.__setattr__(self, "order", self._check_order(self.order, len(self.responses)))
+
+    @staticmethod
+    def _check_order(order: Any, n: int) -> tuple[int, ...]:
+        """``order`` must be a permutation of ``0..n-1``: every response ranked exactly once."""
+        expected = f"each index 0..{n - 1} exactly once, best first"
+        if not isinstance(order, (list, tuple)):
+            raise RecordError("order", _describe(order), expected)
+        for i in order:
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n:
+                raise RecordError("order", f"contains {i!r}", expected)
+        if len(set(order)) != len(order):
+            dup = next(i for i in order if order.count(i) > 1)
+            raise RecordError("order", f"has duplicate index {dup}", expected)
+        if len(order) != n:
+            raise RecordError("order", f"ranks {len(order)} of {n} responses", expected)
+        return tuple(order)
+
+    def to_row(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "completions": list(self.responses), "order": list(self.order)}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Ranking:
+        (prompt,) = _texts(row, "prompt")
+        responses = _require(row, "completions", "a list of strings")
+        order = _require(row, "order", "a list of response indices, best first")
+        return cls(prompt, responses, order)
+
+
+@dataclass(frozen=True)
+class Rating:
+    """A score for one response on a stated scale, e.g. 4 on ``(1, 5)``."""
+
+    prompt: str
+    response: str
+    rating: float
+    scale: tuple[float, float]
+
+    RESPONSE_COLUMNS: ClassVar[tuple[str, ...]] = ("completion",)
+
+    def __post_init__(self) -> None:
+        _text("prompt", self.prompt)
+        _text("completion", self.response)
+        scale = self.scale
+        if not isinstance(scale, (list, tuple)) or len(scale) != 2:
+            raise RecordError("scale", _describe(scale), "a pair [low, high]")
+        low, high = _number("scale", scale[0]), _number("scale", scale[1])
+        if not low < high:
+            raise RecordError("scale", f"is [{low}, {high}]", "a pair [low, high] with low < high")
+        rating = _number("rating", self.rating)
+        if not low <= rating <= high:
+            raise RecordError("rating", f"is {rating}", f"a number within the scale [{low}, {high}]")
+        object.__setattr__(self, "scale", (low, high))
+        object.__setattr__(self, "rating", rating)
+
+    def to_row(self) -> dict[str, Any]:
+        row = {"prompt": self.prompt, "completion": self.response}
+        return {**row, "rating": self.rating, "scale": list(self.scale)}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Rating:
+        prompt, response = _texts(row, "prompt", "completion")
+        rating = _require(row, "rating", "a number")
+        return cls(prompt, response, rating, _require(row, "scale", "a pair [low, high]"))
+
+
+@dataclass(frozen=True)
+class Critique:
+    """Free-text feedback on one response."""
+
+    prompt: str
+    response: str
+    critique: str
+
+    RESPONSE_COLUMNS: ClassVar[tuple[str, ...]] = ("completion",)
+
+    def __post_init__(self) -> None:
+        _text("prompt", self.prompt)
+        _text("completion", self.response)
+        _text("critique", self.critique)
+
+    def to_row(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "completion": self.response, "critique": self.critique}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Critique:
+        return cls(*_texts(row, "prompt", "completion", "critique"))
+
+
+@dataclass(frozen=True)
+class Correction:
+    """A response and the improved version a labeler wrote for it."""
+
+    prompt: str
+    response: str
+    corrected: str
+
+    RESPONSE_COLUMNS: ClassVar[tuple[str, ...]] = ("completion", "corrected")
+
+    def __post_init__(self) -> None:
+        _text("prompt", self.prompt)
+        _text("completion", self.response)
+        _text("corrected", self.corrected)
+
+    def to_row(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "completion": self.response, "corrected": self.corrected}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Correction:
+        return cls(*_texts(row, "prompt", "completion", "corrected"))
+
+
+@dataclass(frozen=True)
+class Demonstration:
+    """A response to imitate (TRL's prompt-completion SFT format)."""
+
+    prompt: str
+    response: str
+
+    RESPONSE_COLUMNS: ClassVar[tuple[str, ...]] = ("completion",)
+
+    def __post_init__(self) -> None:
+        _text("prompt", self.prompt)
+        _text("completion", self.response)
+
+    def to_row(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "completion": self.response}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Demonstration:
+        return cls(*_texts(row, "prompt", "completion"))
+
+
+@dataclass(frozen=True)
+class Unpaired:
+    """A single response marked desirable (``label=True``) or not, as KTO uses."""
+
+    prompt: str
+    completion: str
+    label: bool
+
+    RESPONSE_COLUMNS: ClassVar[tuple[str, ...]] = ("completion",)
+
+    def __post_init__(self) -> None:
+        _text("prompt", self.prompt)
+        _text("completion", self.completion)
+        if not isinstance(self.label, bool):
+            raise RecordError("label", _describe(self.label), "true or false")
+
+    def to_row(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "completion": self.completion, "label": self.label}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Unpaired:
+        prompt, completion = _texts(row, "prompt", "completion")
+        return cls(prompt, completion, _require(row, "label", "true or false"))
+
+
+Record = Comparison | Ranking | Rating | Critique | Correction | Demonstration | Unpaired
+
+KINDS: dict[str, type] = {
+    "comparison": Comparison,
+    "ranking": Ranking,
+    "rating": Rating,
+    "critique": Critique,
+    "correction": Correction,
+    "demonstration": Demonstration,
+    "unpaired": Unpaired,
+}

@@ -1,0 +1,1 @@
+"""Experiments: pipelines of stages, reports."""

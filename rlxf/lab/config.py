@@ -1,0 +1,97 @@
+"""The config of a pipeline run: one dataclass per TOML section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rlxf.algorithms.loop import OptimConfig
+from rlxf.tasks.hidden_pref import HiddenPrefConfig
+
+
+@dataclass
+class RunSection:
+    dir: str = "runs/quickstart"
+    seed: int = 0
+
+
+@dataclass
+class ModelSection:
+    """``init = "tiny"`` builds a small model in-process; otherwise a local HF model directory."""
+
+    init: str = "tiny"
+    kind: str = "gpt2"  # tiny models only: gpt2 or llama
+    n_layer: int = 2
+    n_embd: int = 64
+    n_head: int = 4
+    max_positions: int = 64
+
+
+@dataclass
+class GenerationSection:
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+@dataclass
+class SFTSection:
+    corpus_size: int = 20000
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=600, batch_size=64, lr=3e-3, warmup_steps=30))
+
+
+@dataclass
+class ComparisonsSection:
+    """Comparisons come from ``path`` (JSONL, Parquet or a saved HF dataset) when set;
+    otherwise pairs of SFT samples labelled by a simulated Bradley-Terry labeler."""
+
+    path: str = ""
+    n_pairs: int = 3000
+    labeler_beta: float = 1.0
+
+
+@dataclass
+class RewardModelSection:
+    held_out_pairs: int = 1000
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=200, batch_size=64, lr=1e-3, warmup_steps=20))
+
+
+@dataclass
+class DPOSection:
+    enabled: bool = True
+    loss: str = "dpo"
+    beta: float = 0.1
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=150, batch_size=64, lr=1e-3, warmup_steps=15))
+
+
+@dataclass
+class RLOOSection:
+    enabled: bool = True
+    samples_per_prompt: int = 4
+    kl_coef: float = 0.05
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=150, batch_size=32, lr=5e-4, warmup_steps=10))
+
+
+@dataclass
+class BestOfNSection:
+    enabled: bool = True
+    n: int = 16
+
+
+@dataclass
+class EvalSection:
+    n_prompts: int = 500
+
+
+@dataclass
+class PipelineConfig:
+    run: RunSection = field(default_factory=RunSection)
+    task: HiddenPrefConfig = field(default_factory=HiddenPrefConfig)
+    model: ModelSection = field(default_factory=ModelSection)
+    generation: GenerationSection = field(default_factory=GenerationSection)
+    sft: SFTSection = field(default_factory=SFTSection)
+    comparisons: ComparisonsSection = field(default_factory=ComparisonsSection)
+    reward_model: RewardModelSection = field(default_factory=RewardModelSection)
+    dpo: DPOSection = field(default_factory=DPOSection)
+    rloo: RLOOSection = field(default_factory=RLOOSection)
+    best_of_n: BestOfNSection = field(default_factory=BestOfNSection)
+    eval: EvalSection = field(default_factory=EvalSection)

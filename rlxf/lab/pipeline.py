@@ -1,0 +1,288 @@
+"""The feedback pipeline on a gold-reward task, as resumable stages of a run.
+
+SFT -> comparisons -> reward model -> {DPO, RLOO, best-of-N} -> evaluation -> report.
+Each stage writes its outputs into ``stages/<name>/`` and a ``done.json``; a stage that
+was interrupted restarts from its last checkpoint, a finished one is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from functools import cached_property
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from rlxf.algorithms.batching import step_rng
+from rlxf.algorithms.evaluate import best_of_n_index, best_of_n_kl, mean_se, paired_gain, sampled_kl
+from rlxf.algorithms.offline_preference import train_pairs
+from rlxf.algorithms.reward_training import pairwise_accuracy, train_reward_model
+from rlxf.algorithms.rloo import RolloutSettings, train_rloo
+from rlxf.algorithms.sft import train_sft
+from rlxf.core.config import to_toml
+from rlxf.core.runs import Run, atomic_write_text
+from rlxf.data.io import read_records, write_records
+from rlxf.data.records import Comparison
+from rlxf.labelers.simulated import BradleyTerryLabeler, bayes_optimal_accuracy
+from rlxf.lab.config import PipelineConfig
+from rlxf.objectives.preference import PAIR_LOSSES
+from rlxf.policies.language import LanguagePolicy
+from rlxf.policies.tiny import tiny_causal_lm, tiny_tokenizer
+from rlxf.rewards.model import RewardModel
+from rlxf.tasks.hidden_pref import HiddenPreferenceTask
+
+
+class PipelineError(ValueError):
+    """A config or input that the pipeline cannot run with; raised before any stage starts."""
+
+
+class Pipeline:
+    """Runs the stages of ``cfg`` in the run directory ``cfg.run.dir``."""
+
+    def __init__(self, cfg: PipelineConfig, fresh: bool = False, quiet: bool = False,
+                 log: Callable[[str], None] = print):
+        self.cfg, self.quiet, self.log = cfg, quiet, log
+        self.validate()
+        self.run = Run(cfg.run.dir, to_toml(asdict(cfg)), fresh=fresh)
+        self.seed = cfg.run.seed
+
+    # -- up-front checks --------------------------------------------------
+    def validate(self) -> None:
+        """Find bad input before the first stage starts: nothing is written on failure."""
+        c = self.cfg
+        if c.model.init != "tiny" and not (Path(c.model.init) / "config.json").is_file():
+            raise PipelineError(f"model.init: model directory {c.model.init} does not exist or has no config.json")
+        if c.model.kind not in ("gpt2", "llama"):
+            raise PipelineError(f"model.kind must be 'gpt2' or 'llama', got {c.model.kind!r}")
+        if c.dpo.loss not in PAIR_LOSSES:
+            raise PipelineError(f"dpo.loss: unknown loss {c.dpo.loss!r}; known: {', '.join(sorted(PAIR_LOSSES))}")
+        if c.rloo.samples_per_prompt < 2:
+            raise PipelineError("rloo.samples_per_prompt must be at least 2 (the leave-one-out baseline needs it)")
+        if c.comparisons.path:
+            self._user_comparisons = read_records(c.comparisons.path, kind="comparison")
+        try:
+            self.task  # noqa: B018 - builds and checks the task config
+        except ValueError as e:
+            raise PipelineError(f"task: {e}") from None
+
+    @cached_property
+    def task(self) -> HiddenPreferenceTask:
+        return HiddenPreferenceTask(self.cfg.task)
+
+    # -- shared artefacts -------------------------------------------------
+    def _model_dir(self, stage: str) -> Path:
+        return self.run.dir / "stages" / stage / "model"
+
+    def policy(self, stage: str) -> LanguagePolicy:
+        return LanguagePolicy.from_pretrained(self._model_dir(stage))
+
+    def reward_model(self) -> RewardModel:
+        return RewardModel.from_pretrained(self._model_dir("reward_model"))
+
+    def _prompt_ids(self, policy: LanguagePolicy, prompts: list[str]) -> list[list[int]]:
+        return policy.encode(prompts)
+
+    def _texts(self, policy: LanguagePolicy, responses: list[list[int]]) -> list[str]:
+        return [policy.decode(r) for r in responses]
+
+    def _gold(self, prompts: list[str], texts: list[str], finished: list[bool]) -> np.ndarray:
+        return np.array([self.task.gold(p, t, f) for p, t, f in zip(prompts, texts, finished)])
+
+    def _generator(self, salt: int) -> torch.Generator:
+        return torch.Generator().manual_seed(int(step_rng(self.seed, 10**6, salt).integers(2**62)))
+
+    def _sample(self, policy: LanguagePolicy, prompt_ids, n: int, salt: int):
+        g = self.cfg.generation
+        return policy.sample(prompt_ids, n=n, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
+                             top_p=g.top_p, generator=self._generator(salt))
+
+    # -- stages -----------------------------------------------------------
+    def stages(self) -> list[tuple[str, Callable[[], dict]]]:
+        c = self.cfg
+        out = [("sft", self.stage_sft), ("comparisons", self.stage_comparisons),
+               ("reward_model", self.stage_reward_model)]
+        if c.dpo.enabled:
+            out.append(("dpo", self.stage_dpo))
+        if c.rloo.enabled:
+            out.append(("rloo", self.stage_rloo))
+        out.append(("evaluate", self.stage_evaluate))
+        return out
+
+    def execute(self) -> dict:
+        """Run every unfinished stage, then write the report; returns the summary."""
+        from rlxf.lab.report import write_report
+
+        for name, fn in self.stages():
+            if self.run.is_done(name):
+                self.log(f"[{name}] done already, skipping")
+                continue
+            t0 = time.time()
+            self.log(f"[{name}] running")
+            result = fn()
+            result["seconds"] = round(time.time() - t0, 1)
+            self.run.mark_done(name, result)
+            self.log(f"[{name}] finished in {result['seconds']}s")
+        summary = self.run.result("evaluate")["summary"]
+        write_report(self.run.dir)
+        return summary
+
+    def stage_sft(self) -> dict:
+        c = self.cfg
+        if c.model.init == "tiny":
+            tok = tiny_tokenizer(self.task.vocabulary())
+            m = c.model
+            model = tiny_causal_lm(tok, m.kind, m.n_layer, m.n_embd, m.n_head, m.max_positions, seed=self.seed)
+            policy = LanguagePolicy(model, tok)
+        else:
+            policy = LanguagePolicy.from_pretrained(c.model.init)
+        corpus = self.task.corpus(c.sft.corpus_size, seed=self.seed)
+        prompts = policy.encode([s.prompt for s in corpus])
+        responses = policy.encode_responses([s.response for s in corpus])
+        train_sft(self.run, "sft", policy, prompts, responses, c.sft.optim, self.seed, self.quiet)
+        policy.save_pretrained(self._model_dir("sft"))
+        last = self.run.metrics("sft")[-1]
+        return {"final_loss": last["loss"], "corpus_size": len(corpus)}
+
+    def stage_comparisons(self) -> dict:
+        c = self.cfg.comparisons
+        path = self.run.stage_dir("comparisons") / "comparisons.jsonl"
+        if c.path:
+            write_records(self._user_comparisons, path)
+            return {"source": c.path, "n_pairs": len(self._user_comparisons)}
+        sft = self.policy("sft")
+        rng = step_rng(self.seed, 0, salt=21)
+        prompts = self.task.sample_prompts(c.n_pairs, "train", rng)
+        ro = self._sample(sft, self._prompt_ids(sft, prompts), n=2, salt=1)
+        texts = self._texts(sft, ro.response_ids)
+        gold = self._gold([p for p in prompts for _ in range(2)], texts, ro.finished)
+        labeler = BradleyTerryLabeler(c.labeler_beta, seed=self.seed)
+        first = labeler.prefers_first(gold[0::2], gold[1::2])
+        records, agree = [], []
+        for i, prompt in enumerate(prompts):
+            a, b = texts[2 * i], texts[2 * i + 1]
+            if not (ro.finished[2 * i] and ro.finished[2 * i + 1]) or a == b or not a or not b:
+                continue  # unfinished, empty or identical responses carry no usable preference
+            chosen, rejected = (a, b) if first[i] else (b, a)
+            records.append(Comparison(prompt, chosen, rejected))
+            if gold[2 * i] != gold[2 * i + 1]:
+                agree.append(bool(first[i]) == bool(gold[2 * i] > gold[2 * i + 1]))
+        write_records(records, path)
+        return {"n_pairs": len(records), "labeler_agreement_with_gold": float(np.mean(agree)),
+                "bayes_optimal_accuracy": bayes_optimal_accuracy(gold[0::2], gold[1::2], c.labeler_beta)}
+
+    def _pairs(self, policy: LanguagePolicy) -> list[tuple[list[int], list[int], list[int]]]:
+        records = read_records(self.run.stage_dir("comparisons") / "comparisons.jsonl")
+        prompts = policy.encode([r.prompt for r in records])
+        chosen = policy.encode_responses([r.chosen for r in records])
+        rejected = policy.encode_responses([r.rejected for r in records])
+        return list(zip(prompts, chosen, rejected))
+
+    def stage_reward_model(self) -> dict:
+        c = self.cfg
+        rm = RewardModel.from_pretrained(self._model_dir("sft"))
+        sft = self.policy("sft")
+        train_reward_model(self.run, "reward_model", rm, self._pairs(sft), c.reward_model.optim, self.seed, self.quiet)
+        rm.save_pretrained(self._model_dir("reward_model"))
+        # held-out pairs of SFT samples on test prompts, ordered by gold
+        prompts = self.task.sample_prompts(c.reward_model.held_out_pairs, "test", step_rng(self.seed, 0, salt=22))
+        ro = self._sample(sft, self._prompt_ids(sft, prompts), n=2, salt=2)
+        texts = self._texts(sft, ro.response_ids)
+        gold = self._gold([p for p in prompts for _ in range(2)], texts, ro.finished)
+        keep = [i for i in range(len(prompts)) if gold[2 * i] != gold[2 * i + 1]]
+        pairs = [(ro.prompt_ids[2 * i], ro.response_ids[2 * i], ro.response_ids[2 * i + 1]) for i in keep]
+        gold_first = torch.tensor([bool(gold[2 * i] > gold[2 * i + 1]) for i in keep])
+        acc = pairwise_accuracy(rm, pairs, gold_first)
+        ga, gb = gold[[2 * i for i in keep]], gold[[2 * i + 1 for i in keep]]
+        return {"held_out_accuracy_vs_gold": acc, "held_out_pairs": len(keep),
+                "bayes_optimal_accuracy": bayes_optimal_accuracy(ga, gb, c.comparisons.labeler_beta)}
+
+    def stage_dpo(self) -> dict:
+        c = self.cfg.dpo
+        policy = self.policy("sft")
+        ref = policy.reference()
+        kwargs = {"beta": c.beta}
+        train_pairs(self.run, "dpo", policy, ref, self._pairs(policy), PAIR_LOSSES[c.loss], kwargs, c.optim,
+                    self.seed, self.quiet)
+        policy.save_pretrained(self._model_dir("dpo"))
+        return {"final_loss": self.run.metrics("dpo")[-1]["loss"]}
+
+    def stage_rloo(self) -> dict:
+        c, g = self.cfg.rloo, self.cfg.generation
+        policy = self.policy("sft")
+        ref = policy.reference()
+        rm = self.reward_model()
+        prompts_text = self.task.prompts("train")
+        prompt_ids = policy.encode(prompts_text)
+        text_of = {tuple(p): t for p, t in zip(prompt_ids, prompts_text)}
+
+        def monitor(p_ids, r_ids, finished):  # evaluation only: the learner never sees gold
+            gold = self._gold([text_of[tuple(p)] for p in p_ids], self._texts(policy, r_ids), finished)
+            return {"gold_reward": float(gold.mean())}
+
+        settings = RolloutSettings(c.samples_per_prompt, g.max_new_tokens, g.temperature, g.top_p, c.kl_coef)
+        train_rloo(self.run, "rloo", policy, ref, prompt_ids, rm.score, c.optim, settings, self.seed,
+                   self.quiet, monitor=monitor)
+        policy.save_pretrained(self._model_dir("rloo"))
+        return {"final_proxy_reward": self.run.metrics("rloo")[-1]["proxy_reward"]}
+
+    def stage_evaluate(self) -> dict:
+        c = self.cfg
+        prompts = self.task.prompts("test")[: c.eval.n_prompts]
+        if len(prompts) < c.eval.n_prompts:
+            raise PipelineError(f"eval.n_prompts={c.eval.n_prompts} but the task has {len(prompts)} test prompts")
+        sft, rm = self.policy("sft"), self.reward_model()
+        prompt_ids = sft.encode(prompts)
+        rows, per_prompt = {}, {}
+
+        def measure(name: str, policy: LanguagePolicy, salt: int) -> None:
+            ro = self._sample(policy, prompt_ids, n=1, salt=salt)
+            gold = self._gold(prompts, self._texts(policy, ro.response_ids), ro.finished)
+            proxy = rm.score(ro.prompt_ids, ro.response_ids).numpy()
+            kl = sampled_kl(ro.steps, sft.score(ro.prompt_ids, ro.response_ids)).numpy()
+            per_prompt[name] = gold
+            rows[name] = {"gold": gold, "proxy": proxy, "kl": float(kl.mean()), "kl_kind": "sampled"}
+
+        measure("sft", sft, salt=100)
+        for i, name in enumerate(("dpo", "rloo")):
+            if getattr(c, name).enabled:
+                measure(name, self.policy(name), salt=101 + i)
+        bon_curve = {}
+        if c.best_of_n.enabled:
+            n = c.best_of_n.n
+            ro = self._sample(sft, prompt_ids, n=n, salt=200)
+            texts = self._texts(sft, ro.response_ids)
+            gold = self._gold([p for p in prompts for _ in range(n)], texts, ro.finished).reshape(-1, n)
+            proxy = rm.score(ro.prompt_ids, ro.response_ids).reshape(-1, n)
+            sizes = [2**i for i in range(int(math.log2(n)) + 1)] + ([n] if n & (n - 1) else [])
+            for size in sizes:
+                pick = best_of_n_index(proxy[:, :size]).numpy()
+                g = gold[np.arange(len(prompts)), pick]
+                p = proxy[:, :size].max(1).values.numpy()
+                bon_curve[size] = {"gold": float(g.mean()), "proxy": float(p.mean()), "kl": best_of_n_kl(size)}
+            pick = best_of_n_index(proxy).numpy()
+            rows[f"best_of_{n}"] = {"gold": gold[np.arange(len(prompts)), pick], "proxy": proxy.max(1).values.numpy(),
+                                    "kl": best_of_n_kl(n), "kl_kind": "analytic"}
+        summary = {}
+        for name, r in rows.items():
+            gm, gse = mean_se(r["gold"])
+            gain, gain_se = paired_gain(r["gold"], rows["sft"]["gold"])
+            summary[name] = {"gold_mean": gm, "gold_se": gse, "proxy_mean": float(np.mean(r["proxy"])),
+                             "kl": r["kl"], "kl_kind": r["kl_kind"], "gain_vs_sft": gain, "gain_se": gain_se}
+        atomic_write_text(self.run.dir / "summary.json", json.dumps(summary, indent=2))
+        return {"summary": summary, "best_of_n_curve": bon_curve, "n_prompts": len(prompts)}
+
+
+def format_table(summary: dict) -> str:
+    """The summary as a fixed-width text table."""
+    head = f"{'policy':<12} {'gold reward':>16} {'gain vs SFT':>16} {'proxy':>8} {'KL':>7}  KL estimate"
+    lines = [head, "-" * len(head)]
+    for name, r in summary.items():
+        gain = "" if name == "sft" else f"{r['gain_vs_sft']:+.3f} ± {r['gain_se']:.3f}"
+        lines.append(f"{name:<12} {r['gold_mean']:>8.3f} ± {r['gold_se']:.3f} {gain:>16} {r['proxy_mean']:>8.3f} "
+                     f"{r['kl']:>7.3f}  {r['kl_kind']}")
+    return "\n".join(lines)

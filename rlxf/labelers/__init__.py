@@ -1,0 +1,1 @@
+"""Who gives feedback: simulated labelers, model judges, people."""

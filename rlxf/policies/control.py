@@ -1,0 +1,143 @@
+"""Tiny control policies and a critic: MLPs that turn observations into ``Steps``.
+
+An episode segment of T actions becomes the same ``[batch, steps]`` grid of log-probabilities a
+language-model response does, so DPO, CPL or PPO train these with the losses the LMs use.
+Shapes: observations ``[..., obs_dim]``; discrete actions ``[...]`` (long), continuous
+``[..., act_dim]``; log-probs ``[...]`` (summed over action dimensions).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import Tensor, nn
+
+from rlxf.core.steps import Steps
+
+
+def _mlp(inp: int, out: int, hidden: int, out_gain: float) -> nn.Sequential:
+    """Two tanh hidden layers, orthogonal init, small last layer (the usual PPO recipe)."""
+    layers = [nn.Linear(inp, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, out)]
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            nn.init.orthogonal_(layer.weight, gain=out_gain if layer is layers[-1] else math.sqrt(2))
+            nn.init.zeros_(layer.bias)
+    return nn.Sequential(*layers)
+
+
+def _pad_safe(x: Tensor, mask: Tensor, fill) -> Tensor:
+    """``x`` with padded positions (mask 0, broadcast over trailing dims) replaced by ``fill``.
+
+    Padding may hold NaN; a NaN input row poisons weight gradients even when its output is
+    masked, so it must never reach the network.
+    """
+    m = (mask > 0).reshape(mask.shape + (1,) * (x.dim() - mask.dim()))
+    return torch.where(m, x, torch.as_tensor(fill, dtype=x.dtype, device=x.device))
+
+
+class _MLPPolicy(nn.Module):
+    """Shared ``act`` / ``steps`` plumbing; subclasses define ``distribution(obs)``."""
+
+    def distribution(self, obs: Tensor) -> torch.distributions.Distribution:
+        raise NotImplementedError
+
+    def log_prob(self, obs: Tensor, actions: Tensor) -> Tensor:
+        """``log pi(a|s)``, shape ``obs.shape[:-1]``."""
+        raise NotImplementedError
+
+    def _sample(self, obs: Tensor, generator: torch.Generator | None) -> Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Sample ``(action, logp)`` for a batch of observations, without gradient (rollouts)."""
+        action = self._sample(obs, generator)
+        return action, self.log_prob(obs, action)
+
+    def steps(self, obs: Tensor, actions: Tensor, mask: Tensor, ref: nn.Module | None = None, **fields) -> Steps:
+        """``Steps`` of the given actions: ``obs [B, T, obs_dim]``, ``mask [B, T]``.
+
+        ``logps`` carry gradient; ``ref_logps`` come from ``ref`` (any policy with ``log_prob``)
+        under no_grad. Extra ``fields`` (``old_logps``, ``rewards``, ``values``) pass through.
+        """
+        obs = _pad_safe(obs, mask, 0.0)
+        actions = _pad_safe(actions, mask, 0)
+        ref_logps = None
+        if ref is not None:
+            with torch.no_grad():
+                ref_logps = ref.log_prob(obs, actions)
+        return Steps(logps=self.log_prob(obs, actions), mask=mask, ref_logps=ref_logps, **fields)
+
+    def frozen_copy(self) -> "_MLPPolicy":
+        """A deep copy with gradients off and in eval mode: a reference policy."""
+        ref = copy.deepcopy(self).eval()
+        ref.requires_grad_(False)
+        return ref
+
+
+class CategoricalMLPPolicy(_MLPPolicy):
+    """Discrete actions: ``pi(a|s) = softmax(MLP(s))_a``."""
+
+    def __init__(self, obs_dim: int, n_actions: int, hidden: int = 64):
+        super().__init__()
+        self.net = _mlp(obs_dim, n_actions, hidden, out_gain=0.01)
+
+    def logits(self, obs: Tensor) -> Tensor:
+        return self.net(obs)
+
+    def distribution(self, obs: Tensor) -> torch.distributions.Categorical:
+        return torch.distributions.Categorical(logits=self.logits(obs))
+
+    def log_prob(self, obs: Tensor, actions: Tensor) -> Tensor:
+        logp = torch.log_softmax(self.logits(obs), dim=-1)
+        return logp.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+    def _sample(self, obs: Tensor, generator: torch.Generator | None) -> Tensor:
+        probs = torch.softmax(self.logits(obs), dim=-1)
+        flat = probs.reshape(-1, probs.shape[-1])
+        return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+
+
+class GaussianMLPPolicy(_MLPPolicy):
+    """Continuous actions: ``a ~ N(MLP(s), diag(exp(log_std))^2)`` with a state-independent,
+    learned ``log_std`` (initialised to 0). Actions are unbounded; clip them in the environment."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 64):
+        super().__init__()
+        self.net = _mlp(obs_dim, act_dim, hidden, out_gain=0.01)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+
+    def mean(self, obs: Tensor) -> Tensor:
+        return self.net(obs)
+
+    def distribution(self, obs: Tensor) -> torch.distributions.Independent:
+        mean = self.mean(obs)
+        return torch.distributions.Independent(torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean)), 1)
+
+    def log_prob(self, obs: Tensor, actions: Tensor) -> Tensor:
+        return self.distribution(obs).log_prob(actions)
+
+    def _sample(self, obs: Tensor, generator: torch.Generator | None) -> Tensor:
+        mean = self.mean(obs)
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+        return mean + self.log_std.exp() * noise
+
+
+class MLPCritic(nn.Module):
+    """State-value function ``V(s)``: ``obs [..., obs_dim] -> [...]``."""
+
+    def __init__(self, obs_dim: int, hidden: int = 64):
+        super().__init__()
+        self.net = _mlp(obs_dim, 1, hidden, out_gain=1.0)
+
+    def values(self, obs: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``V(s)`` per step, ``[B, T]`` for ``obs [B, T, obs_dim]``; with ``mask``, padding gives 0."""
+        if mask is None:
+            return self.net(obs).squeeze(-1)
+        v = self.net(_pad_safe(obs, mask, 0.0)).squeeze(-1)
+        return torch.where(mask > 0, v, torch.zeros((), dtype=v.dtype, device=v.device))
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.values(obs)

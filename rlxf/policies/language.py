@@ -1,0 +1,227 @@
+"""A language model as a policy: batched sampling with a KV cache and per-token log-probs.
+
+Batches put each prompt flush against its response: prompts are left-padded, responses
+right-padded, and position ids count only real tokens, so a padded batch scores every
+sequence exactly as it would be scored alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rlxf.core.runs import atomic_dir
+from rlxf.core.steps import Steps
+
+
+@dataclass
+class Rollout:
+    """Sampled responses. ``steps`` holds the sampler's per-token log-probs under the
+    policy at temperature 1 (not the tempered sampling distribution) and the mask."""
+
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    finished: list[bool]
+    steps: Steps
+
+
+def _cache_kwarg(model) -> str:
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _cache_out(out):
+    return out.cache if hasattr(out, "cache") and out.cache is not None else out.past_key_values
+
+
+class LanguagePolicy:
+    """Wraps a Hugging Face causal LM and its tokenizer."""
+
+    def __init__(self, model, tokenizer, device: str | torch.device = "cpu"):
+        self.model = model.to(device)
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self._cache_kw = _cache_kwarg(model)
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token first")
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no eos token; sampling needs one to stop")
+
+    # -- construction -----------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str = "cpu") -> "LanguagePolicy":
+        """Load a model directory written by ``save_pretrained`` (local only, no download)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model directory {path} does not exist or has no config.json")
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        return cls(model, tok, device)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write model and tokenizer in HF format, atomically."""
+        with atomic_dir(path) as tmp:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+
+    def reference(self) -> "LanguagePolicy":
+        """A frozen copy (eval mode, no gradients) to serve as pi_ref."""
+        ref = LanguagePolicy(copy.deepcopy(self.model), self.tokenizer, self.device)
+        ref.model.eval()
+        ref.model.requires_grad_(False)
+        return ref
+
+    def copy(self) -> "LanguagePolicy":
+        return LanguagePolicy(copy.deepcopy(self.model), self.tokenizer, self.device)
+
+    # -- tokenization -----------------------------------------------------
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, without special tokens."""
+        return [self.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+
+    def encode_responses(self, texts: list[str], add_eos: bool = True) -> list[list[int]]:
+        eos = [self.tokenizer.eos_token_id] if add_eos else []
+        return [ids + eos for ids in self.encode(texts)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # -- batching ---------------------------------------------------------
+    def _left_pad(self, seqs: list[list[int]]) -> tuple[Tensor, Tensor]:
+        width = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            if s:
+                ids[i, width - len(s):] = torch.tensor(s)
+                attn[i, width - len(s):] = 1
+        return ids.to(self.device), attn.to(self.device)
+
+    def logits(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> tuple[Tensor, Tensor, Tensor]:
+        """Logits predicting each response token, the response ids and mask, all ``[B, R(, V)]``."""
+        if len(prompt_ids) != len(response_ids):
+            raise ValueError(f"{len(prompt_ids)} prompts but {len(response_ids)} responses")
+        p_ids, p_attn = self._left_pad(prompt_ids)
+        width = max(1, max(len(r) for r in response_ids))
+        pad = self.tokenizer.pad_token_id
+        r_ids = torch.full((len(response_ids), width), pad, dtype=torch.long)
+        r_mask = torch.zeros((len(response_ids), width))
+        for i, r in enumerate(response_ids):
+            if r:
+                r_ids[i, : len(r)] = torch.tensor(r)
+                r_mask[i, : len(r)] = 1
+        r_ids, r_mask = r_ids.to(self.device), r_mask.to(self.device)
+        ids = torch.cat([p_ids, r_ids], 1)
+        attn = torch.cat([p_attn, r_mask.long()], 1)
+        positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=False)
+        P = p_ids.shape[1]
+        logits = out.logits[:, P - 1 : P - 1 + width].float()
+        return logits, r_ids, r_mask
+
+    def steps(self, prompt_ids: list[list[int]], response_ids: list[list[int]],
+              ref: "LanguagePolicy | None" = None) -> Steps:
+        """Per-token log-probs of the responses (with gradient), and the reference's if given."""
+        logits, r_ids, mask = self.logits(prompt_ids, response_ids)
+        logps = torch.gather(F.log_softmax(logits, -1), 2, r_ids.unsqueeze(-1)).squeeze(-1)
+        ref_logps = None
+        if ref is not None:
+            with torch.no_grad():
+                ref_logps = ref.steps(prompt_ids, response_ids).logps
+        return Steps(logps=logps, mask=mask, ref_logps=ref_logps)
+
+    @torch.no_grad()
+    def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]], batch_size: int = 256) -> Steps:
+        """Per-token log-probs without gradient, in chunks, right-padded to a common width."""
+        parts = [
+            self.steps(prompt_ids[i : i + batch_size], response_ids[i : i + batch_size])
+            for i in range(0, len(prompt_ids), batch_size)
+        ]
+        return Steps.cat(parts)
+
+    # -- sampling ---------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, prompt_ids: list[list[int]], n: int = 1, max_new_tokens: int = 16,
+               temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None,
+               batch_size: int = 512) -> Rollout:
+        """Sample ``n`` responses per prompt (grouped: prompt i's samples are rows i*n..i*n+n-1).
+
+        Stops a sequence at EOS (kept as its last token) or after ``max_new_tokens``.
+        """
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        expanded = [p for p in prompt_ids for _ in range(n)]
+        parts = [
+            self._sample_batch(expanded[i : i + batch_size], max_new_tokens, temperature, top_p, generator)
+            for i in range(0, len(expanded), batch_size)
+        ]
+        responses = [r for part in parts for r in part[0]]
+        finished = [f for part in parts for f in part[1]]
+        steps = Steps.cat([part[2] for part in parts])
+        return Rollout(prompt_ids=expanded, response_ids=responses, finished=finished, steps=steps)
+
+    def _sample_batch(self, prompts, max_new_tokens, temperature, top_p, generator):
+        was_training = self.model.training
+        self.model.eval()
+        ids, attn = self._left_pad(prompts)
+        positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        B = ids.shape[0]
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True)
+        cache = _cache_out(out)
+        logits = out.logits[:, -1].float()
+        next_pos = positions[:, -1:] + 1
+        tokens = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=self.device)
+        logps = torch.zeros((B, max_new_tokens), device=self.device)
+        alive = torch.ones(B, dtype=torch.bool, device=self.device)
+        mask = torch.zeros((B, max_new_tokens), device=self.device)
+        for t in range(max_new_tokens):
+            logp_all = F.log_softmax(logits, -1)
+            tok = _draw(logits, temperature, top_p, generator)
+            tok = torch.where(alive, tok, torch.full_like(tok, pad))
+            tokens[:, t] = tok
+            logps[:, t] = torch.gather(logp_all, 1, tok[:, None]).squeeze(1) * alive
+            mask[:, t] = alive.float()
+            alive = alive & (tok != eos)
+            if not alive.any() or t == max_new_tokens - 1:
+                break
+            attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=self.device)], 1)
+            out = self.model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, use_cache=True,
+                             **{self._cache_kw: cache})
+            cache = _cache_out(out)
+            logits = out.logits[:, -1].float()
+            next_pos = next_pos + 1
+        if was_training:
+            self.model.train()
+        width = int(mask.sum(-1).max().item()) if B else 0
+        width = max(width, 1)
+        lengths = mask.sum(-1).long().tolist()
+        token_rows = tokens.tolist()
+        responses = [row[:n] for row, n in zip(token_rows, lengths)]
+        finished = [bool(r) and r[-1] == eos for r in responses]
+        return responses, finished, Steps(logps=logps[:, :width], mask=mask[:, :width])
+
+
+def _draw(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> Tensor:
+    """Sample one token per row from softmax(logits / temperature) restricted to the top-p nucleus."""
+    scaled = logits / temperature
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(scaled, descending=True)
+        probs = F.softmax(sorted_logits, -1)
+        # keep a token if the mass before it is below top_p (the top token is always kept)
+        drop = (probs.cumsum(-1) - probs) >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        scaled = torch.full_like(scaled, float("-inf")).scatter(1, order, sorted_logits)
+    probs = F.softmax(scaled, -1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
