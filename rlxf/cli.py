@@ -34,17 +34,17 @@ def quickstart_config_path() -> Path:
 
 
 def _run(config_path: str | Path, args) -> int:
-    from rlxf.lab.config import PipelineConfig
-    from rlxf.lab.pipeline import Pipeline, format_table
     from rlxf.core.config import load_config
+    from rlxf.lab.registry import lab_class, lab_of
 
-    cfg = load_config(PipelineConfig, config_path, args.overrides)
+    lab = lab_class(lab_of(config_path))
+    cfg = load_config(lab.Config, config_path, args.overrides)
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    pipeline = Pipeline(cfg, fresh=args.fresh, quiet=args.quiet, log=log)
-    summary = pipeline.execute()
-    print(format_table(summary))
-    print(f"report: {pipeline.run.dir / 'report.html'}")
-    print(pipeline.run.dir.resolve())
+    runner = lab(cfg, fresh=args.fresh, quiet=args.quiet, log=log)
+    summary = runner.execute()
+    print(runner.format_table(summary))
+    print(f"report: {runner.run.dir / 'report.html'}")
+    print(runner.run.dir.resolve())
     return 0
 
 

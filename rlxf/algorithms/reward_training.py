@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from rlxf.algorithms.batching import epoch_batches
 from rlxf.algorithms.loop import OptimConfig, train
 from rlxf.core.runs import Run
@@ -26,10 +24,3 @@ def train_reward_model(run: Run, stage: str, rm: RewardModel, pairs: list[tuple[
 
     train(run, stage, rm.model, cfg, make_batch, loss_fn, quiet=quiet)
 
-
-def pairwise_accuracy(rm: RewardModel, pairs, gold_prefers_first: torch.Tensor) -> float:
-    """Share of (prompt, a, b) pairs where the reward model orders a and b as gold does."""
-    prompts = [p[0] for p in pairs]
-    r_a = rm.score(prompts, [p[1] for p in pairs])
-    r_b = rm.score(prompts, [p[2] for p in pairs])
-    return float(((r_a > r_b) == gold_prefers_first).float().mean())

@@ -77,20 +77,21 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _build(cls: type[T], table: dict, where: str, base: T | None = None) -> T:
+def _build(cls: type[T], table: dict, source: str, base: T | None = None, prefix: str = "") -> T:
+    """Apply ``table`` onto ``base`` (or ``cls()``); errors name ``source`` and the dotted key."""
     types_ = _field_types(cls)
     current = base if base is not None else cls()
     changes = {}
     for key, value in table.items():
+        dotted = f"{prefix}{key}"
         if key not in types_:
             known = ", ".join(sorted(types_))
-            raise ConfigError(f"{where}: unknown key '{key}' (known keys here: {known})")
+            raise ConfigError(f"{source}: unknown key '{dotted}' (known keys{' in [' + prefix[:-1] + ']' if prefix else ''}: {known})")
         tp = types_[key]
-        sub_where = f"{where}.{key}" if not where.endswith(":") else f"{where} {key}"
         if _is_dataclass_type(tp) and isinstance(value, dict):
-            changes[key] = _build(tp, value, sub_where, getattr(current, key))
+            changes[key] = _build(tp, value, source, getattr(current, key), f"{dotted}.")
         else:
-            changes[key] = _coerce(value, tp, sub_where)
+            changes[key] = _coerce(value, tp, f"{source}: {dotted}")
     return dataclasses.replace(current, **changes)
 
 
@@ -120,13 +121,13 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             table = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML ({e})") from None
-        cfg = _build(cls, table, f"{path}:", cfg)
+        cfg = _build(cls, table, str(path), cfg)
     for text in overrides:
         keys, value = parse_override(text)
         nested: Any = value
         for k in reversed(keys):
             nested = {k: nested}
-        cfg = _build(cls, nested, f"--set {text}:", cfg)
+        cfg = _build(cls, nested, f"--set {text}", cfg)
     return cfg
 
 

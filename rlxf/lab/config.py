@@ -84,6 +84,7 @@ class EvalSection:
 
 @dataclass
 class PipelineConfig:
+    lab: str = "pipeline"
     run: RunSection = field(default_factory=RunSection)
     task: HiddenPrefConfig = field(default_factory=HiddenPrefConfig)
     model: ModelSection = field(default_factory=ModelSection)

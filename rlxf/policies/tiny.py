@@ -28,15 +28,26 @@ CHAT_TEMPLATE = (
 )
 
 
-def tiny_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
-    """A whitespace word-level tokenizer over ``words`` plus pad/bos/eos/unk (ids 0..3)."""
+def tiny_tokenizer(words: list[str], split: str = "whitespace") -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over ``words`` plus pad/bos/eos/unk (ids 0..3).
+
+    ``split="whitespace"``: tokens are whitespace-separated words, decoded with spaces.
+    ``split="chars"``: every character is a token (give the alphabet as ``words``), decoded
+    without spaces; newlines and spaces are ordinary tokens.
+    """
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for w in words:
         if w not in vocab:
             vocab[w] = len(vocab)
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    core.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    if split == "whitespace":
+        core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        core.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    elif split == "chars":
+        core.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+        core.decoder = decoders.Fuse()
+    else:
+        raise ValueError(f"split must be 'whitespace' or 'chars', got {split!r}")
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
     )

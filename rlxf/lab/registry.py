@@ -1,0 +1,40 @@
+"""Labs that ``rlxf run`` can execute, chosen by the config's top-level ``lab`` key.
+
+A lab is a class with a ``Config`` dataclass attribute (which has a ``lab: str`` field),
+a constructor ``(cfg, fresh=False, quiet=False, log=print)`` that validates its input and
+opens ``self.run``, ``execute() -> summary dict``, and ``format_table(summary) -> str``.
+Entries are import paths so a lab's dependencies load only when it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import tomllib
+from pathlib import Path
+
+from rlxf.core.config import ConfigError
+
+LABS: dict[str, str] = {
+    "pipeline": "rlxf.lab.pipeline:Pipeline",
+}
+
+
+def lab_class(name: str):
+    if name not in LABS:
+        raise ConfigError(f"lab: unknown lab {name!r}; known labs: {', '.join(sorted(LABS))}")
+    module, attr = LABS[name].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def lab_of(config_path: str | Path | None) -> str:
+    """The ``lab`` named at the top of a TOML config (``pipeline`` when absent)."""
+    if config_path is None or not Path(config_path).is_file():
+        return "pipeline"
+    try:
+        table = tomllib.loads(Path(config_path).read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{config_path}: not valid TOML ({e})") from None
+    lab = table.get("lab", "pipeline")
+    if not isinstance(lab, str):
+        raise ConfigError(f"{config_path}: lab must be a string naming a lab, got {lab!r}")
+    return lab
