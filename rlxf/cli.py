@@ -26,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     common(quick)
     rep = sub.add_parser("report", help="rewrite report.html of a finished run and print its table")
     rep.add_argument("run_dir")
+    from rlxf.app.cli import add_label_commands
+
+    add_label_commands(sub)
     return p
 
 
@@ -63,6 +66,10 @@ def _report(run_dir: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "label":
+        from rlxf.app.cli import run_label_command
+
+        return run_label_command(args)
     from rlxf.core.config import ConfigError
     from rlxf.core.runs import RunError
     from rlxf.data.io import DataError

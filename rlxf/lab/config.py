@@ -58,8 +58,9 @@ class RewardModelSection:
 @dataclass
 class DPOSection:
     enabled: bool = True
-    loss: str = "dpo"
-    beta: float = 0.1
+    loss: str = "dpo"  # any name in rlxf.objectives.preference.PAIR_LOSSES
+    beta: float = 0.1  # passed to losses that take beta
+    loss_args: dict[str, float] = field(default_factory=dict)  # other hyperparameters, e.g. {eps = 0.1}
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=150, batch_size=64, lr=1e-3, warmup_steps=15))
 
 

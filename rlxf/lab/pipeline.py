@@ -7,6 +7,7 @@ was interrupted restarts from its last checkpoint, a finished one is skipped.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import time
@@ -35,6 +36,16 @@ from rlxf.policies.language import LanguagePolicy
 from rlxf.policies.tiny import tiny_causal_lm, tiny_tokenizer
 from rlxf.rewards.model import RewardModel
 from rlxf.tasks.hidden_pref import HiddenPreferenceTask
+
+
+def loss_kwargs(loss: Callable, beta: float, extra: dict) -> dict:
+    """Hyperparameters for ``loss``: ``beta`` if it takes one, plus ``extra``; unknown names are errors."""
+    params = inspect.signature(loss).parameters
+    unknown = sorted(set(extra) - set(params))
+    if unknown:
+        raise PipelineError(f"loss_args: {loss.__name__} has no parameter {', '.join(unknown)} "
+                            f"(it takes: {', '.join(list(params)[2:])})")
+    return ({"beta": beta} if "beta" in params else {}) | dict(extra)
 
 
 class PipelineError(ValueError):
@@ -67,6 +78,7 @@ class Pipeline:
             raise PipelineError(f"model.kind must be 'gpt2' or 'llama', got {c.model.kind!r}")
         if c.dpo.loss not in PAIR_LOSSES:
             raise PipelineError(f"dpo.loss: unknown loss {c.dpo.loss!r}; known: {', '.join(sorted(PAIR_LOSSES))}")
+        loss_kwargs(PAIR_LOSSES[c.dpo.loss], c.dpo.beta, c.dpo.loss_args)
         if c.rloo.samples_per_prompt < 2:
             raise PipelineError("rloo.samples_per_prompt must be at least 2 (the leave-one-out baseline needs it)")
         if c.comparisons.path:
@@ -129,6 +141,7 @@ class Pipeline:
                 continue
             t0 = time.time()
             self.log(f"[{name}] running")
+            self._seed_stage(name)
             result = fn()
             result["seconds"] = round(time.time() - t0, 1)
             self.run.mark_done(name, result)
@@ -136,6 +149,13 @@ class Pipeline:
         summary = self.run.result("evaluate")["summary"]
         write_report(self.run.dir)
         return summary
+
+    def _seed_stage(self, name: str) -> None:
+        """Seed the global generators from (run seed, stage name), so a stage is reproducible
+        whether or not earlier stages ran in this process (new heads, dropout, ...)."""
+        salt = sum(ord(ch) * 31**i for i, ch in enumerate(name)) % 2**31
+        torch.manual_seed(int(step_rng(self.seed, 0, salt).integers(2**62)))
+        np.random.seed(salt)
 
     def stage_sft(self) -> dict:
         c = self.cfg
@@ -217,7 +237,7 @@ class Pipeline:
         c = self.cfg.dpo
         policy = self.policy("sft")
         ref = policy.reference()
-        kwargs = {"beta": c.beta}
+        kwargs = loss_kwargs(PAIR_LOSSES[c.loss], c.beta, c.loss_args)
         train_pairs(self.run, "dpo", policy, ref, self._pairs(policy), PAIR_LOSSES[c.loss], kwargs, c.optim,
                     self.seed, self.quiet)
         policy.save_pretrained(self._model_dir("dpo"))

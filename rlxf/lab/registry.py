@@ -16,6 +16,10 @@ from rlxf.core.config import ConfigError
 
 LABS: dict[str, str] = {
     "pipeline": "rlxf.lab.pipeline:Pipeline",
+    "control": "rlxf.lab.control:ControlLab",
+    "online": "rlxf.lab.online:OnlineLab",
+    "best_of_n": "rlxf.lab.best_of_n:BestOfNLab",
+    "direct": "rlxf.lab.direct:DirectLab",
 }
 
 

@@ -125,6 +125,21 @@ def rpo_mean_loss(chosen: Steps, rejected: Steps, beta: float = 0.1, alpha: floa
     return dpo_loss(chosen, rejected, beta) + alpha * nll_loss(chosen)
 
 
+def dpo_sft_loss(chosen: Steps, rejected: Steps, beta: float = 0.1, sft_weight: float = 1.0,
+                 tokens_per_example: float | None = None) -> Tensor:
+    """TRL's ``loss_type=["sigmoid", "sft"]``: DPO plus ``sft_weight`` times the chosen NLL, ``[batch]``.
+
+    TRL averages the NLL over every chosen token of the batch (not per example), so each
+    example's share is ``-sum_t log pi(y_w,t) / tokens_per_example`` with ``tokens_per_example``
+    = chosen tokens / pairs in the global batch (this batch's when None; the trainer passes the
+    global value so micro-batching does not change the result). With ``loss_weights=[1, eta]``
+    this is how TRL runs RPO (Liu et al., NeurIPS 2024) and iterative RPO (Pang et al., 2024).
+    """
+    if tokens_per_example is None:
+        tokens_per_example = float(chosen.lengths().mean().clamp(min=1))
+    return dpo_loss(chosen, rejected, beta) - sft_weight * chosen.sum() / tokens_per_example
+
+
 # -- f-DPO --------------------------------------------------------------------------
 # Wang et al., "Beyond Reverse KL: Generalizing Direct Preference Optimization with Diverse
 # Divergence Constraints", ICLR 2024: loss -log sigma(beta f'(u_w) - beta f'(u_l)) with
@@ -213,11 +228,32 @@ def orpo_loss(chosen: Steps, rejected: Steps, lam: float = 0.1) -> Tensor:
     The mean log-prob is clamped just below 0 so ``P = 1`` gives a finite (huge) log-odds.
     """
 
+    return nll_loss(chosen) + lam * _odds_ratio_term(chosen, rejected)
+
+
+def _odds_ratio_term(chosen: Steps, rejected: Steps) -> Tensor:
+    """ORPO's ``-log sigma(log odds(y_w) - log odds(y_l))`` with length-normalised probabilities, ``[batch]``."""
+
     def log_odds(s: Steps) -> Tensor:
         logp = s.mean().clamp(max=-1e-7)
         return logp - _log1mexp(logp)
 
-    return nll_loss(chosen) - lam * F.logsigmoid(log_odds(chosen) - log_odds(rejected))
+    return -F.logsigmoid(log_odds(chosen) - log_odds(rejected))
+
+
+def orpo_trl_loss(chosen: Steps, rejected: Steps, lam: float = 0.1, nll_steps: Steps | None = None,
+                  tokens_per_example: float | None = None) -> Tensor:
+    """ORPO as TRL's ``ORPOTrainer`` computes it, ``[batch]``: the odds-ratio term as in
+    :func:`orpo_loss`, but the NLL averaged over all tokens of the batch's chosen sequences.
+
+    Hong, Lee, Thorne, EMNLP 2024. TRL's NLL covers the prompt as well as the response
+    (every token after the first): pass those per-token log-probs as ``nll_steps``; without
+    it the chosen response alone is used. ``tokens_per_example`` is as in :func:`dpo_sft_loss`.
+    """
+    nll = chosen if nll_steps is None else nll_steps
+    if tokens_per_example is None:
+        tokens_per_example = float(nll.lengths().mean().clamp(min=1))
+    return lam * _odds_ratio_term(chosen, rejected) - nll.sum() / tokens_per_example
 
 
 # -- KTO (unpaired) ------------------------------------------------------------------
@@ -287,3 +323,14 @@ PAIR_LOSSES: dict[str, PairLoss] = {
     "cpl": cpl_loss,
 }
 """Config name -> pair loss ``fn(chosen, rejected, **hyperparams) -> [batch]``."""
+
+TRL_FORM_LOSSES: dict[str, PairLoss] = {
+    "dpo_sft": dpo_sft_loss,
+    "orpo_trl": orpo_trl_loss,
+}
+"""Pair losses whose supervised term is averaged over the batch's tokens, as TRL does. They take
+``tokens_per_example`` (a global-batch statistic the trainer supplies). TRL's other losses match
+functions in ``PAIR_LOSSES``: sigmoid -> ``dpo``, ipo -> ``ipo_mean``, robust -> ``robust_dpo``,
+hinge -> ``hinge``, CPO simpo -> ``simpo``, CPO sigmoid with label smoothing -> ``cdpo`` form."""
+
+ALL_PAIR_LOSSES: dict[str, PairLoss] = {**PAIR_LOSSES, **TRL_FORM_LOSSES}

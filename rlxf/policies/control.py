@@ -8,6 +8,7 @@ Shapes: observations ``[..., obs_dim]``; discrete actions ``[...]`` (long), cont
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 from rlxf.core.steps import Steps
 
 
-def _mlp(inp: int, out: int, hidden: int, out_gain: float) -> nn.Sequential:
+def mlp(inp: int, out: int, hidden: int, out_gain: float) -> nn.Sequential:
     """Two tanh hidden layers, orthogonal init, small last layer (the usual PPO recipe)."""
     layers = [nn.Linear(inp, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, out)]
     for layer in layers:
@@ -25,6 +26,9 @@ def _mlp(inp: int, out: int, hidden: int, out_gain: float) -> nn.Sequential:
             nn.init.orthogonal_(layer.weight, gain=out_gain if layer is layers[-1] else math.sqrt(2))
             nn.init.zeros_(layer.bias)
     return nn.Sequential(*layers)
+
+
+_mlp = mlp  # the name the policies below use
 
 
 def _pad_safe(x: Tensor, mask: Tensor, fill) -> Tensor:
@@ -51,8 +55,20 @@ class _MLPPolicy(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
+    def greedy(self, obs: Tensor) -> Tensor:
+        """The most likely action (argmax logits, or the Gaussian mean): deterministic evaluation."""
+        raise NotImplementedError
+
+    def entropy(self, obs: Tensor) -> Tensor:
+        """Entropy of ``pi(.|s)``, shape ``obs.shape[:-1]``."""
+        return self.distribution(obs).entropy()
+
+    @torch.no_grad()
     def act(self, obs: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Sample ``(action, logp)`` for a batch of observations, without gradient (rollouts)."""
+        return self._sample_logp(obs, generator)
+
+    def _sample_logp(self, obs: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         action = self._sample(obs, generator)
         return action, self.log_prob(obs, action)
 
@@ -95,9 +111,17 @@ class CategoricalMLPPolicy(_MLPPolicy):
         return logp.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
 
     def _sample(self, obs: Tensor, generator: torch.Generator | None) -> Tensor:
-        probs = torch.softmax(self.logits(obs), dim=-1)
-        flat = probs.reshape(-1, probs.shape[-1])
-        return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+        return self._sample_logp(obs, generator)[0]
+
+    def _sample_logp(self, obs: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        logp = torch.log_softmax(self.logits(obs), dim=-1)  # one forward for the action and its log-prob
+        flat = logp.exp().reshape(-1, logp.shape[-1])
+        action = torch.multinomial(flat, 1, generator=generator).reshape(logp.shape[:-1])
+        return action, logp.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+
+    @torch.no_grad()
+    def greedy(self, obs: Tensor) -> Tensor:
+        return self.logits(obs).argmax(-1)
 
 
 class GaussianMLPPolicy(_MLPPolicy):
@@ -124,6 +148,10 @@ class GaussianMLPPolicy(_MLPPolicy):
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
         return mean + self.log_std.exp() * noise
 
+    @torch.no_grad()
+    def greedy(self, obs: Tensor) -> Tensor:
+        return self.mean(obs)
+
 
 class MLPCritic(nn.Module):
     """State-value function ``V(s)``: ``obs [..., obs_dim] -> [...]``."""
@@ -141,3 +169,20 @@ class MLPCritic(nn.Module):
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.values(obs)
+
+
+def make_policy(obs_dim: int, action_dim: int, discrete: bool, hidden: int = 64) -> _MLPPolicy:
+    """A categorical policy over ``action_dim`` actions, or a Gaussian one over ``action_dim`` dims."""
+    return (CategoricalMLPPolicy if discrete else GaussianMLPPolicy)(obs_dim, action_dim, hidden)
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Run a block on one intra-op thread: tiny MLPs on small batches are fastest that way, and on a
+    shared, busy machine several threads per process slow everything down many times over."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

@@ -68,6 +68,16 @@ class RewardModel:
         out = self.model(input_ids=ids.to(self.device), attention_mask=attn.to(self.device))
         return out.logits[:, 0].float()
 
+    def encode_pairs(self, prompts: list[str], responses: list[str], add_eos: bool = True):
+        """Token ids of prompts and responses (responses end with EOS, as the policies write them)."""
+        enc = lambda t: self.tokenizer(t, add_special_tokens=False).input_ids  # noqa: E731
+        eos = [self.tokenizer.eos_token_id] if add_eos and self.tokenizer.eos_token_id is not None else []
+        return [enc(p) for p in prompts], [enc(r) + eos for r in responses]
+
+    def score_texts(self, prompts: list[str], responses: list[str], add_eos: bool = True) -> Tensor:
+        """Scores of (prompt, response) texts, ``[batch]``."""
+        return self.score(*self.encode_pairs(prompts, responses, add_eos))
+
     @torch.no_grad()
     def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]], batch_size: int = 512) -> Tensor:
         was_training = self.model.training

@@ -1,0 +1,174 @@
+"""PPO on CartPole-v1: rlxf vs Stable-Baselines3, side by side in one run.
+
+For each seed both learners train with SB3's tuned CartPole settings (rl-baselines3-zoo: 8 envs,
+n_steps 32, batch 256, 20 epochs, gamma 0.98, GAE lambda 0.8, linear lr 1e-3 and clip 0.2) and are
+evaluated on the same schedule (every ``--eval-every`` env steps: 20 greedy episodes); wall time
+excludes evaluation. Reported: env steps and training seconds until the 20-episode mean reaches 475.
+SB3 runs in its own virtual environment (benchmarks/.venv-sb3, created on first use with pip; it
+shares this project's torch and gymnasium through a .pth file rather than downloading them again).
+Both sides use one torch thread.
+
+    .venv/bin/python benchmarks/ppo_vs_sb3.py --seeds 5
+
+It first trains rlxf PPO on Pendulum-v1 (``--pendulum-seeds``, ``--pendulum-steps``) and prints the
+greedy 20-episode mean return (goal >= -200). Last line: ``time_ratio X steps_ratio Y`` (rlxf median
+over SB3 median).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv-sb3"
+
+SB3_RUNNER = r"""
+import json, sys, time
+import numpy as np, torch
+torch.set_num_threads(1)
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.callbacks import BaseCallback
+import gymnasium as gym
+
+seed, budget, every, target = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
+
+def evaluate(model, n=20):
+    env = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1") for _ in range(n)],
+                                   autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    obs, _ = env.reset(seed=10_000)
+    ret, alive = np.zeros(n), np.ones(n, bool)
+    while alive.any():
+        act, _ = model.predict(obs, deterministic=True)
+        obs, r, term, trunc, _ = env.step(act)
+        ret += r * alive
+        alive &= ~(term | trunc)
+    return ret.mean()
+
+class Eval(BaseCallback):
+    def __init__(self):
+        super().__init__()
+        self.next, self.eval_s, self.t0, self.result = every, 0.0, time.perf_counter(), None
+    def _on_step(self):
+        if self.num_timesteps >= self.next:
+            self.next += every
+            t = time.perf_counter()
+            mean = evaluate(self.model)
+            self.eval_s += time.perf_counter() - t
+            if mean >= target:
+                self.result = {"steps": self.num_timesteps, "train_s": time.perf_counter() - self.t0 - self.eval_s}
+                return False
+        return True
+
+lin = lambda v: (lambda p: p * v)
+env = make_vec_env("CartPole-v1", n_envs=8, seed=seed)
+model = PPO("MlpPolicy", env, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0,
+            learning_rate=lin(1e-3), clip_range=lin(0.2), seed=seed, device="cpu", verbose=0)
+cb = Eval()
+model.learn(total_timesteps=budget, callback=cb)
+print(json.dumps(cb.result or {"steps": None, "train_s": None}))
+"""
+
+
+def ensure_venv(path: Path, requirement: str, share_site: bool = True) -> Path:
+    """A virtual environment at ``path`` with ``requirement`` installed; its python. Raises SystemExit
+    with the reason if it cannot be made (for example, no network for pip)."""
+    python = path / "bin" / "python"
+    marker = path / ".rlxf-ready"
+    if marker.exists():
+        return python
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    if share_site:  # reuse this project's torch / gymnasium / numpy instead of downloading them
+        site = Path(subprocess.check_output([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                            text=True).strip())
+        (site / "rlxf-shared.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    pip = subprocess.run([str(python), "-m", "pip", "install", "-q", *requirement.split()], capture_output=True, text=True)
+    if pip.returncode != 0:
+        raise SystemExit(f"could not install {requirement} into {path} (pip said: {pip.stderr.strip()[-400:]}); "
+                         f"the peer cannot run here")
+    marker.write_text(requirement)
+    return python
+
+
+def run_rlxf(seed: int, budget: int, every: int, target: float) -> dict:
+    import torch
+
+    from rlxf.algorithms.control.ppo import PPO, PPOConfig
+
+    torch.set_num_threads(1)
+    ppo = PPO(PPOConfig(seed=seed, total_steps=budget))
+    hist = ppo.learn(eval_every=every, target=target)
+    hit = [h for h in hist if h["eval_return"] >= target]
+    return {"steps": hit[0]["steps"], "train_s": hit[0]["train_s"]} if hit else {"steps": None, "train_s": None}
+
+
+def pendulum_config(seed: int, steps: int):
+    """rlxf PPO settings for Pendulum-v1 (gamma 0.9, 8 x 256-step rollouts, normalised obs and reward)."""
+    from rlxf.algorithms.control.ppo import PPOConfig
+
+    return PPOConfig(env="Pendulum-v1", seed=seed, total_steps=steps, n_envs=8, n_steps=256, minibatch_size=256,
+                     epochs=10, gamma=0.9, lam=0.95, lr=1e-3, norm_obs=True, norm_reward=True)
+
+
+def run_pendulum(seed: int, steps: int) -> float:
+    """Greedy 20-episode mean return of rlxf PPO on Pendulum-v1 after ``steps`` env steps."""
+    import torch
+
+    from rlxf.algorithms.control.ppo import PPO
+
+    torch.set_num_threads(1)
+    ppo = PPO(pendulum_config(seed, steps))
+    ppo.learn()
+    return float(ppo.evaluate().mean())
+
+
+def run_sb3(python: Path, seed: int, budget: int, every: int, target: float) -> dict:
+    out = subprocess.run([str(python), "-c", SB3_RUNNER, str(seed), str(budget), str(every), str(target)],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if out.returncode != 0:
+        raise SystemExit(f"SB3 run failed for seed {seed}:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def median(values: list) -> float:
+    real = [v for v in values if v is not None]
+    return statistics.median(real) if len(real) == len(values) else float("inf")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--budget", type=int, default=100_000, help="env steps before a run counts as unsolved")
+    ap.add_argument("--eval-every", type=int, default=2048)
+    ap.add_argument("--target", type=float, default=475.0)
+    ap.add_argument("--pendulum-seeds", type=int, default=1, help="rlxf PPO runs on Pendulum-v1 (0 to skip)")
+    ap.add_argument("--pendulum-steps", type=int, default=150_000)
+    args = ap.parse_args()
+    for seed in range(args.pendulum_seeds):
+        print(f"pendulum seed {seed}: rlxf PPO return after {args.pendulum_steps} steps "
+              f"{run_pendulum(seed, args.pendulum_steps):.1f} (goal >= -200)", flush=True)
+    if args.seeds < 1:
+        return
+    python = ensure_venv(VENV, "stable-baselines3==2.9.2")
+    rows = []
+    for seed in range(args.seeds):
+        ours = run_rlxf(seed, args.budget, args.eval_every, args.target)
+        theirs = run_sb3(python, seed, args.budget, args.eval_every, args.target)
+        rows.append((ours, theirs))
+        print(f"seed {seed}: rlxf steps {ours['steps']} train_s {ours['train_s'] and round(ours['train_s'], 2)} | "
+              f"sb3 steps {theirs['steps']} train_s {theirs['train_s'] and round(theirs['train_s'], 2)}", flush=True)
+    t_ours, t_sb3 = median([r[0]["train_s"] for r in rows]), median([r[1]["train_s"] for r in rows])
+    s_ours, s_sb3 = median([r[0]["steps"] for r in rows]), median([r[1]["steps"] for r in rows])
+    print(f"median: rlxf {s_ours} steps {t_ours:.2f} s | sb3 {s_sb3} steps {t_sb3:.2f} s")
+    print(f"time_ratio {t_ours / t_sb3:.3f} steps_ratio {s_ours / s_sb3:.3f}")
+
+
+if __name__ == "__main__":
+    main()

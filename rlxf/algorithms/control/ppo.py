@@ -1,0 +1,150 @@
+"""PPO for gymnasium control, on the same clipped objective and GAE the language side uses.
+
+Schulman et al., "Proximal Policy Optimization Algorithms" (2017). Each transition of a rollout is
+a one-step ``Steps`` row for :func:`ppo_clip_loss`; advantages come from :func:`advantages` (GAE per
+episode fragment, truncation bootstrapped, termination not). Defaults are the tuned CartPole-v1
+settings of rl-baselines3-zoo (8 envs x 32 steps, 20 epochs, gamma 0.98, lambda 0.8, linearly
+annealed lr 1e-3 and clip 0.2). ``learn`` takes an optional ``reward_fn`` so preference-based RL
+and SPO train the agent on a learned or self-play reward with the very same update.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from rlxf.algorithms.control.rollout import Rollout, advantages, collect, evaluate
+from rlxf.core.runs import Run
+from rlxf.core.steps import Steps
+from rlxf.objectives.policy_gradient import ppo_clip_loss, value_loss
+from rlxf.policies.control import MLPCritic, make_policy, single_thread
+from rlxf.tasks.gym_envs import make_env
+
+
+@dataclass
+class PPOConfig:
+    env: str = "CartPole-v1"
+    n_envs: int = 8
+    n_steps: int = 32  # per env per rollout
+    total_steps: int = 100_000
+    epochs: int = 20
+    minibatch_size: int = 256
+    lr: float = 1e-3
+    anneal: bool = True  # linear decay of lr and clip to 0
+    gamma: float = 0.98
+    lam: float = 0.8
+    clip: float = 0.2
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    max_grad_norm: float = 0.5
+    hidden: int = 64
+    norm_obs: bool = False
+    norm_reward: bool = False
+    max_episode_steps: int | None = None
+    seed: int = 0
+
+
+# (ppo, rollout) -> per-step rewards [n_envs, T] used in place of the env's reward
+RewardFn = Callable[["PPO", Rollout], torch.Tensor]
+
+
+class PPO:
+    """A PPO agent: its env, actor, critic and optimiser; ``learn`` runs the whole loop."""
+
+    def __init__(self, cfg: PPOConfig, env_spec=None):
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.spec = env_spec if env_spec is not None else cfg.env
+        self.env = make_env(self.spec, cfg.n_envs, cfg.seed, norm_obs=cfg.norm_obs, norm_reward=cfg.norm_reward,
+                            gamma=cfg.gamma, max_episode_steps=cfg.max_episode_steps)
+        self.policy = make_policy(self.env.obs_dim, self.env.action_dim, self.env.discrete, cfg.hidden)
+        self.critic = MLPCritic(self.env.obs_dim, cfg.hidden)
+        self.params = list(self.policy.parameters()) + list(self.critic.parameters())
+        self.opt = torch.optim.Adam(self.params, lr=cfg.lr, eps=1e-5, fused=True)
+        self.obs = self.env.reset()
+        self.steps_done = 0
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+
+    def progress_left(self) -> float:
+        return max(0.0, 1.0 - self.steps_done / self.cfg.total_steps) if self.cfg.anneal else 1.0
+
+    def collect(self, until_done: bool = False, n_steps: int | None = None) -> Rollout:
+        ro, self.obs = collect(self.env, self.policy, self.critic, self.obs, n_steps or self.cfg.n_steps, until_done)
+        self.steps_done += ro.n_steps
+        return ro
+
+    def update(self, ro: Rollout, rewards: torch.Tensor | None = None) -> dict:
+        """``epochs`` passes of minibatch PPO over the rollout; ``rewards`` override the env's."""
+        cfg = self.cfg
+        rew = ro.rewards if rewards is None else rewards.float()
+        adv, ret = advantages(ro, rew, cfg.gamma, cfg.lam)
+        real = ro.valid.flatten()
+        obs, act = ro.obs.flatten(0, 1)[real], ro.actions.flatten(0, 1)[real]
+        old_logp, old_v = ro.logps.flatten()[real], ro.values.flatten()[real]
+        adv, ret = adv.flatten()[real], ret.flatten()[real]
+        frac = self.progress_left()
+        for g in self.opt.param_groups:
+            g["lr"] = cfg.lr * frac
+        clip = max(cfg.clip * frac, 1e-3)
+        n = obs.shape[0]
+        for _ in range(cfg.epochs):
+            perm = torch.randperm(n, generator=self.gen)
+            for start in range(0, n, cfg.minibatch_size):
+                idx = perm[start : start + cfg.minibatch_size]
+                a = adv[idx]
+                if idx.numel() > 1:
+                    a = (a - a.mean()) / (a.std() + 1e-8)
+                ones = torch.ones(idx.numel(), 1)
+                steps = Steps(logps=self.policy.log_prob(obs[idx], act[idx])[:, None], mask=ones,
+                              old_logps=old_logp[idx][:, None])
+                pg = ppo_clip_loss(steps, a[:, None], clip=clip).mean()
+                v = self.critic.values(obs[idx])[:, None]
+                vl = value_loss(v, old_v[idx][:, None], ret[idx][:, None], ones).mean()
+                loss = pg + cfg.vf_coef * vl
+                if cfg.ent_coef:
+                    loss = loss - cfg.ent_coef * self.policy.entropy(obs[idx]).mean()
+                self.opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.opt.step()
+        with torch.no_grad():
+            stats = {"policy_loss": pg.item(), "value_loss": vl.item(), "entropy": self.policy.entropy(obs).mean().item()}
+        return stats
+
+    def evaluate(self, n_episodes: int = 20, seed: int = 10_000) -> np.ndarray:
+        rms = self.env.obs_rms if self.cfg.norm_obs else None
+        return evaluate(self.policy, self.spec, n_episodes, seed, obs_rms=rms,
+                        max_episode_steps=self.cfg.max_episode_steps)
+
+    def learn(self, reward_fn: RewardFn | None = None, eval_every: int = 0, target: float | None = None,
+              n_eval: int = 20, run: Run | None = None, stage: str = "ppo", log: Callable | None = None) -> list[dict]:
+        """Train until ``total_steps`` (or until the eval mean reaches ``target``); returns eval history.
+
+        Every ``eval_every`` env steps the greedy policy plays ``n_eval`` episodes; ``train_s`` in
+        the history excludes evaluation time. Metrics go to ``run`` when given.
+        """
+        history: list[dict] = []
+        train_s, next_eval = 0.0, eval_every
+        with single_thread():
+            while self.steps_done < self.cfg.total_steps:
+                t0 = time.perf_counter()
+                ro = self.collect()
+                rewards = reward_fn(self, ro) if reward_fn is not None else None
+                stats = self.update(ro, rewards)
+                train_s += time.perf_counter() - t0
+                if eval_every and self.steps_done >= next_eval:
+                    next_eval += eval_every
+                    ret = self.evaluate(n_eval)
+                    row = {"steps": self.steps_done, "train_s": train_s, "eval_return": float(ret.mean()), **stats}
+                    history.append(row)
+                    if run is not None:
+                        run.log(stage, self.steps_done, **row)
+                    if log is not None:
+                        log(row)
+                    if target is not None and ret.mean() >= target:
+                        break
+        return history

@@ -1,0 +1,194 @@
+"""Collecting experience from a :class:`VecEnv` and turning it into per-episode ``[batch, steps]`` grids.
+
+A rollout is a ``[n_envs, T]`` grid in which episodes end mid-row. ``fragments`` cuts every row at
+its episode ends into one row per episode piece, so the shared :func:`gae` sees one sequence per row
+with the right ending: terminated (no bootstrap), truncated by the time limit (bootstrap
+``V(final_obs)``) or cut by the end of the rollout (bootstrap ``V(next obs)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rlxf.data.transitions import Episode
+from rlxf.objectives.policy_gradient import gae
+from rlxf.policies.control import single_thread
+from rlxf.tasks.gym_envs import RunningMeanStd, VecEnv, make_env
+
+
+@dataclass
+class Rollout:
+    """Experience as ``[n_envs, T]`` grids (``obs``/``actions`` carry trailing feature dims)."""
+
+    obs: Tensor
+    next_obs: Tensor  # the true next observation, also on the last step of an episode
+    actions: Tensor
+    logps: Tensor
+    values: Tensor
+    rewards: Tensor  # as the env gave them (normalised if the env normalises)
+    raw_rewards: Tensor  # the env's own reward: the gold reward in preference experiments
+    terminated: Tensor  # bool
+    truncated: Tensor  # bool
+    final_values: Tensor  # V(final_obs) on truncated steps
+    last_value: Tensor  # [n_envs] V of the observation after the last step
+    valid: Tensor  # bool: False on steps after an env finished (episode collection)
+
+    @property
+    def done(self) -> Tensor:
+        return self.terminated | self.truncated
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.valid.sum())
+
+
+def _as_tensor(x: np.ndarray, discrete: bool | None = None) -> Tensor:
+    t = torch.as_tensor(x)
+    if discrete:
+        return t.long()
+    return t.float() if t.is_floating_point() else t
+
+
+@torch.no_grad()
+def collect(env: VecEnv, policy, critic, obs: np.ndarray, n_steps: int,
+            until_done: bool = False) -> tuple[Rollout, np.ndarray]:
+    """Run ``n_steps`` vector steps from ``obs``; returns the rollout and the next observation.
+
+    ``until_done``: stop each env after its first episode end (steps after are invalid) and stop
+    early once all have ended; ``n_steps`` is then the cap.
+    """
+    cols: dict[str, list] = {k: [] for k in ("obs", "next", "act", "logp", "val", "rew", "raw", "term", "trunc", "fval", "valid")}
+    alive = np.ones(env.n_envs, dtype=bool)
+    for _ in range(n_steps):
+        o = torch.as_tensor(obs)
+        action, logp = policy.act(o)
+        value = critic.values(o)
+        res = env.step(action.numpy())
+        fval = np.zeros(env.n_envs, dtype=np.float32)
+        if res.truncated.any():
+            fval = critic.values(torch.as_tensor(res.final_obs)).numpy() * res.truncated
+        for k, v in (("obs", o), ("next", res.final_obs), ("act", action), ("logp", logp), ("val", value), ("rew", res.rewards),
+                     ("raw", res.raw_rewards), ("term", res.terminated), ("trunc", res.truncated),
+                     ("fval", fval), ("valid", alive.copy())):
+            cols[k].append(torch.as_tensor(v))
+        obs = res.obs
+        if until_done:
+            alive &= ~res.done
+            if not alive.any():
+                break
+    last_value = critic.values(torch.as_tensor(obs))
+    stack = {k: torch.stack(v, dim=1) for k, v in cols.items()}
+    ro = Rollout(stack["obs"].float(), stack["next"].float(), stack["act"], stack["logp"].float(), stack["val"].float(),
+                 stack["rew"].float(), stack["raw"].float(), stack["term"].bool(), stack["trunc"].bool(),
+                 stack["fval"].float(), last_value.float(), stack["valid"].bool())
+    return ro, obs
+
+
+def fragments(done: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Cut each row of a ``[N, T]`` grid after every done step: ``(index [F, L], mask [F, L])``.
+
+    ``index`` points into the flattened grid (``n * T + t``); padding points at 0 with mask 0.
+    Invalid steps are dropped.
+    """
+    n_rows, width = done.shape
+    pieces: list[list[int]] = []
+    for n in range(n_rows):
+        cur: list[int] = []
+        for t in range(width):
+            if not valid[n, t]:
+                continue
+            cur.append(n * width + t)
+            if done[n, t]:
+                pieces.append(cur)
+                cur = []
+        if cur:
+            pieces.append(cur)
+    longest = max(len(p) for p in pieces)
+    index = torch.zeros(len(pieces), longest, dtype=torch.long)
+    mask = torch.zeros(len(pieces), longest)
+    for i, p in enumerate(pieces):
+        index[i, : len(p)] = torch.tensor(p)
+        mask[i, : len(p)] = 1.0
+    return index, mask
+
+
+def advantages(ro: Rollout, rewards: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """GAE advantages and returns on the rollout grid ``[N, T]`` (0 on invalid steps).
+
+    Terminated episodes get no bootstrap; truncated ones ``V(final_obs)``; rows cut by the rollout's
+    end ``V(next obs)``. Computed per episode fragment by the shared :func:`gae`.
+    """
+    index, mask = fragments(ro.done, ro.valid)
+    width = ro.done.shape[1]
+    last = index.gather(1, (mask.sum(1).long() - 1).unsqueeze(1)).squeeze(1)
+    term = ro.terminated.flatten()[last]
+    trunc = ro.truncated.flatten()[last]
+    boot = torch.where(trunc, ro.final_values.flatten()[last], ro.last_value[last // width])
+    adv, ret = gae(rewards.flatten()[index], ro.values.flatten()[index], mask, gamma, lam,
+                   bootstrap_value=boot, terminated=term)
+    flat_adv = torch.zeros(ro.done.numel())
+    flat_ret = torch.zeros(ro.done.numel())
+    real = mask > 0
+    flat_adv[index[real]] = adv[real]
+    flat_ret[index[real]] = ret[real]
+    return flat_adv.view_as(ro.values), flat_ret.view_as(ro.values)
+
+
+@torch.no_grad()
+def evaluate(policy, spec, n_episodes: int = 20, seed: int = 10_000, obs_rms: RunningMeanStd | None = None,
+             deterministic: bool = True, max_steps: int = 100_000, **env_kwargs) -> np.ndarray:
+    """Undiscounted returns of ``n_episodes`` episodes (one per env copy), ``[n_episodes]``.
+
+    With ``obs_rms`` the observations are normalised by those (frozen) training statistics.
+    """
+    with single_thread():
+        return _evaluate(policy, make_env(spec, n_envs=n_episodes, seed=seed, norm_obs=obs_rms is not None,
+                                          obs_rms=obs_rms, update_stats=False, **env_kwargs),
+                         deterministic, max_steps)
+
+
+def _evaluate(policy, env, deterministic: bool, max_steps: int) -> np.ndarray:
+    n_episodes = env.n_envs
+    obs = env.reset()
+    returns = np.zeros(n_episodes)
+    alive = np.ones(n_episodes, dtype=bool)
+    for _ in range(max_steps):
+        o = torch.as_tensor(obs)
+        action = policy.greedy(o) if deterministic else policy.act(o)[0]
+        res = env.step(action.numpy())
+        returns += res.raw_rewards * alive
+        alive &= ~res.done
+        obs = res.obs
+        if not alive.any():
+            break
+    env.close()
+    return returns
+
+
+class EpisodeRecorder:
+    """Stitches consecutive rollouts of a vector env into finished :class:`Episode` s."""
+
+    def __init__(self, n_envs: int):
+        self.open: list[list[tuple]] = [[] for _ in range(n_envs)]
+
+    def add(self, ro: Rollout, iteration: int = 0) -> list[Episode]:
+        """Append the rollout's steps; return the episodes that ended in it."""
+        done: list[Episode] = []
+        for n in range(ro.obs.shape[0]):
+            for t in range(ro.obs.shape[1]):
+                if not ro.valid[n, t]:
+                    continue
+                self.open[n].append((ro.obs[n, t], ro.next_obs[n, t], ro.actions[n, t], ro.raw_rewards[n, t]))
+                if ro.done[n, t]:
+                    steps = self.open[n]
+                    obs = torch.stack([s[0] for s in steps] + [steps[-1][1]])
+                    done.append(Episode(obs, torch.stack([s[2] for s in steps]), torch.stack([s[3] for s in steps]),
+                                        bool(ro.terminated[n, t]), bool(ro.truncated[n, t]), iteration))
+                    self.open[n] = []
+            if not ro.valid[n].all():  # episode collection: an env's steps stop at its episode end
+                self.open[n] = []
+        return done

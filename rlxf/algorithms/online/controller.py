@@ -1,0 +1,337 @@
+"""The one rollout -> score -> update controller every online method runs on.
+
+Each rollout samples ``samples_per_prompt`` responses for ``optim.batch_size`` prompts from the
+current policy (the sampler's per-token log-probs become the behaviour log-probs, ``old_logps``),
+scores them with the reference and the :class:`~rlxf.algorithms.online.scoring.Scorer`, folds
+the KL to the reference into the reward (``kl.mode = "reward"``) or leaves it for the loss
+(``"loss"``), and hands the batch to a method, which turns it into advantages (``prepare``) and
+into a loss (``loss``). One rollout feeds ``updates_per_rollout`` optimiser steps of the shared
+loop (:func:`rlxf.algorithms.loop.train`), so checkpoints, resume and micro-batching come for free.
+Sampling and scoring go through an executor (in-process or Ray actors).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from rlxf.algorithms.batching import step_rng
+from rlxf.algorithms.loop import OptimConfig, train
+from rlxf.algorithms.online.scoring import Samples, Scorer
+from rlxf.core.runs import Run
+from rlxf.core.steps import Steps
+from rlxf.objectives.policy_gradient import adaptive_kl_beta, kl_estimate, kl_penalized_rewards
+from rlxf.policies.language import LanguagePolicy
+
+METHODS: dict[str, str] = {
+    "rloo": "rlxf.algorithms.online.rloo:RLOO",
+    "grpo": "rlxf.algorithms.online.grpo:GRPO",
+    "dr_grpo": "rlxf.algorithms.online.grpo:DrGRPO",
+    "reinforce_pp": "rlxf.algorithms.online.reinforce_pp:ReinforcePP",
+    "ppo": "rlxf.algorithms.online.ppo:PPO",
+    "online_dpo": "rlxf.algorithms.online.online_dpo:OnlineDPO",
+    "dno": "rlxf.algorithms.online.online_dpo:DNO",
+    "sharpening": "rlxf.algorithms.online.sharpening:SFTSharpening",
+    "spo": "rlxf.algorithms.online.spo:SPO",
+    "p3o": "rlxf.algorithms.online.p3o:P3O",
+    "fdpg": "rlxf.algorithms.online.fdpg:FDPG",
+}
+REDUCTIONS = ("token", "sequence", "sum", "constant")
+
+
+class OnlineError(ValueError):
+    """A config the controller cannot run with; raised before any sampling."""
+
+
+@dataclass
+class KLSettings:
+    """KL(pi || pi_ref): ``mode`` "reward" (token-level penalty in the reward), "loss" (a loss
+    term) or "none"; estimator k1/k2/k3; ``target > 0`` turns on the adaptive controller."""
+
+    mode: str = "reward"
+    estimator: str = "k1"
+    coef: float = 0.05
+    target: float = 0.0
+    horizon: float = 10000.0
+
+
+@dataclass
+class OnlineConfig:
+    """``optim.steps`` optimiser steps; ``optim.batch_size`` prompts per rollout."""
+
+    method: str = "rloo"
+    method_args: dict[str, float] = field(default_factory=dict)
+    samples_per_prompt: int = 4
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    updates_per_rollout: int = 1
+    minibatches: int = 1
+    reward_norm: bool = False  # running mean/std normalisation of the learner's reward (PPO-max)
+    reward_clip: float = 0.0  # > 0: clip the (normalised) reward to [-c, c]
+    loss_reduction: str = ""  # "" = the method's default; token | sequence | sum | constant
+    kl: KLSettings = field(default_factory=KLSettings)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=60, batch_size=16, lr=5e-4,
+                                                                   checkpoint_every=20))
+
+
+@dataclass
+class Batch:
+    """One scored rollout. ``steps`` holds the behaviour log-probs as both ``logps`` and
+    ``old_logps``, plus ``ref_logps`` and the mask, ``[B, T]``. ``token_rewards`` carry the
+    learner's score on each last token and, in ``kl.mode = "reward"``, the KL penalty."""
+
+    samples: Samples
+    steps: Steps
+    scores: Tensor  # [B] learner reward after normalisation/clipping, before KL
+    parts: dict[str, Tensor]  # raw component and monitor values, [B] each
+    token_rewards: Tensor  # [B, T]
+    stats: dict[str, float]
+    extra: dict[str, Any] = field(default_factory=dict)  # whatever the method's prepare() adds
+
+    @property
+    def k(self) -> int:
+        return self.samples.k
+
+    def rows(self, groups: list[int]) -> list[int]:
+        return [g * self.k + j for g in groups for j in range(self.k)]
+
+    def policy_steps(self, policy: LanguagePolicy, rows: list[int]) -> Steps:
+        """The current policy's per-token log-probs (with gradient) for ``rows``, with the
+        rollout's old and reference log-probs attached, cut to the rows' width."""
+        s = self.samples
+        cur = policy.steps([s.prompt_ids[i] for i in rows], [s.response_ids[i] for i in rows])
+        T = cur.num_steps
+        return cur.replace(old_logps=self.steps.old_logps[rows, :T], ref_logps=self.steps.ref_logps[rows, :T])
+
+
+class Reducer:
+    """Turns per-step loss terms of a micro-batch into its share of the global batch loss.
+
+    token: sum / tokens in batch; sequence: mean over each sequence, summed / sequences; sum:
+    sum per sequence / sequences; constant: sum / (sequences * max_new_tokens) (Dr. GRPO).
+    """
+
+    def __init__(self, kind: str, n_rows: int, n_tokens: float, max_len: int):
+        self.kind, self.n_rows, self.n_tokens, self.max_len = kind, n_rows, n_tokens, max_len
+
+    def __call__(self, per_step: Tensor, mask: Tensor) -> Tensor:
+        x = torch.where(mask > 0, per_step, torch.zeros((), dtype=per_step.dtype))
+        if self.kind == "token":
+            return x.sum() / self.n_tokens
+        if self.kind == "sequence":
+            return (x.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / self.n_rows
+        if self.kind == "sum":
+            return x.sum() / self.n_rows
+        return x.sum() / (self.n_rows * self.max_len)
+
+
+@dataclass
+class Context:
+    """What a method sees besides the batch: the config, the policy, and the current KL coefficient."""
+
+    cfg: OnlineConfig
+    policy: LanguagePolicy
+    ref: LanguagePolicy
+    kl_coef: float
+    reduction: str
+
+
+def method_class(name: str):
+    if name not in METHODS:
+        raise OnlineError(f"method: unknown online method {name!r}; known: {', '.join(sorted(METHODS))}")
+    module, attr = METHODS[name].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_method(cfg: OnlineConfig, **objects):
+    """Instantiate ``cfg.method`` with ``cfg.method_args`` (unknown names are errors) and any
+    ``objects`` (e.g. ``critic=``) its constructor takes."""
+    cls = method_class(cfg.method)
+    params = inspect.signature(cls).parameters
+    unknown = sorted(set(cfg.method_args) - set(params))
+    if unknown:
+        raise OnlineError(f"method_args: {cfg.method} has no parameter {', '.join(unknown)} "
+                          f"(it takes: {', '.join(p for p in params if p not in objects)})")
+    return cls(**cfg.method_args, **{k: v for k, v in objects.items() if k in params})
+
+
+def validate(cfg: OnlineConfig, method) -> None:
+    if cfg.samples_per_prompt < getattr(method, "min_samples", 1):
+        raise OnlineError(f"samples_per_prompt: {cfg.method} needs at least {method.min_samples}, "
+                          f"got {cfg.samples_per_prompt}")
+    if cfg.kl.mode not in ("reward", "loss", "none"):
+        raise OnlineError(f"kl.mode must be 'reward', 'loss' or 'none', got {cfg.kl.mode!r}")
+    if cfg.kl.estimator not in ("k1", "k2", "k3"):
+        raise OnlineError(f"kl.estimator must be k1, k2 or k3, got {cfg.kl.estimator!r}")
+    if cfg.loss_reduction and cfg.loss_reduction not in REDUCTIONS:
+        raise OnlineError(f"loss_reduction must be one of {', '.join(REDUCTIONS)}, got {cfg.loss_reduction!r}")
+    if cfg.updates_per_rollout < 1 or not 1 <= cfg.minibatches <= cfg.optim.batch_size:
+        raise OnlineError("updates_per_rollout must be >= 1 and minibatches in 1..optim.batch_size")
+    per_rollout = cfg.updates_per_rollout * cfg.minibatches
+    if cfg.optim.checkpoint_every % per_rollout:
+        # a resume inside a rollout would re-sample it with updated weights
+        raise OnlineError(f"optim.checkpoint_every ({cfg.optim.checkpoint_every}) must be a multiple of "
+                          f"updates_per_rollout * minibatches ({per_rollout}) so a resumed run restarts at a rollout")
+
+
+class RunningMoments:
+    """Running mean and variance over every reward seen (Chan et al. parallel update)."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def update(self, x: Tensor) -> None:
+        n, mean, var = x.numel(), float(x.mean()), float(x.var(unbiased=False))
+        total = self.n + n
+        delta = mean - self.mean
+        self.m2 += var * n + delta**2 * self.n * n / total
+        self.mean += delta * n / total
+        self.n = total
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.n) if self.n > 1 else 1.0
+
+    def state(self) -> dict:
+        return {"n": self.n, "mean": self.mean, "m2": self.m2}
+
+    def load(self, d: dict) -> None:
+        self.n, self.mean, self.m2 = d.get("n", 0), d.get("mean", 0.0), d.get("m2", 0.0)
+
+
+def collect(executor, policy: LanguagePolicy, ref: LanguagePolicy, prompts: list[list[int]], scorer: Scorer,
+            cfg: OnlineConfig, seed: int, index: int, kl_coef: float, moments: RunningMoments) -> Batch:
+    """Sample, score and KL-shape rollout ``index`` (deterministic in ``(seed, index)`` and the weights)."""
+    rng = step_rng(seed, index, salt=31)
+    chosen = [prompts[i] for i in rng.integers(0, len(prompts), cfg.optim.batch_size)]
+    gen_seed = int(rng.integers(2**62))
+    ro = executor.sample(policy, index, chosen, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
+                         cfg.top_p, gen_seed)
+    samples = Samples(ro.prompt_ids, ro.response_ids, ro.finished, cfg.samples_per_prompt)
+    ref_logps, (scores, parts) = executor.score(ref, scorer, samples, index)
+    steps = Steps(logps=ro.steps.logps, old_logps=ro.steps.logps, ref_logps=ref_logps[:, : ro.steps.num_steps],
+                  mask=ro.steps.mask)
+    learner = scores
+    if cfg.reward_norm:
+        moments.update(scores)
+        learner = (scores - moments.mean) / (moments.std + 1e-8)
+    if cfg.reward_clip > 0:
+        learner = learner.clamp(-cfg.reward_clip, cfg.reward_clip)
+    beta = kl_coef if cfg.kl.mode == "reward" else 0.0
+    token_rewards = kl_penalized_rewards(learner, steps, beta, cfg.kl.estimator)
+    kl_seq = steps.seq_logratio()
+    stats = {"proxy_reward": float(scores.mean()), "kl": float(kl_seq.mean()), "kl_coef": kl_coef,
+             "length": float(steps.lengths().mean()),
+             "finished": sum(ro.finished) / len(ro.finished),
+             **{f"{name}_reward": float(v.mean()) for name, v in parts.items() if name in scorer.monitors}}
+    return Batch(samples, steps, learner, parts, token_rewards, stats)
+
+
+def train_online(run: Run, stage: str, policy: LanguagePolicy, ref: LanguagePolicy, prompts: list[list[int]],
+                 scorer: Scorer, cfg: OnlineConfig, seed: int, method=None, executor=None,
+                 quiet: bool = False, on_rollout: Callable[[Batch], None] | None = None):
+    """Train ``policy`` online with ``cfg.method`` (or a given ``method`` object); returns the method.
+
+    Logs one metrics line per optimiser step: the method's loss terms, the rollout's proxy and
+    monitor rewards, KL to the reference, length, approx-KL and clip fraction to the behaviour
+    policy. ``on_rollout`` sees every new scored batch (for labs that keep their own curves).
+    """
+    from rlxf.executors import make_executor
+
+    method = method if method is not None else build_method(cfg)
+    validate(cfg, method)
+    executor = executor if executor is not None else make_executor("local")
+    reduction = cfg.loss_reduction or method.reduction
+    ctx = Context(cfg, policy, ref, cfg.kl.coef, reduction)
+    moments = RunningMoments()
+    cache: dict[str, Any] = {"index": None}
+    U = cfg.updates_per_rollout * cfg.minibatches
+    P = cfg.optim.batch_size
+
+    def make_batch(step: int) -> list:
+        index, within = divmod(step, U)
+        if cache["index"] != index:
+            batch = collect(executor, policy, ref, prompts, scorer, cfg, seed, index, ctx.kl_coef, moments)
+            method.prepare(batch, ctx)
+            if on_rollout is not None:
+                on_rollout(batch)
+            if cfg.kl.target > 0:
+                ctx.kl_coef = adaptive_kl_beta(ctx.kl_coef, batch.stats["kl"], cfg.kl.target, cfg.kl.horizon,
+                                               batch.samples.k * P)
+            cache.update(index=index, batch=batch)
+        batch = cache["batch"]
+        epoch, mb = divmod(within, cfg.minibatches)
+        order = torch.randperm(P, generator=torch.Generator().manual_seed(seed * 7919 + index * 131 + epoch))
+        size = math.ceil(P / cfg.minibatches)
+        return [(batch, int(g)) for g in order[mb * size:(mb + 1) * size].sort().values]
+
+    def loss_fn(micro: list, full: list):
+        batch: Batch = micro[0][0]
+        groups, all_rows = [g for _, g in micro], batch.rows([g for _, g in full])
+        mask = batch.steps.mask[all_rows]
+        reducer = Reducer(ctx.reduction, len(all_rows), float(mask.sum()), cfg.max_new_tokens)
+        reducer.groups = [g for _, g in full]
+        loss, metrics, steps = method.loss(batch, groups, reducer, ctx)
+        if cfg.kl.mode == "loss" and steps is not None and ctx.kl_coef > 0:
+            kl_term = reducer(ctx.kl_coef * kl_estimate(steps, cfg.kl.estimator), steps.mask)
+            loss = loss + kl_term
+            metrics["kl_loss"] = kl_term.item()
+        if steps is not None:
+            metrics.update(_ratio_stats(steps, reducer, getattr(method, "clip", 0.2)))
+        share = len(micro) / len(full)
+        metrics.update({k: v * share for k, v in batch.stats.items()})
+        return loss, metrics
+
+    def extra_state() -> dict:
+        return {"kl_coef": ctx.kl_coef, "moments": moments.state(), **method.state()}
+
+    def on_resume(state: dict) -> None:
+        ctx.kl_coef = state.get("kl_coef", ctx.kl_coef)
+        moments.load(state.get("moments", {}))
+        method.load_state(state)
+
+    model = torch.nn.ModuleDict({"policy": policy.model, **method.modules()})
+    train(run, stage, model, cfg.optim, make_batch, loss_fn, quiet=quiet, extra_state=extra_state,
+          on_resume=on_resume)
+    return method
+
+
+@torch.no_grad()
+def _ratio_stats(steps: Steps, reducer: Reducer, clip: float) -> dict[str, float]:
+    """Approx-KL (k3 of the behaviour policy against the current one) and the clipped fraction."""
+    log_ratio = steps.masked(steps.logps - steps.old_logps)
+    ratio = log_ratio.exp()
+    n = reducer.n_tokens
+    return {"approx_kl": float(steps.masked(ratio - 1 - log_ratio).sum() / n),
+            "clip_frac": float(steps.masked(((ratio - 1).abs() > clip).float()).sum() / n)}
+
+
+class Method:
+    """Base for online methods: ``prepare`` adds advantages to a batch, ``loss`` returns
+    ``(share of the global loss, metrics, the Steps it used or None)``."""
+
+    reduction = "token"
+    min_samples = 1
+    clip = 0.2
+
+    def prepare(self, batch: Batch, ctx: Context) -> None:
+        pass
+
+    def loss(self, batch: Batch, groups: list[int], reducer: Reducer, ctx: Context):
+        raise NotImplementedError
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {}
+
+    def state(self) -> dict:
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        pass

@@ -1,0 +1,135 @@
+"""``rlxf label init|add-labeler|add-items|serve|export``: the feedback app's commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rlxf.app.selection import SELECTIONS
+from rlxf.data.label_store import KINDS
+
+
+def add_label_commands(subparsers) -> None:
+    """Register ``rlxf label ...`` on the top-level parser's subparsers."""
+    label = subparsers.add_parser("label", help="collect human feedback in a web app (see docs/feedback_app.md)")
+    sub = label.add_subparsers(dest="label_command", required=True)
+
+    def project(sp):
+        sp.add_argument("--project", required=True, metavar="DIR", help="the label project directory")
+        return sp
+
+    init = project(sub.add_parser("init", help="create a label project and print its owner token"))
+    init.add_argument("--kind", choices=KINDS, default="preference", help="what labelers are asked")
+    init.add_argument("--name", help="project name (default: the directory name)")
+    init.add_argument("--database", metavar="URL",
+                      help="a postgresql:// URL (default: labels.sqlite in the project directory)")
+    init.add_argument("--overlap", type=int, default=1, help="labelers per item, >1 to measure agreement")
+    init.add_argument("--selection", choices=SELECTIONS, default="uniform", help="which question to ask next")
+    init.add_argument("--scale", type=float, nargs=2, default=[1, 5], metavar=("LOW", "HIGH"),
+                      help="rating scale (rating projects)")
+    init.add_argument("--max-critique-chars", type=int, default=4000)
+    init.add_argument("--nu", type=float, default=1.0, help="exploration weight of the apohf rule")
+    init.add_argument("--eps", type=float, default=0.0, help="uncertainty threshold of the randomized rule")
+    init.add_argument("--seed", type=int, default=0)
+
+    add = project(sub.add_parser("add-labeler", help="register a labeler and print their token"))
+    add.add_argument("name")
+
+    items = project(sub.add_parser("add-items", help="add items from a JSONL file (prompt + responses)"))
+    items.add_argument("file")
+
+    serve = project(sub.add_parser("serve", help="start the web app"))
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--reward-model", action="append", default=[], metavar="DIR",
+                       help="a reward model directory scoring items for active selection (repeat for an ensemble)")
+
+    export = project(sub.add_parser("export", help="write the labels as an rlxf/TRL dataset"))
+    export.add_argument("out", help="output path: .jsonl, .parquet, or a directory (save_to_disk)")
+    export.add_argument("--record", help="record kind, e.g. comparison, critique or correction")
+
+
+def run_label_command(args) -> int:
+    """Run one ``rlxf label`` command; a bad request prints ``rlxf: error: ...`` and returns 2."""
+    from rlxf.data.io import DataError
+    from rlxf.data.label_store import StoreError
+
+    try:
+        return _dispatch(args)
+    except (StoreError, DataError, FileNotFoundError) as e:
+        print(f"rlxf: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args) -> int:
+    from rlxf.app import project as proj
+
+    cmd = args.label_command
+    if cmd == "init":
+        scale = [int(x) if float(x).is_integer() else x for x in args.scale]
+        token = proj.init_project(args.project, args.kind, args.name, args.database, overlap=args.overlap,
+                                  selection=args.selection, scale=scale, max_critique_chars=args.max_critique_chars,
+                                  nu=args.nu, eps=args.eps, seed=args.seed)
+        print(f"created {args.kind} project in {args.project}")
+        print(f"owner token: {token}")
+        print("(shown once; it opens the project page and the export)")
+        return 0
+    if cmd == "serve":
+        return _serve(args)
+    if cmd == "export":
+        path, n = proj.export_project(args.project, args.out, args.record)
+        print(f"wrote {n} records to {path}")
+        return 0
+    store, project = proj.open_project(args.project)
+    try:
+        if cmd == "add-labeler":
+            token = store.add_labeler(project, args.name)
+            print(f"labeler {args.name!r} token: {token}")
+            print(f"labeling page: http://HOST:PORT/label#token={token}")
+        else:
+            ids = store.add_items(project, proj.read_items(args.file))
+            print(f"added {len(ids)} items (ids {ids[0]}..{ids[-1]}) to project {project.name!r}")
+    finally:
+        store.close()
+    return 0
+
+
+def _serve(args) -> int:
+    import uvicorn
+
+    from rlxf.app.project import open_project
+    from rlxf.app.selection import reward_model_scorer
+    from rlxf.app.server import create_app, listening_socket
+    from rlxf.data.label_store import StoreError
+
+    store, project = open_project(args.project)
+    scorer = None
+    if args.reward_model:
+        from rlxf.rewards.model import RewardModel
+
+        scorer = reward_model_scorer([RewardModel.from_pretrained(d) for d in args.reward_model])
+    app = create_app(store, project, scorer)
+    try:
+        sock = listening_socket(args.host, args.port)
+    except OSError as e:
+        store.close()
+        raise StoreError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
+    print(f"serving project {project.name!r} on http://{args.host}:{args.port}/label "
+          f"(owner page: /project)", file=sys.stderr, flush=True)
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+    finally:
+        sock.close()
+        store.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``rlxf label ...`` alone (``python -m rlxf.app.cli``), as the main CLI does."""
+    parser = argparse.ArgumentParser(prog="rlxf")
+    add_label_commands(parser.add_subparsers(dest="command", required=True))
+    return run_label_command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

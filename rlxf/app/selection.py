@@ -1,0 +1,194 @@
+"""Active query selection: which item, and which pair of its responses, to ask about next.
+
+A *scorer* maps items to ensemble scores, one ``[K, n_responses]`` array per item (K
+reward models, or K bootstrap fits of one), or to None while it has no model yet (the
+queue then asks uniformly: a warm start). Every rule here reads only those arrays:
+
+- ``uniform``: a random item and a random pair (the baseline).
+- ``disagreement``: the pair on which the ensemble members disagree most about which
+  response wins (the standard deviation over members of sigma(r_k(a) - r_k(b))), as
+  in ensemble-based active reward learning (e.g. Christiano et al. 2017, PEBBLE).
+- ``apohf``: the dueling rule of APOHF (Lin et al. 2024, "Prompt Optimization with
+  Human Feedback"): arm 1 is the best-so-far response (highest mean score), arm 2
+  maximises mean + nu * uncertainty of its difference to arm 1. APOHF measures that
+  uncertainty with a gradient (NTK) norm of a small network; here the ensemble's standard
+  deviation of the difference stands in for it. Across items, the item whose challenger
+  has the largest optimistic margin over its incumbent is asked.
+- ``randomized``: the rule of Wu & Sun 2024 ("Making RL with Preference-based Feedback
+  Efficient via Randomization"): compare the choice of a *randomised* reward estimate (one
+  ensemble member drawn at random, a posterior sample) with the choice of the previous
+  greedy estimate (the ensemble mean), and ask only when that pair is uncertain enough
+  (std of the difference >= ``eps``); otherwise skip the query.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from rlxf.data.label_store import Assignment, Item, Labeler, LabelStore, Project, StoreError
+
+Scorer = Callable[[list[Item]], "list[np.ndarray] | None"]
+SELECTIONS = ("uniform", "disagreement", "apohf", "randomized")
+
+
+@dataclass(frozen=True)
+class Choice:
+    index: int  # which candidate item
+    pair: tuple[int, int]  # which two of its responses
+    score: float  # the rule's value for this choice (higher = more informative)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def choose_uniform(items: list[Item], scores: list[np.ndarray] | None, rng: np.random.Generator) -> Choice:
+    i = int(rng.integers(len(items)))
+    a, b = rng.choice(len(items[i].responses), size=2, replace=False)
+    return Choice(i, (int(a), int(b)), 0.0)
+
+
+def pair_disagreement(s: np.ndarray) -> np.ndarray:
+    """``[n, n]``: std over the K members of P_k(row beats column) = sigma(s_k[row] - s_k[col])."""
+    p = _sigmoid(s[:, :, None] - s[:, None, :])
+    return p.std(axis=0)
+
+
+def choose_disagreement(items: list[Item], scores: list[np.ndarray], rng: np.random.Generator) -> Choice:
+    best = None
+    for i, s in enumerate(scores):
+        d = pair_disagreement(s)
+        np.fill_diagonal(d, -1.0)
+        d = d + 1e-9 * rng.random(d.shape)  # random tie-break
+        a, b = np.unravel_index(int(np.argmax(d)), d.shape)
+        if best is None or d[a, b] > best.score:
+            best = Choice(i, (int(a), int(b)), float(d[a, b]))
+    return best
+
+
+def choose_apohf(items: list[Item], scores: list[np.ndarray], rng: np.random.Generator, nu: float = 1.0) -> Choice:
+    best = None
+    for i, s in enumerate(scores):
+        mean = s.mean(axis=0)
+        x1 = int(np.argmax(mean + 1e-9 * rng.random(mean.shape)))
+        bonus = (s - s[:, [x1]]).std(axis=0)
+        ucb = mean + nu * bonus
+        ucb[x1] = -np.inf
+        x2 = int(np.argmax(ucb))
+        value = float(ucb[x2] - mean[x1])
+        if best is None or value > best.score:
+            best = Choice(i, (x1, x2), value)
+    return best
+
+
+def choose_randomized(items: list[Item], scores: list[np.ndarray], rng: np.random.Generator,
+                      eps: float = 0.0) -> Choice | None:
+    """First item (in random order) whose (randomised choice, greedy choice) pair has
+    uncertainty >= eps; None when no item qualifies (the query is skipped)."""
+    for i in rng.permutation(len(items)):
+        s = scores[i]
+        k = int(rng.integers(s.shape[0]))
+        new = int(np.argmax(s[k]))
+        mean = s.mean(axis=0)
+        # the greedy choice; when both estimates pick the same response, the greedy runner-up
+        old = next(int(j) for j in np.argsort(-mean, kind="stable") if j != new)
+        u = float((s[:, new] - s[:, old]).std())
+        if u >= eps:
+            return Choice(int(i), (new, old), u)
+    return None
+
+
+class QueryQueue:
+    """Hands each labeler their next assignment, picked by the project's selection rule.
+
+    A labeler's unfinished assignment is returned again (a reload does not skip it);
+    otherwise a fresh item is chosen among those the labeler never saw and that have
+    fewer than ``overlap`` labelers, so no labeler is asked the same question twice.
+    """
+
+    def __init__(self, store: LabelStore, project: Project, scorer: Scorer | None = None,
+                 seed: int = 0, pool: int = 256):
+        rule = project.settings.get("selection", "uniform")
+        if rule not in SELECTIONS:
+            raise StoreError(f"selection {rule!r} is not one of {', '.join(SELECTIONS)}")
+        if rule != "uniform" and scorer is None:
+            raise StoreError(f"selection {rule!r} needs reward models to score items (serve --reward-model DIR ...)")
+        self.store, self.project, self.scorer, self.rule = store, project, scorer, rule
+        self.pool = pool
+        self.rng = np.random.default_rng(seed)
+        self._lock = threading.Lock()  # one choice at a time, so two labelers never race for the last slot
+
+    def next(self, labeler: Labeler) -> Assignment | None:
+        with self._lock:
+            current = self.store.open_assignment(self.project, labeler)
+            if current is not None:
+                return current
+            items = self.store.candidates(self.project, labeler, self.pool, self.rng)
+            if not items:
+                return None
+            choice = self._choose(items)
+            if choice is None:
+                return None
+            item = items[choice.index]
+            return self.store.assign(self.project, labeler, item, self._shown(item, choice.pair))
+
+    def _choose(self, items: list[Item]) -> Choice | None:
+        scores = None if self.rule == "uniform" else self.scorer(items)
+        if scores is None:
+            return choose_uniform(items, None, self.rng)
+        scores = [np.asarray(s, dtype=float) for s in scores]
+        if self.rule == "disagreement":
+            return choose_disagreement(items, scores, self.rng)
+        if self.rule == "apohf":
+            return choose_apohf(items, scores, self.rng, float(self.project.settings.get("nu", 1.0)))
+        return choose_randomized(items, scores, self.rng, float(self.project.settings.get("eps", 0.0)))
+
+    def _shown(self, item: Item, pair: tuple[int, int]) -> list[int]:
+        """Preference shows the pair (in random order); ranking and rating show every
+        response; a critique shows one response of the pair."""
+        kind = self.project.kind
+        if kind == "preference":
+            return [int(i) for i in self.rng.permutation(list(pair))]
+        if kind in ("ranking", "rating"):
+            return list(range(len(item.responses)))
+        return [int(pair[0])]
+
+
+def reward_model_scorer(models) -> Scorer:
+    """A scorer from K ``RewardModel``s (a list, or a ``rlxf.rewards.ensemble.RewardEnsemble``):
+    each scores prompt + response token ids. Scores are cached per item, since items do
+    not change while the server runs."""
+    models = list(getattr(models, "members", models))
+    cache: dict[int, np.ndarray] = {}
+    lock = threading.Lock()
+
+    def score(items: list[Item]) -> list[np.ndarray]:
+        with lock:
+            todo = [it for it in items if it.id not in cache]
+            if todo:
+                prompts, responses, owners = [], [], []
+                for it in todo:
+                    for r in it.responses:
+                        prompts.append(it.prompt)
+                        responses.append(r)
+                        owners.append(it.id)
+                rows = []
+                for m in models:
+                    tok = m.tokenizer
+                    p_ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+                    eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+                    r_ids = [tok(r, add_special_tokens=False).input_ids + eos for r in responses]
+                    rows.append(m.score(p_ids, r_ids).numpy())
+                all_scores = np.stack(rows)  # [K, total responses]
+                start = 0
+                for it in todo:
+                    n = len(it.responses)
+                    cache[it.id] = all_scores[:, start:start + n]
+                    start += n
+            return [cache[it.id] for it in items]
+
+    return score

@@ -1,0 +1,62 @@
+"""The in-process executor: sampling and scoring are plain calls in the driver."""
+
+from __future__ import annotations
+
+import torch
+
+from rlxf.core.steps import Steps
+from rlxf.policies.language import LanguagePolicy, Rollout
+
+
+def shard_seeds(seed: int, shards: int) -> list[int]:
+    """One generator seed per rollout shard, the same for every backend."""
+    return [seed] if shards == 1 else [(seed + 1_000_003 * i) % 2**62 for i in range(shards)]
+
+
+def split_prompts(prompts: list, shards: int) -> list[list]:
+    """Contiguous, nearly equal shards of the prompt list (order kept)."""
+    size, rest = divmod(len(prompts), shards)
+    out, start = [], 0
+    for i in range(shards):
+        end = start + size + (1 if i < rest else 0)
+        out.append(prompts[start:end])
+        start = end
+    return out
+
+
+def merge_rollouts(parts: list[Rollout]) -> Rollout:
+    parts = [p for p in parts if p.response_ids]
+    return Rollout([x for p in parts for x in p.prompt_ids], [x for p in parts for x in p.response_ids],
+                   [x for p in parts for x in p.finished], Steps.cat([p.steps for p in parts]))
+
+
+def sample_shard(policy: LanguagePolicy, prompts, n, max_new_tokens, temperature, top_p, seed) -> Rollout:
+    gen = torch.Generator().manual_seed(seed)
+    return policy.sample(prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                         generator=gen)
+
+
+def score_samples(ref: LanguagePolicy, scorer, samples, step: int):
+    """Reference log-probs ``[B, T]`` and the scorer's ``(reward, parts)``."""
+    return ref.score(samples.prompt_ids, samples.response_ids).logps, scorer(samples, step)
+
+
+class LocalExecutor:
+    """Runs ``shards`` rollout shards one after another in this process."""
+
+    def __init__(self, shards: int = 1):
+        if shards < 1:
+            raise ValueError(f"executor shards must be >= 1, got {shards}")
+        self.shards = shards
+
+    def sample(self, policy, version, prompts, n, max_new_tokens, temperature, top_p, seed) -> Rollout:
+        return merge_rollouts([
+            sample_shard(policy, part, n, max_new_tokens, temperature, top_p, s)
+            for part, s in zip(split_prompts(prompts, self.shards), shard_seeds(seed, self.shards))
+        ])
+
+    def score(self, ref, scorer, samples, step):
+        return score_samples(ref, scorer, samples, step)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,419 @@
+"""The best-of-N over-optimisation lab: when does a learned reward stop tracking gold?
+
+For each label budget, K reward models are trained on the first ``budget`` comparisons of SFT
+samples (member 0 is "the single RM"; the K together are the ensemble). N = 1..n_max samples per
+held-out prompt are drawn once from the SFT policy; best-of-N picks the highest proxy score
+(single, ensemble mean, worst-case WCO or uncertainty-weighted UWO, Coste et al. 2024), and we
+record the gold and proxy reward of the pick against the analytic KL log N - (N - 1)/N
+(Gao et al. 2023). Small N are averaged over the n_max / N disjoint groups of the same samples.
+
+Stages reuse the quickstart pipeline's (SFT, comparisons); each reward model is its own
+resumable stage. Output: ``summary.json`` shaped ``{reward_type: {budget: {N: {"gold", "proxy"}}}}``
+and ``report.html`` with the curves.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from rlxf.algorithms.evaluate import best_of_n_kl
+from rlxf.algorithms.loop import OptimConfig
+from rlxf.algorithms.reward_training import train_reward_model
+from rlxf.core.runs import atomic_write_text, torch_save_atomic
+from rlxf.data.io import read_records
+from rlxf.lab.config import ComparisonsSection, GenerationSection, ModelSection, RunSection, SFTSection
+from rlxf.lab.pipeline import Pipeline, PipelineError
+from rlxf.rewards.ensemble import aggregate, member_indices
+from rlxf.rewards.evaluation import pairwise_accuracy
+from rlxf.rewards.model import RewardModel
+from rlxf.tasks.hidden_pref import HiddenPrefConfig
+
+REWARD_TYPES = ("single", "mean", "wco", "uwo")
+
+
+@dataclass
+class RewardModelsSection:
+    """Label budgets (comparisons per reward model) and how long each model trains:
+    ``max(min_steps, epochs * budget / batch_size)`` optimiser steps."""
+
+    budgets: list[int] = field(default_factory=lambda: [500, 2000, 8000])
+    epochs: float = 2.0
+    min_steps: int = 20
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=0, batch_size=64, lr=1e-3, warmup_steps=10))
+
+
+@dataclass
+class EnsembleSection:
+    members: int = 5
+    bootstrap: bool = False  # False: members differ by seed only (as in Coste et al.)
+    uwo_lambda: float = 0.5
+
+
+@dataclass
+class BestOfNSection:
+    n_max: int = 256  # a power of two
+    n_prompts: int = 200
+    reward_types: list[str] = field(default_factory=lambda: list(REWARD_TYPES))
+
+
+@dataclass
+class BestOfNLabConfig:
+    lab: str = "best_of_n"
+    run: RunSection = field(default_factory=lambda: RunSection(dir="runs/best_of_n"))
+    task: HiddenPrefConfig = field(default_factory=HiddenPrefConfig)
+    model: ModelSection = field(default_factory=ModelSection)
+    generation: GenerationSection = field(default_factory=GenerationSection)
+    sft: SFTSection = field(default_factory=SFTSection)
+    comparisons: ComparisonsSection = field(default_factory=lambda: ComparisonsSection(n_pairs=8400))
+    reward_model: RewardModelsSection = field(default_factory=RewardModelsSection)
+    ensemble: EnsembleSection = field(default_factory=EnsembleSection)
+    best_of_n: BestOfNSection = field(default_factory=BestOfNSection)
+
+
+def bon_curve(gold: np.ndarray, score: np.ndarray, sizes: list[int]) -> dict[int, dict[str, float]]:
+    """Mean gold and proxy of the best-of-N pick for each N in ``sizes``, from ``[P, n_max]``
+    arrays: the n_max samples of a prompt are cut into n_max // N disjoint groups of N."""
+    P, n_max = gold.shape
+    out = {}
+    for n in sizes:
+        g = gold[:, : n_max // n * n].reshape(P, -1, n)
+        s = score[:, : n_max // n * n].reshape(P, -1, n)
+        pick = s.argmax(-1)[..., None]
+        out[n] = {"gold": float(np.take_along_axis(g, pick, -1).mean()), "proxy": float(s.max(-1).mean())}
+    return out
+
+
+class BestOfNLab(Pipeline):
+    """Runs the over-optimisation lab in ``cfg.run.dir`` (resumable, stage by stage)."""
+
+    Config = BestOfNLabConfig
+
+    def validate(self) -> None:
+        c = self.cfg
+        if c.model.init != "tiny" and not (Path(c.model.init) / "config.json").is_file():
+            raise PipelineError(f"model.init: model directory {c.model.init} does not exist or has no config.json")
+        b, e, n = c.reward_model.budgets, c.ensemble, c.best_of_n
+        if not b or any(x < 2 for x in b):
+            raise PipelineError(f"reward_model.budgets must be a non-empty list of integers >= 2, got {b}")
+        if not c.comparisons.path and max(b) > c.comparisons.n_pairs:
+            raise PipelineError(f"reward_model.budgets: the largest budget {max(b)} exceeds comparisons.n_pairs "
+                                f"= {c.comparisons.n_pairs}; raise comparisons.n_pairs")
+        if e.members < 1:
+            raise PipelineError(f"ensemble.members must be at least 1, got {e.members}")
+        if n.n_max < 1 or n.n_max & (n.n_max - 1):
+            raise PipelineError(f"best_of_n.n_max must be a power of two, got {n.n_max}")
+        bad = sorted(set(n.reward_types) - set(REWARD_TYPES))
+        if bad or not n.reward_types:
+            raise PipelineError(f"best_of_n.reward_types: unknown {bad or 'empty list'}; known: {', '.join(REWARD_TYPES)}")
+        if c.comparisons.path:
+            self._user_comparisons = read_records(c.comparisons.path, kind="comparison")
+        try:
+            self.task  # noqa: B018 - builds and checks the task config
+        except ValueError as e_:
+            raise PipelineError(f"task: {e_}") from None
+
+    @staticmethod
+    def format_table(summary: dict) -> str:
+        return format_table(summary)
+
+    # -- stages -----------------------------------------------------------
+    def stages(self) -> list[tuple[str, Callable[[], dict]]]:
+        out = [("sft", self.stage_sft), ("comparisons", self.stage_comparisons), ("samples", self.stage_samples)]
+        for budget in self.cfg.reward_model.budgets:
+            for k in range(self.cfg.ensemble.members):
+                out.append((f"rm_{budget}_{k}", lambda b=budget, k=k: self.stage_member(b, k)))
+        return out + [("evaluate", self.stage_evaluate)]
+
+    def execute(self) -> dict:
+        for name, fn in self.stages():
+            if self.run.is_done(name):
+                self.log(f"[{name}] done already, skipping")
+                continue
+            t0 = time.time()
+            self.log(f"[{name}] running")
+            result = fn()
+            result["seconds"] = round(time.time() - t0, 1)
+            self.run.mark_done(name, result)
+            self.log(f"[{name}] finished in {result['seconds']}s")
+        write_report(self.run.dir)
+        return json.loads((self.run.dir / "summary.json").read_text())
+
+    def _samples_path(self) -> Path:
+        return self.run.stage_dir("samples") / "samples.pt"
+
+    def stage_samples(self) -> dict:
+        """n_max SFT samples for each held-out prompt, with their gold reward."""
+        c = self.cfg.best_of_n
+        prompts = self.task.prompts("test")[: c.n_prompts]
+        if len(prompts) < c.n_prompts:
+            raise PipelineError(f"best_of_n.n_prompts={c.n_prompts} but the task has {len(prompts)} test prompts")
+        sft = self.policy("sft")
+        ro = self._sample(sft, self._prompt_ids(sft, prompts), n=c.n_max, salt=300)
+        gold = self._gold([p for p in prompts for _ in range(c.n_max)], self._texts(sft, ro.response_ids), ro.finished)
+        torch_save_atomic({"prompt_ids": ro.prompt_ids, "response_ids": ro.response_ids,
+                           "gold": torch.tensor(gold).reshape(len(prompts), c.n_max)}, self._samples_path())
+        return {"n_prompts": len(prompts), "n_max": c.n_max, "gold_mean": float(gold.mean())}
+
+    def _budget_rows(self, budget: int) -> list:
+        pairs = self._pairs(self.policy("sft"))
+        if len(pairs) < budget:
+            raise PipelineError(f"reward_model.budgets: budget {budget} needs {budget} comparisons but only "
+                                f"{len(pairs)} are usable; raise comparisons.n_pairs")
+        return pairs[:budget]
+
+    def stage_member(self, budget: int, k: int) -> dict:
+        """Train member ``k`` of the budget's ensemble and score every sample with it."""
+        c, stage = self.cfg, f"rm_{budget}_{k}"
+        rows = self._budget_rows(budget)
+        rows = [rows[i] for i in member_indices(len(rows), k, self.seed, c.ensemble.bootstrap)]
+        rc = c.reward_model
+        steps = max(rc.min_steps, math.ceil(rc.epochs * budget / rc.optim.batch_size))
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed * 1000 + k)  # the new score head differs per member
+            rm = RewardModel.from_pretrained(self._model_dir("sft"))
+        train_reward_model(self.run, stage, rm, rows, replace(rc.optim, steps=steps), self.seed * 1000 + k, self.quiet)
+        samples = torch.load(self._samples_path())
+        scores = rm.score(samples["prompt_ids"], samples["response_ids"]).reshape(samples["gold"].shape)
+        torch_save_atomic(scores, self.run.stage_dir(stage) / "scores.pt")
+        gold = samples["gold"]
+        acc = pairwise_accuracy(scores[:, 0::2].flatten(), scores[:, 1::2].flatten(), gold[:, 0::2].flatten(),
+                                gold[:, 1::2].flatten())
+        return {"budget": budget, "member": k, "steps": steps, "held_out_accuracy_vs_gold": acc}
+
+    def stage_evaluate(self) -> dict:
+        c = self.cfg
+        gold = torch.load(self._samples_path())["gold"].numpy()
+        sizes = [2**i for i in range(int(math.log2(c.best_of_n.n_max)) + 1)]
+        summary: dict = {t: {} for t in c.best_of_n.reward_types}
+        accuracy = {}
+        for budget in c.reward_model.budgets:
+            members = torch.stack([torch.load(self.run.stage_dir(f"rm_{budget}_{k}") / "scores.pt")
+                                   for k in range(c.ensemble.members)])
+            accuracy[budget] = [self.run.result(f"rm_{budget}_{k}")["held_out_accuracy_vs_gold"]
+                                for k in range(c.ensemble.members)]
+            for t in c.best_of_n.reward_types:
+                score = members[0] if t == "single" else aggregate(members, t, c.ensemble.uwo_lambda)
+                summary[t][budget] = bon_curve(gold, score.numpy(), sizes)
+        atomic_write_text(self.run.dir / "summary.json", json.dumps(summary, indent=2))
+        return {"analysis": analyse(summary), "rm_accuracy": accuracy}
+
+
+def analyse(summary: dict) -> dict:
+    """Per reward type and budget: the N where gold peaks, gold there, gold and proxy at the
+    largest N, and how much gold was lost from the peak."""
+    out: dict = {}
+    for t, by_budget in summary.items():
+        for budget, curve in by_budget.items():
+            ns = sorted(curve, key=int)
+            peak = max(ns, key=lambda n: curve[n]["gold"])
+            last = ns[-1]
+            out.setdefault(t, {})[str(budget)] = {
+                "peak_n": int(peak), "peak_gold": curve[peak]["gold"], "n_max": int(last),
+                "gold_at_n_max": curve[last]["gold"], "gold_lost": curve[peak]["gold"] - curve[last]["gold"],
+                "gold_at_1": curve[ns[0]]["gold"], "proxy_at_n_max": curve[last]["proxy"]}
+    return out
+
+
+def format_table(summary: dict) -> str:
+    """Gold reward of the best-of-N pick, one row per (reward type, budget), one column per N."""
+    first = next(iter(next(iter(summary.values())).values()))
+    ns = sorted(first, key=int)
+    head = f"{'reward':<8} {'budget':>6} " + " ".join(f"{'N=' + str(n):>7}" for n in ns)
+    lines = ["gold reward of the best-of-N pick", head, "-" * len(head)]
+    for t, by_budget in summary.items():
+        for budget, curve in by_budget.items():
+            lines.append(f"{t:<8} {budget!s:>6} " + " ".join(f"{curve[n]['gold']:>7.3f}" for n in ns))
+    return "\n".join(lines)
+
+
+def plot_curves(summary: dict, path: Path) -> None:
+    """Gold (top row) and proxy (bottom row) against best-of-N KL, one column per budget."""
+    from rlxf.lab.report import _save, plt
+
+    budgets = list(next(iter(summary.values())))
+    fig, axes = plt.subplots(2, len(budgets), figsize=(4.6 * len(budgets), 7.0), squeeze=False)
+    for j, budget in enumerate(budgets):
+        for i, t in enumerate(summary):
+            curve = summary[t][budget]
+            ns = sorted(curve, key=int)
+            kl = [best_of_n_kl(int(n)) for n in ns]
+            axes[0, j].plot(kl, [curve[n]["gold"] for n in ns], "o-", color=f"C{i}", label=t, ms=3)
+            axes[1, j].plot(kl, [curve[n]["proxy"] for n in ns], "o--", color=f"C{i}", label=t, ms=3)
+        axes[0, j].set_title(f"{budget} comparisons: gold")
+        axes[1, j].set_title(f"{budget} comparisons: proxy")
+        for ax in axes[:, j]:
+            ax.set_xlabel("KL of best-of-N = log N - (N-1)/N (nats)")
+            ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("gold reward of the pick")
+    axes[1, 0].set_ylabel("proxy score of the pick")
+    axes[0, 0].legend(fontsize=8)
+    _save(fig, path)
+
+
+def headline(analysis: dict) -> list[str]:
+    """Sentences stating the single RM's peak and fall and what each ensemble loses at N = n_max."""
+    lines = []
+    for budget, a in analysis.get("single", {}).items():
+        s = (f"Budget {budget}: the single RM's gold peaks at N={a['peak_n']} ({a['peak_gold']:.3f}) and is "
+             f"{a['gold_at_n_max']:.3f} at N={a['n_max']} (lost {a['gold_lost']:.3f}; N=1 gives {a['gold_at_1']:.3f})")
+        others = [f"{t.upper()} loses {analysis[t][budget]['gold_lost']:.3f} (gold {analysis[t][budget]['gold_at_n_max']:.3f})"
+                  for t in ("mean", "wco", "uwo") if t in analysis]
+        lines.append(s + ("; at N=" + str(a["n_max"]) + " " + ", ".join(others) if others else "") + ".")
+    return lines
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """(Re)write ``report.html`` and its plot from a finished lab run."""
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    ev = json.loads((run_dir / "stages" / "evaluate" / "done.json").read_text())
+    plot_curves(summary, run_dir / "best_of_n.png")
+    acc = "".join(f"<tr><td>{b}</td><td>{', '.join(f'{a:.3f}' for a in accs)}</td></tr>"
+                  for b, accs in ev["rm_accuracy"].items())
+    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>best-of-N lab {html.escape(run_dir.name)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}}
+pre{{background:#f5f5f5;padding:1em}} td{{padding:2px 8px}} img{{max-width:100%}}</style></head><body>
+<h1>Best-of-N over-optimisation: {html.escape(str(run_dir))}</h1>
+<p>Best-of-N from the SFT policy on held-out prompts, picking by a learned proxy reward; gold is the task's
+hidden reward. x-axis: the analytic KL of best-of-N from the SFT policy, log N - (N-1)/N.</p>
+<ul>{''.join(f'<li>{html.escape(s)}</li>' for s in headline(ev['analysis']))}</ul>
+<img src="best_of_n.png" alt="gold and proxy against KL">
+<h2>Gold reward of the pick</h2><pre>{html.escape(format_table(summary))}</pre>
+<h2>Held-out pairwise accuracy against gold of each ensemble member</h2><table>
+<tr><th>budget</th><th>members</th></tr>{acc}</table>
+<h2>Analysis</h2><pre>{html.escape(json.dumps(ev['analysis'], indent=1))}</pre>
+<h2>Config</h2><pre>{html.escape((run_dir / 'config.toml').read_text())}</pre></body></html>"""
+    path = run_dir / "report.html"
+    atomic_write_text(path, body)
+    return path
+
+
+# -- process verifiers on the verifiable arithmetic task --------------------------------------
+
+
+def _policy_sample(problem: str, rng, slip: float = 0.2) -> str:
+    """The base policy being verified: half the time a solver that slips by +-1 on each line with
+    probability ``slip``, half the time a correct solution with one plausible error (``corrupt``)."""
+    from rlxf.rewards.process import ArithmeticProver
+    from rlxf.tasks.arithmetic import corrupt, solve
+
+    if rng.random() < 0.5:
+        return "\n".join(ArithmeticProver(problem, slip).complete([], rng))
+    return corrupt(problem, solve(problem), rng)
+
+
+def _sigmoid(x: list[float]) -> list[float]:
+    return (1 / (1 + np.exp(-np.asarray(x)))).tolist()
+
+
+def verifier_comparison(n_train: int = 300, n_test: int = 100, n_candidates: int = 16, steps: int = 80,
+                        rollouts: int = 8, prover_slip: float = 0.1, seed: int = 0, unit: str = "line", max_operand: int = 5) -> dict:
+    """Outcome RM vs process RM vs PAV at the same label budget (``n_train`` labelled solutions)
+    on the arithmetic task: AUC of ranking partial solutions (is the prefix still right?) and the
+    gold accuracy of best-of-N picks. Each verifier is the same tiny transformer over step tokens."""
+    import random
+    import tempfile
+
+    from rlxf.algorithms.reward_training import train_process_reward_model
+    from rlxf.core.runs import Run
+    from rlxf.policies.tiny import tiny_scorer, tiny_tokenizer
+    from rlxf.rewards.process import ArithmeticProver, ProcessRewardModel, progress, rollout_values, step_text
+    from rlxf.tasks.arithmetic import ArithmeticTask, check_answer, check_steps
+
+    task, rng = ArithmeticTask(seed, max_operand=max_operand), random.Random(seed)
+    train_p, test_p = task.prompts(n_train, "train"), task.prompts(n_test, "test")
+    train_s = [_policy_sample(p, rng) for p in train_p]
+    pool = [_policy_sample(p, rng) for p in task.prompts(4 * n_train, "train")]
+    # words seen at least twice in an unlabelled pool; rarer ones are <unk>, in training too
+    counts: dict[str, int] = {}
+    for s in pool + train_s:
+        for w in step_text("0", s, unit)[1].split():
+            counts[w] = counts.get(w, 0) + 1
+    tok = tiny_tokenizer(list("0123456789+-*=") + sorted(w for w, c in counts.items() if c >= 2))
+
+    def encode(p, s):
+        pt, st = step_text(p, s, unit)
+        p_ids, r_ids = tok(pt, add_special_tokens=False).input_ids, tok(st, add_special_tokens=False).input_ids
+        if unit == "line":
+            return p_ids, r_ids, list(range(len(r_ids)))
+        end = tok.convert_tokens_to_ids(";")
+        return p_ids, r_ids, [i for i, t in enumerate(r_ids) if t == end]
+
+    targets = {
+        "orm": [[float(check_answer(p, s))] for p, s in zip(train_p, train_s)],
+        "prm": [np.cumprod(check_steps(p, s)).astype(float).tolist() for p, s in zip(train_p, train_s)],
+        "pav": [],
+    }
+    for p, s in zip(train_p, train_s):
+        prover = ArithmeticProver(p, prover_slip)
+        targets["pav"].append(rollout_values(s.split("\n"), prover.complete, prover.is_correct, rollouts, rng))
+    models = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, ys in targets.items():
+            rows = []
+            for p, s, y in zip(train_p, train_s, ys):
+                p_ids, r_ids, ends = encode(p, s)
+                ends = [ends[-1]] if name == "orm" else ([-1] + ends if name == "pav" else ends)
+                rows.append((p_ids, r_ids, ends, y))
+            prm = ProcessRewardModel(tiny_scorer(tok, n_layer=2, n_embd=64, n_head=4, seed=seed), tok)
+            cfg = OptimConfig(steps=steps, batch_size=32, lr=3e-3, warmup_steps=10, checkpoint_every=0)
+            train_process_reward_model(Run(Path(tmp) / name, name), name, prm, rows, cfg, seed, quiet=True)
+            models[name] = prm
+
+    def step_scores(name, problems, sols):
+        enc = [encode(p, s) for p, s in zip(problems, sols)]
+        ends = [([-1] if name == "pav" else []) + e[2] for e in enc]
+        return models[name].step_scores([e[0] for e in enc], [e[1] for e in enc], ends)
+
+    # ranking partial solutions of held-out problems
+    test_s = [_policy_sample(p, rng) for p in test_p]
+    gold = np.concatenate([np.cumprod(check_steps(p, s)) for p, s in zip(test_p, test_s)])
+    auc = {}
+    for name in models:
+        sc = np.concatenate([row[1:] if name == "pav" else row for row in step_scores(name, test_p, test_s)])
+        pos, neg = sc[gold == 1], sc[gold == 0]
+        auc[name] = float(np.mean((pos[:, None] > neg[None]) + 0.5 * (pos[:, None] == neg[None])))
+    # best-of-N on gold accuracy
+    cands = [[_policy_sample(p, rng) for _ in range(n_candidates)] for p in test_p]
+    flat_p = [p for p in test_p for _ in range(n_candidates)]
+    flat_s = [s for c in cands for s in c]
+    correct = np.array([check_answer(p, s) for p, s in zip(flat_p, flat_s)]).reshape(len(test_p), -1)
+    solution_score = {
+        "orm": [row[-1] for row in step_scores("orm", flat_p, flat_s)],
+        "prm": [min(row) for row in step_scores("prm", flat_p, flat_s)],
+        # the largest cumulative drop in the prover's success, min_h sum_{i<=h} A_i (as probabilities)
+        "pav": [min(np.cumsum(progress(_sigmoid(row)))) for row in step_scores("pav", flat_p, flat_s)],
+    }
+    bon = {}
+    for name, sc in solution_score.items():
+        sc = np.array(sc).reshape(len(test_p), -1)
+        bon[name] = {n: float(bon_curve(correct.astype(float), sc, [n])[n]["gold"])
+                     for n in (1, 4, n_candidates)}
+    bon["oracle"] = {n: float(bon_curve(correct.astype(float), correct.astype(float), [n])[n]["gold"])
+                     for n in (1, 4, n_candidates)}
+    return {"label_budget": n_train, "prefix_auc": auc, "best_of_n_accuracy": bon,
+            "prefix_positive_rate": float(gold.mean())}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Outcome RM vs PRM vs PAV on the arithmetic task.")
+    ap.add_argument("--n-train", type=int, default=300, help="labelled solutions (the label budget)")
+    ap.add_argument("--n-test", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=80)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--unit", default="line", choices=["number", "line"])
+    ap.add_argument("--max-operand", type=int, default=5)
+    a = ap.parse_args()
+    print(json.dumps(verifier_comparison(a.n_train, a.n_test, steps=a.steps, seed=a.seed, unit=a.unit,
+                                         max_operand=a.max_operand), indent=1))

@@ -1,0 +1,137 @@
+"""The control lab: true-reward PPO, preference-based RL under each query rule, and offline BC vs CPL
+on one gymnasium task, each a resumable stage of one run directory.
+
+    .venv/bin/rlxf run configs/lab_control.toml
+
+Stages: ``ppo`` (PPO on the env reward: the reference return), ``pbrl_<rule>`` for every query rule
+(PPO on a learned reward, preferences from a beta = 1 labeler on the hidden env reward), and
+``offline`` (a mixed-quality dataset recorded from the PPO policy, its TQ and SACo, then behaviour
+cloning against CPL from segment comparisons, compared on the env's return).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from rlxf.algorithms.control.offline import OfflineConfig, label_segments, record_dataset, train_bc, train_offline_cpl
+from rlxf.algorithms.control.pbrl import SELECTIONS, PbRL, PbRLConfig
+from rlxf.algorithms.control.ppo import PPO, PPOConfig
+from rlxf.algorithms.control.rollout import evaluate
+from rlxf.algorithms.loop import OptimConfig
+from rlxf.core.config import ConfigError, to_toml
+from rlxf.core.runs import Run, torch_save_atomic
+from rlxf.data.transitions import state_action_coverage, trajectory_quality
+from rlxf.lab.config import RunSection
+
+
+@dataclass
+class PbRLSection:
+    selections: tuple[str, ...] = ("uniform", "disagreement", "randomized")
+    budget: int = 500
+    queries_per_round: int = 40
+    schedule: str = "constant"
+
+
+@dataclass
+class OfflineSection:
+    enabled: bool = True
+    episodes: int = 60
+    comparisons: int = 2000
+    segment_len: int = 100
+    bc_steps: int = 300
+    cpl_steps: int = 150
+
+
+@dataclass
+class ControlLabConfig:
+    lab: str = "control"
+    run: RunSection = field(default_factory=lambda: RunSection(dir="runs/control"))
+    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(total_steps=60_000))
+    target: float = 475.0  # stop a learner once its greedy 20-episode mean reaches this
+    eval_every: int = 4096
+    pbrl: PbRLSection = field(default_factory=PbRLSection)
+    offline: OfflineSection = field(default_factory=OfflineSection)
+
+
+class ControlLab:
+    Config = ControlLabConfig
+
+    def __init__(self, cfg: ControlLabConfig, fresh: bool = False, quiet: bool = False,
+                 log: Callable[[str], None] = print):
+        bad = [s for s in cfg.pbrl.selections if s not in SELECTIONS]
+        if bad:
+            raise ConfigError(f"pbrl.selections: unknown rule(s) {bad}; expected some of {list(SELECTIONS)}")
+        self.cfg, self.quiet, self.log = cfg, quiet, log
+        cfg.ppo.seed = cfg.run.seed
+        self.run = Run(cfg.run.dir, to_toml(asdict(cfg)), fresh=fresh)
+
+    def _stage(self, name: str, fn: Callable[[], dict]) -> dict:
+        if self.run.is_done(name):
+            return self.run.result(name)
+        self.log(f"[control] {name} ...")
+        result = fn()
+        self.run.mark_done(name, result)
+        self.log(f"[control] {name}: {result}")
+        return result
+
+    def _ppo(self) -> dict:
+        ppo = PPO(self.cfg.ppo)
+        hist = ppo.learn(eval_every=self.cfg.eval_every, target=self.cfg.target, run=self.run, stage="ppo")
+        torch_save_atomic(ppo.policy.state_dict(), self.run.stage_dir("ppo") / "policy.pt")
+        return {"steps": ppo.steps_done, "eval_return": hist[-1]["eval_return"] if hist else None}
+
+    def _pbrl(self, rule: str) -> dict:
+        p = self.cfg.pbrl
+        pbrl = PbRL(PbRLConfig(ppo=PPOConfig(**asdict(self.cfg.ppo)), selection=rule, budget=p.budget,
+                               queries_per_round=p.queries_per_round, schedule=p.schedule, seed=self.cfg.run.seed))
+        hist = pbrl.train(eval_every=self.cfg.eval_every, target=self.cfg.target)
+        return {"queries": pbrl.queries, "steps": pbrl.ppo.steps_done, "eval_return": hist[-1]["eval_return"] if hist else None}
+
+    def _offline(self) -> dict:
+        o, env = self.cfg.offline, self.cfg.ppo.env
+        expert = PPO(self.cfg.ppo).policy
+        expert.load_state_dict(torch.load(self.run.stage_dir("ppo") / "policy.pt"))
+        seed = self.cfg.run.seed
+        mixed = record_dataset(expert, env, o.episodes, eps=(0.0, 0.25, 0.5, 0.75, 1.0, 1.0), seed=seed + 1)
+        rand = record_dataset(expert, env, 20, eps=(1.0,), seed=seed + 2)
+        best = record_dataset(expert, env, 5, eps=(0.0,), seed=seed + 3)
+        mixed.save(self.run.stage_dir("offline") / "dataset")
+        with tempfile.TemporaryDirectory() as tmp:  # BC and CPL checkpoints are scratch
+            scratch = Run(tmp, "scratch = 1\n")
+            bc = train_bc(mixed, scratch, OfflineConfig(OptimConfig(steps=o.bc_steps, batch_size=256, checkpoint_every=0)))
+            chosen, rejected = label_segments(mixed, o.comparisons, o.segment_len, seed=seed)
+            n_actions = int(mixed.transitions().actions.max()) + 1 if mixed.discrete else mixed.episodes[0].actions.shape[-1]
+            cpl = train_offline_cpl(chosen, rejected, mixed.obs_shape[0], n_actions, mixed.discrete, scratch,
+                                    OfflineConfig(OptimConfig(steps=o.cpl_steps, batch_size=64, checkpoint_every=0)))
+        return {
+            "tq": trajectory_quality(mixed.episodes, rand.episodes, best.episodes),
+            "saco": state_action_coverage(mixed.episodes, rand.episodes + best.episodes, decimals=2),
+            "bc_return": float(evaluate(bc, env, 20, deterministic=False).mean()),
+            "cpl_return": float(evaluate(cpl, env, 20, deterministic=False).mean()),
+        }
+
+    def execute(self) -> dict:
+        summary = {"ppo": self._stage("ppo", self._ppo)}
+        for rule in self.cfg.pbrl.selections:
+            summary[f"pbrl_{rule}"] = self._stage(f"pbrl_{rule}", lambda r=rule: self._pbrl(r))
+        if self.cfg.offline.enabled:
+            summary["offline"] = self._stage("offline", self._offline)
+        return summary
+
+    @staticmethod
+    def format_table(summary: dict) -> str:
+        lines = [f"{'stage':<20} {'env steps':>10} {'queries':>8} {'eval return':>12}"]
+        for name, r in summary.items():
+            if name == "offline":
+                continue
+            ret = "-" if r.get("eval_return") is None else f"{r['eval_return']:.1f}"
+            lines.append(f"{name:<20} {r['steps']:>10} {r.get('queries', '-'):>8} {ret:>12}")
+        if "offline" in summary:
+            o = summary["offline"]
+            lines.append(f"offline: TQ {o['tq']:.3f}  SACo {o['saco']:.3f}  BC return {o['bc_return']:.1f}  "
+                         f"CPL return {o['cpl_return']:.1f}")
+        return "\n".join(lines)

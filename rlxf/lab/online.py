@@ -1,0 +1,245 @@
+"""The online over-optimisation lab: gold and proxy reward against KL for online RL methods.
+
+Reuses the pipeline's SFT, comparison and reward-model stages, trains extra reward models for
+an ensemble when a run asks for one, then trains each configured run (a method on a reward:
+the single reward model, an ensemble aggregated by mean / WCO / UWO, or preferences from a
+labeler for SPO) from the SFT policy with the online controller, and evaluates every policy on
+held-out prompts. Writes ``summary.json`` shaped ``{run: {"gold", "proxy", "kl",
+"win_rate_vs_sft"}}`` beside ``report.html`` and an ``online_curves.png`` of gold and proxy
+against KL over training.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from rlxf.algorithms.evaluate import mean_se, paired_gain, sampled_kl
+from rlxf.algorithms.loop import OptimConfig
+from rlxf.algorithms.online.controller import METHODS, KLSettings, OnlineConfig, build_method, train_online
+from rlxf.algorithms.online.ppo import Critic
+from rlxf.algorithms.online.scoring import Samples, Scorer, ensemble_reward, model_reward, text_reward
+from rlxf.algorithms.reward_training import train_reward_model
+from rlxf.core.runs import atomic_write_text
+from rlxf.executors import EXECUTORS, make_executor
+from rlxf.lab.config import PipelineConfig
+from rlxf.lab.pipeline import Pipeline, PipelineError
+from rlxf.labelers.simulated import IntransitiveLabeler
+from rlxf.rewards.model import RewardModel
+
+REWARDS = ("rm", "ensemble_mean", "ensemble_wco", "ensemble_uwo", "preferences")
+
+
+@dataclass(frozen=True)
+class LabRun:
+    """One curve of the lab: ``method`` trained on ``reward``, written ``"name:method:reward"``."""
+
+    name: str
+    method: str
+    reward: str
+
+
+def parse_run(text: str) -> LabRun:
+    parts = [p.strip() for p in text.split(":")]
+    if len(parts) != 3 or not all(parts):
+        raise PipelineError(f"online.runs: {text!r} should read 'name:method:reward', e.g. 'ppo_wco:ppo:ensemble_wco'")
+    return LabRun(*parts)
+
+
+@dataclass
+class OnlineLabSection:
+    steps: int = 60
+    prompts_per_step: int = 16
+    samples_per_prompt: int = 4
+    updates_per_rollout: int = 2  # PPO-style reuse of each rollout
+    ensemble_size: int = 3
+    uwo_lambda: float = 0.5
+    labeler_weights: list[float] = field(default_factory=lambda: [0.6, 0.4])  # gold, brevity (intransitive mix)
+    lr: float = 5e-4
+    kl_coef: float = 0.05
+    lr_overrides: dict[str, float] = field(default_factory=dict)  # learning rate per run name
+    executor: str = "local"
+    runs: list[str] = field(default_factory=lambda: ["ppo:ppo:rm", "ppo_wco:ppo:ensemble_wco",
+                                                     "ppo_uwo:ppo:ensemble_uwo", "grpo:grpo:rm",
+                                                     "online_dpo:online_dpo:rm", "spo:spo:preferences"])
+
+    def parsed_runs(self) -> list[LabRun]:
+        return [parse_run(r) for r in self.runs]
+
+
+@dataclass
+class OnlineLabConfig(PipelineConfig):
+    lab: str = "online"
+    online: OnlineLabSection = field(default_factory=OnlineLabSection)
+
+
+class OnlineLab(Pipeline):
+    """The pipeline's first three stages, then one online stage per run and an evaluation."""
+
+    Config = OnlineLabConfig
+
+    def validate(self) -> None:
+        super().validate()
+        o = self.cfg.online
+        runs = o.parsed_runs()
+        names = [r.name for r in runs]
+        if len(set(names)) != len(names):
+            raise PipelineError(f"online.runs: run names must be unique, got {names}")
+        unknown = sorted(set(o.lr_overrides) - set(names))
+        if unknown:
+            raise PipelineError(f"online.lr_overrides: no run named {', '.join(unknown)} (runs: {', '.join(names)})")
+        for r in runs:
+            if r.method not in METHODS:
+                raise PipelineError(f"online.runs[{r.name}].method: unknown method {r.method!r}; "
+                                    f"known: {', '.join(sorted(METHODS))}")
+            if r.reward not in REWARDS:
+                raise PipelineError(f"online.runs[{r.name}].reward must be one of {', '.join(REWARDS)}, "
+                                    f"got {r.reward!r}")
+        if o.executor not in EXECUTORS:
+            raise PipelineError(f"online.executor must be one of {', '.join(EXECUTORS)}, got {o.executor!r}")
+        if any(r.reward.startswith("ensemble") for r in runs) and o.ensemble_size < 2:
+            raise PipelineError("online.ensemble_size must be >= 2 when a run uses an ensemble reward")
+
+    def stages(self):
+        out = [("sft", self.stage_sft), ("comparisons", self.stage_comparisons),
+               ("reward_model", self.stage_reward_model)]
+        if any(r.reward.startswith("ensemble") for r in self.cfg.online.parsed_runs()):
+            out.append(("reward_ensemble", self.stage_reward_ensemble))
+        out += [(f"online_{r.name}", lambda r=r: self.stage_online(r)) for r in self.cfg.online.parsed_runs()]
+        return out + [("evaluate", self.stage_evaluate)]
+
+    # -- rewards ---------------------------------------------------------------------------
+    def stage_reward_ensemble(self) -> dict:
+        """Extra reward models on the same comparisons, differing only by seed (Coste et al. 2024)."""
+        sft = self.policy("sft")
+        for i in range(1, self.cfg.online.ensemble_size):
+            rm = RewardModel.from_pretrained(self._model_dir("sft"))
+            torch.manual_seed(self.seed + i)
+            rm.model.score.reset_parameters()
+            train_reward_model(self.run, f"reward_model_{i}", rm, self._pairs(sft), self.cfg.reward_model.optim,
+                               self.seed + i, self.quiet)
+            rm.save_pretrained(self._model_dir(f"reward_model_{i}"))
+        return {"members": self.cfg.online.ensemble_size}
+
+    def _ensemble(self) -> list[RewardModel]:
+        extra = [RewardModel.from_pretrained(self._model_dir(f"reward_model_{i}"))
+                 for i in range(1, self.cfg.online.ensemble_size)]
+        return [self.reward_model()] + extra
+
+    def _criteria(self, policy, s: Samples) -> np.ndarray:
+        """Per-response scores under the labeler's criteria: gold, and brevity (-words/2)."""
+        texts = [(policy.decode(p), policy.decode(r), f) for p, r, f in zip(s.prompt_ids, s.response_ids, s.finished)]
+        return np.array([[self.task.gold(p, t, f), -len(t.split()) / 2] for p, t, f in texts])
+
+    def _preference(self, policy):
+        """P(i beats j) under an intransitive mixture labeler over the criteria."""
+        labeler = IntransitiveLabeler(self.cfg.online.labeler_weights, beta=self.cfg.comparisons.labeler_beta)
+
+        def pref(s: Samples, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+            c = self._criteria(policy, s)
+            return torch.as_tensor(labeler.prob_first(c[i.numpy()], c[j.numpy()]), dtype=torch.float32)
+
+        return pref
+
+    def _gold_fn(self, policy):
+        return text_reward(policy.decode, lambda p, r, f: self.task.gold(p, r, f))
+
+    # -- online runs -----------------------------------------------------------------------
+    def stage_online(self, r: LabRun) -> dict:
+        o, g = self.cfg.online, self.cfg.generation
+        policy = self.policy("sft")
+        rm = self.reward_model()
+        rewards = {"rm": (model_reward(rm), 1.0)}
+        if r.reward.startswith("ensemble"):
+            members = [model_reward(m) for m in self._ensemble()]
+            rewards = {r.reward: (ensemble_reward(members, r.reward.split("_")[1], o.uwo_lambda), 1.0)}
+        elif r.reward == "preferences":
+            rewards = {}
+        objects = {"critic": Critic.from_reward_model(rm), "preference": self._preference(policy)}
+        cfg = OnlineConfig(method=r.method, samples_per_prompt=o.samples_per_prompt,
+                           max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
+                           updates_per_rollout=o.updates_per_rollout if r.method == "ppo" else 1,
+                           kl=KLSettings(coef=o.kl_coef),
+                           optim=OptimConfig(steps=o.steps, batch_size=o.prompts_per_step,
+                                             lr=o.lr_overrides.get(r.name, o.lr),
+                                             checkpoint_every=20))
+        monitors = {"gold": self._gold_fn(policy)}
+        if r.reward != "rm":
+            monitors["rm"] = model_reward(rm)
+        executor = make_executor(o.executor)
+        try:
+            prompts = policy.encode(self.task.prompts("train"))
+            train_online(self.run, f"online_{r.name}", policy, policy.reference(), prompts, Scorer(rewards, monitors),
+                         cfg, self.seed, method=build_method(cfg, **objects), executor=executor, quiet=self.quiet)
+        finally:
+            executor.close()
+        policy.save_pretrained(self._model_dir(f"online_{r.name}"))
+        last = self.run.metrics(f"online_{r.name}")[-1]
+        return {"final_gold_reward": last["gold_reward"], "final_kl": last["kl"]}
+
+    # -- evaluation ------------------------------------------------------------------------
+    def stage_evaluate(self) -> dict:
+        prompts = self.task.prompts("test")[: self.cfg.eval.n_prompts]
+        sft, rm = self.policy("sft"), self.reward_model()
+        ids = sft.encode(prompts)
+        rows = {}
+        for name in ["sft"] + [r.name for r in self.cfg.online.parsed_runs()]:
+            policy = sft if name == "sft" else self.policy(f"online_{name}")
+            ro = self._sample(policy, ids, n=1, salt=300)
+            gold = self._gold(prompts, self._texts(policy, ro.response_ids), ro.finished)
+            kl = sampled_kl(ro.steps, sft.score(ro.prompt_ids, ro.response_ids)).numpy()
+            proxy = rm.score(ro.prompt_ids, ro.response_ids).numpy()
+            rows[name] = {"gold": gold, "proxy": proxy, "kl": float(kl.mean())}
+        summary, table = {}, {}
+        base = rows["sft"]["gold"]
+        for name, r in rows.items():
+            win = float(np.mean((r["gold"] > base) + 0.5 * (r["gold"] == base)))
+            summary[name] = {"gold": float(r["gold"].mean()), "proxy": float(r["proxy"].mean()), "kl": r["kl"],
+                             "win_rate_vs_sft": win}
+            gm, gse = mean_se(r["gold"])
+            gain, gain_se = paired_gain(r["gold"], base)
+            table[name] = {"gold_mean": gm, "gold_se": gse, "proxy_mean": summary[name]["proxy"], "kl": r["kl"],
+                           "kl_kind": "sampled", "gain_vs_sft": gain, "gain_se": gain_se}
+        atomic_write_text(self.run.dir / "summary.json", json.dumps(summary, indent=2))
+        return {"summary": table, "online_summary": summary, "n_prompts": len(prompts)}
+
+    def execute(self) -> dict:
+        super().execute()
+        self._plot_curves()
+        return json.loads((self.run.dir / "summary.json").read_text())
+
+    @staticmethod
+    def format_table(summary: dict) -> str:
+        head = f"{'run':<14} {'gold':>8} {'proxy':>8} {'KL':>8} {'win vs SFT':>11}"
+        lines = [head, "-" * len(head)]
+        lines += [f"{n:<14} {r['gold']:>8.3f} {r['proxy']:>8.3f} {r['kl']:>8.3f} {r['win_rate_vs_sft']:>11.3f}"
+                  for n, r in summary.items()]
+        return "\n".join(lines)
+
+    def _plot_curves(self) -> None:
+        """Gold and proxy reward against KL over training, one colour per run; linked from the report."""
+        import matplotlib.pyplot as plt
+
+        from rlxf.lab.report import _save, _smooth
+
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        for i, r in enumerate(self.cfg.online.parsed_runs()):
+            rows = self.run.metrics(f"online_{r.name}")
+            kl = _smooth([m["kl"] for m in rows])
+            axes[0].plot(kl, _smooth([m["gold_reward"] for m in rows]), color=f"C{i}", label=r.name)
+            proxy = [m.get("rm_reward", m["proxy_reward"]) for m in rows]
+            axes[1].plot(kl, _smooth(proxy), color=f"C{i}", label=r.name)
+        for ax, title in zip(axes, ("gold reward", "proxy (single reward model)")):
+            ax.set_xlabel("KL from SFT (nats, sampled, moving average)")
+            ax.set_title(f"{title} against KL over training")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        _save(fig, self.run.dir / "online_curves.png")
+        report = self.run.dir / "report.html"
+        html = report.read_text()
+        if "online_curves.png" not in html:
+            section = '<h2>Online runs: reward against KL</h2><img src="online_curves.png" alt="online curves">\n'
+            atomic_write_text(report, html.replace("<h2>Stages</h2>", section + "<h2>Stages</h2>", 1))

@@ -1,0 +1,147 @@
+"""End to end in real headless Chromium (Debian's chromium + chromium-driver, via Selenium):
+a labeler answers with the keyboard and the mouse; the labels reach the database and the
+export; hostile item text shows as text; screenshots land in build/screenshots/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rlxf.app.client import serve_in_background
+from rlxf.app.project import export_project, init_project, open_project
+from rlxf.app.server import create_app
+from rlxf.data.io import read_records
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+SHOTS = Path(__file__).resolve().parents[1] / "build" / "screenshots"
+PAYLOAD = '<img src=x onerror="window.__pwned=1">'
+
+if not (CHROMIUM and DRIVER):
+    pytest.skip("Chromium or chromedriver not installed (apt-get install chromium chromium-driver); "
+                "browser test skipped", allow_module_level=True)
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed; browser test skipped")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager fetch a browser or driver
+    opts = Options()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1100,760", "--hide-scrollbars"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def _wait(driver, predicate, timeout=30):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(lambda d: predicate(d))
+
+
+def _screen(driver):
+    """(assignment id, prompt, response texts) on screen now, read in one step (no stale elements)."""
+    return tuple(driver.execute_script(
+        "const t = document.getElementById('task');"
+        "return [t.dataset.assignment || null, document.getElementById('prompt').textContent,"
+        " [...document.querySelectorAll('#responses .text')].map((e) => e.textContent)];"))
+
+
+def test_label_in_chromium_with_keyboard_and_mouse(tmp_path, browser):
+    from selenium.webdriver.common.by import By
+
+    directory = tmp_path / "proj"
+    owner = init_project(directory, "preference")
+    store, project = open_project(directory)
+    store.add_items(project, [
+        ("Describe the sea in a few words.", ["Grey, wide and restless under a low sky.", "It is water."], {}),
+        ("Name a colour <b>bold</b>.", [PAYLOAD, "Blue."], {}),
+        ("Say hello.", ["Hello!", "Hi there, nice to meet you."], {}),
+    ])
+    token = store.add_labeler(project, "ann")
+    with serve_in_background(create_app(store, project)) as url:
+        browser.get(f"{url}/label#token={token}")
+        _wait(browser, lambda d: d.find_element(By.ID, "task").is_displayed())
+        assert "token" not in browser.current_url  # the token left the address bar
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(SHOTS / "labeling_page.png"))
+        shown = []
+        actions = [("key", "1"), ("click", "B is better"), ("key", "t")]
+        for how, what in actions:
+            before = _screen(browser)
+            shown.append(before)
+            if how == "key":
+                browser.find_element(By.TAG_NAME, "body").send_keys(what)
+            else:
+                browser.find_element(By.XPATH, f"//button[starts-with(normalize-space(.), '{what}')]").click()
+            _wait(browser, lambda d: not d.find_element(By.ID, "task").is_displayed() or _screen(d)[0] != before[0])
+        _wait(browser, lambda d: d.find_element(By.ID, "done").is_displayed())
+        assert browser.execute_script("return window.__pwned") is None  # the payload never ran
+        assert any(PAYLOAD in texts for _, _, texts in shown)  # ... and was shown as literal text
+        assert any(p == "Name a colour <b>bold</b>." for _, p, _ in shown)
+        assert "3 labeled" in browser.find_element(By.ID, "who").text
+
+        browser.get(f"{url}/project#token={owner}")
+        _wait(browser, lambda d: d.find_element(By.ID, "progress").text == "3 / 3")
+        browser.save_screenshot(str(SHOTS / "project_page.png"))
+
+    labels = store.labels(project)
+    assert [l.value["choice"] for l in labels] == ["a", "b", "tie"]
+    by_assignment = {int(a): (p, texts) for a, p, texts in shown}
+    store.close()
+    out, n = export_project(directory, tmp_path / "labels.jsonl")
+    records = read_records(out)
+    assert n == 2 and len(records) == 2  # the tie is not a comparison
+    (p0, t0), (p1, t1) = [by_assignment[a] for a in sorted(by_assignment)[:2]]
+    assert (records[0].prompt, records[0].chosen, records[0].rejected) == (p0, t0[0], t0[1])  # key 1: A wins
+    assert (records[1].prompt, records[1].chosen, records[1].rejected) == (p1, t1[1], t1[0])  # click: B wins
+    assert (SHOTS / "labeling_page.png").stat().st_size > 5000
+    print(f"\nscreenshots: {SHOTS / 'labeling_page.png'}, {SHOTS / 'project_page.png'}")
+
+
+def test_ratings_and_critiques_by_keyboard_alone(tmp_path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    store_dirs = {}
+    for kind in ("rating", "critique"):
+        directory = tmp_path / kind
+        init_project(directory, kind)
+        store, project = open_project(directory)
+        store.add_items(project, [("Describe snow.", ["Cold.", "White and soft.", "Snow snow snow."], {})])
+        store_dirs[kind] = (store, project, store.add_labeler(project, "ann"))
+
+    store, project, token = store_dirs["rating"]
+    with serve_in_background(create_app(store, project)) as url:
+        browser.get(f"{url}/label#token={token}")
+        _wait(browser, lambda d: d.find_element(By.ID, "task").is_displayed())
+        body = browser.find_element(By.TAG_NAME, "body")
+        body.send_keys("4", "2", Keys.ARROW_UP, Keys.ARROW_UP, "1", Keys.ARROW_DOWN, "5", Keys.ENTER)
+        _wait(browser, lambda d: d.find_element(By.ID, "done").is_displayed())
+    (label,) = store.labels(project)
+    assert label.value == {"ratings": [1.0, 2.0, 5.0]}  # 4 was overwritten by 1 after moving back up
+    store.close()
+
+    store, project, token = store_dirs["critique"]
+    with serve_in_background(create_app(store, project)) as url:
+        browser.get(f"{url}/label#token={token}")
+        _wait(browser, lambda d: d.find_element(By.ID, "critique").is_displayed())
+        active = browser.switch_to.active_element
+        assert active.get_attribute("id") == "critique"  # focus starts in the critique box
+        active.send_keys(f"Too short. {PAYLOAD}", Keys.TAB, "Cold, white and quiet.")
+        browser.switch_to.active_element.send_keys(Keys.CONTROL, Keys.ENTER)
+        _wait(browser, lambda d: d.find_element(By.ID, "done").is_displayed())
+    (label,) = store.labels(project)
+    assert label.value == {"critique": f"Too short. {PAYLOAD}", "corrected": "Cold, white and quiet."}
+    assert browser.execute_script("return window.__pwned") is None
+    store.close()

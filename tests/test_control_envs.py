@@ -1,0 +1,111 @@
+"""Shared vector envs: truncation vs termination, normalisation, clear errors; PPO solves CartPole."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from rlxf.algorithms.control.rollout import advantages, collect, fragments
+from rlxf.policies.control import CategoricalMLPPolicy, MLPCritic
+from rlxf.tasks.gym_envs import EnvError, RunningMeanStd, make_env
+
+from control_helpers import solved_cartpole
+
+
+class Counter(gym.Env):
+    """obs = [t]; reward 1 per step; terminates after ``end`` steps if ``end`` is set."""
+
+    def __init__(self, end=None, nan_at=None):
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.end, self.nan_at = end, nan_at
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        obs = np.array([np.nan if self.t == self.nan_at else self.t], np.float32)
+        return obs, 1.0, self.end is not None and self.t >= self.end, False, {}
+
+
+def constant_critic(c):
+    critic = MLPCritic(1, hidden=4)
+    with torch.no_grad():
+        critic.net[-1].weight.zero_()
+        critic.net[-1].bias.fill_(c)
+    return critic
+
+
+@pytest.mark.parametrize("terminates", [True, False])
+def test_truncation_is_bootstrapped_and_termination_is_not(terminates):
+    c, gamma = 10.0, 0.5
+    # the same 3-step episode, ended by termination or by a 3-step time limit
+    env = make_env((lambda: Counter(end=3)) if terminates else (lambda: Counter()), n_envs=1,
+                   max_episode_steps=None if terminates else 3)
+    policy, critic = CategoricalMLPPolicy(1, 2, hidden=4), constant_critic(c)
+    ro, _ = collect(env, policy, critic, env.reset(), n_steps=3)
+    assert ro.done[0].tolist() == [False, False, True]
+    assert bool(ro.terminated[0, 2]) == terminates and bool(ro.truncated[0, 2]) == (not terminates)
+    _, ret = advantages(ro, ro.rewards, gamma=gamma, lam=1.0)
+    boot = 0.0 if terminates else c  # V(final_obs) = c only when truncated
+    by_hand = [1 + gamma + gamma**2 + gamma**3 * boot, 1 + gamma + gamma**2 * boot, 1 + gamma * boot]
+    assert ret[0].tolist() == pytest.approx(by_hand)
+
+
+def test_fragments_cut_rows_at_episode_ends_and_rollout_end_bootstraps_next_value():
+    done = torch.tensor([[False, True, False, False], [False, False, False, True]])
+    index, mask = fragments(done, torch.ones_like(done))
+    rows = [index[i][mask[i] > 0].tolist() for i in range(len(index))]
+    assert rows == [[0, 1], [2, 3], [4, 5, 6, 7]]
+    env = make_env(lambda: Counter(end=2), n_envs=1)
+    ro, _ = collect(env, CategoricalMLPPolicy(1, 2, hidden=4), constant_critic(4.0), env.reset(), n_steps=3)
+    _, ret = advantages(ro, ro.rewards, gamma=1.0, lam=1.0)
+    assert ret[0].tolist() == pytest.approx([2.0, 1.0, 1.0 + 4.0])  # last row cut: bootstrap V(next obs)
+
+
+def test_unknown_env_id_is_a_clear_error():
+    with pytest.raises(EnvError, match="'NoSuchEnv-v9'.*expected a registered gymnasium id"):
+        make_env("NoSuchEnv-v9")
+
+
+def test_nan_observation_is_a_clear_error():
+    env = make_env(lambda: Counter(nan_at=2), n_envs=2)
+    env.reset()
+    env.step(np.zeros(2, dtype=int))
+    with pytest.raises(EnvError, match="non-finite observation.*expected finite values of shape \\(1,\\)"):
+        env.step(np.zeros(2, dtype=int))
+
+
+def test_dataset_shape_mismatch_is_a_clear_error():
+    env = make_env("CartPole-v1", n_envs=1)
+    with pytest.raises(EnvError, match="data.arrow: observations have shape \\(3,\\).*expects \\(4,\\)"):
+        env.check_obs_shape((3,), "data.arrow")
+
+
+def test_running_stats_match_numpy_and_normalised_obs_are_standardised():
+    rng = np.random.default_rng(0)
+    data = rng.normal(3.0, 2.0, size=(600, 2))
+    rms = RunningMeanStd((2,))
+    for chunk in np.split(data, 6):
+        rms.update(chunk)
+    assert np.allclose(rms.mean, data.mean(0), atol=1e-6) and np.allclose(rms.var, data.var(0), atol=1e-4)
+    env = make_env("CartPole-v1", n_envs=4, norm_obs=True, norm_reward=True, gamma=0.99)
+    env.reset()
+    seen, scaled = [], []
+    for _ in range(400):
+        res = env.step(rng.integers(0, 2, size=4))
+        seen.append(res.obs)
+        scaled.append(res.rewards)
+    z = np.concatenate(seen[200:])
+    assert np.abs(z.mean(0)).max() < 0.35 and np.all(np.abs(z.std(0) - 1) < 0.35)
+    # CartPole's raw reward is 1; the scaled one is 1 / std(discounted return), well below 1
+    assert 0.0 < np.mean(scaled[200:]) < 0.5
+
+
+def test_ppo_solves_cartpole():
+    ppo, start, history = solved_cartpole()
+    assert start < 100 and ppo.steps_done <= 60_000
+    assert history[-1]["eval_return"] >= 475, history

@@ -1,0 +1,24 @@
+"""The control lab runs its stages into one run directory and resumes without redoing them."""
+
+from rlxf.core.config import load_config
+from rlxf.data.transitions import TransitionDataset
+from rlxf.lab.control import ControlLab
+from rlxf.lab.registry import lab_class, lab_of
+
+
+def test_control_lab_runs_and_resumes(tmp_path):
+    assert lab_class(lab_of("configs/lab_control.toml")) is ControlLab
+    small = [f'run.dir="{tmp_path / "lab"}"', "ppo.total_steps=2048", "eval_every=2048", 'pbrl.selections=["uniform"]',
+             "pbrl.budget=20", "offline.episodes=8", "offline.comparisons=40", "offline.bc_steps=5", "offline.cpl_steps=5"]
+    cfg = load_config(ControlLab.Config, "configs/lab_control.toml", small)
+    logs = []
+    summary = ControlLab(cfg, log=logs.append).execute()
+    assert set(summary) == {"ppo", "pbrl_uniform", "offline"}
+    assert summary["ppo"]["steps"] == 2048 and summary["pbrl_uniform"]["queries"] == 20
+    assert 0.0 <= summary["offline"]["saco"] and summary["offline"]["bc_return"] > 0
+    assert len(TransitionDataset.load(tmp_path / "lab" / "stages" / "offline" / "dataset", obs_shape=(4,)).episodes) == 8
+    table = ControlLab.format_table(summary)
+    assert "pbrl_uniform" in table and "TQ" in table
+    again = []
+    assert ControlLab(load_config(ControlLab.Config, "configs/lab_control.toml", small), log=again.append).execute() == summary
+    assert again == []  # every stage was already done

@@ -1,0 +1,251 @@
+"""The online controller's pieces against hand numbers, its error path, resume, and the executors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rlxf.algorithms.loop import OptimConfig
+from rlxf.algorithms.online.controller import (
+    KLSettings,
+    OnlineConfig,
+    OnlineError,
+    Reducer,
+    RunningMoments,
+    build_method,
+    train_online,
+)
+from rlxf.algorithms.online.scoring import (
+    RewardError,
+    Samples,
+    Scorer,
+    bradley_terry_preference,
+    ensemble_reward,
+    group_win_rate,
+)
+from rlxf.core.runs import Run
+from rlxf.policies.language import LanguagePolicy
+from rlxf.policies.tiny import tiny_causal_lm, tiny_tokenizer
+
+
+def _samples(n: int, k: int = 2) -> Samples:
+    return Samples([[5]] * n, [[6, 2]] * n, [True] * n, k)
+
+
+def test_reducer_hand_numbers():
+    per_step = torch.tensor([[1.0, 2.0, 9.0], [3.0, 9.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    # global batch of 4 rows with 6 tokens in all; this micro-batch holds 2 of the rows
+    assert Reducer("token", 4, 6.0, 3)(per_step, mask).item() == pytest.approx((1 + 2 + 3) / 6)
+    assert Reducer("sequence", 4, 6.0, 3)(per_step, mask).item() == pytest.approx((1.5 + 3) / 4)
+    assert Reducer("sum", 4, 6.0, 3)(per_step, mask).item() == pytest.approx((3 + 3) / 4)
+    assert Reducer("constant", 4, 6.0, 3)(per_step, mask).item() == pytest.approx(6 / 12)
+
+
+def test_scorer_sums_weighted_rewards_and_keeps_monitors_out():
+    s = _samples(3)
+    scorer = Scorer({"a": (lambda _s: [1.0, 2.0, 3.0], 2.0), "b": (lambda _s: torch.ones(3), -1.0)},
+                    {"gold": lambda _s: [100.0, 100.0, 100.0]})
+    total, parts = scorer(s, step=0)
+    assert total.tolist() == [1.0, 3.0, 5.0]
+    assert parts["gold"].tolist() == [100.0] * 3 and parts["a"].tolist() == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("fn, words", [
+    (lambda s: 1 / 0, "raised at step 7"),
+    (lambda s: [float("nan")] * len(s), "NaN/inf at step 7"),
+    (lambda s: [1.0, 2.0], "shape (2,) at step 7"),
+])
+def test_scorer_names_the_failing_component_and_step(fn, words):
+    with pytest.raises(RewardError, match="'judge'") as e:
+        Scorer({"ok": (lambda s: [0.0] * len(s), 1.0), "judge": (fn, 1.0)})(_samples(3), step=7)
+    assert words in str(e.value)
+
+
+def test_ensemble_aggregations_hand_numbers():
+    members = [lambda s: torch.tensor([1.0, 0.0]), lambda s: torch.tensor([3.0, 0.0])]
+    s = _samples(2)
+    assert ensemble_reward(members, "mean")(s).tolist() == [2.0, 0.0]
+    assert ensemble_reward(members, "wco")(s).tolist() == [1.0, 0.0]
+    # variance (not std) over members: var([1, 3]) = 1
+    assert ensemble_reward(members, "uwo", lam=0.5)(s).tolist() == [1.5, 0.0]
+    with pytest.raises(ValueError, match="kind"):
+        ensemble_reward(members, "max")
+
+
+def test_group_win_rate_is_mean_win_probability_within_each_group():
+    gold = lambda s: torch.tensor([0.0, 1.0, 2.0, 5.0, 5.0, 5.0])  # noqa: E731
+    s = Samples([[1]] * 6, [[2]] * 6, [True] * 6, k=3)
+    wins = group_win_rate(bradley_terry_preference(gold, beta=1.0))(s)
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    expected = [(sig(-1) + sig(-2)) / 2, (sig(1) + sig(-1)) / 2, (sig(2) + sig(1)) / 2, 0.5, 0.5, 0.5]
+    assert wins.tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_running_moments_match_the_pooled_statistics():
+    xs = [torch.randn(5, generator=torch.Generator().manual_seed(i)) * (i + 1) + i for i in range(4)]
+    m = RunningMoments()
+    for x in xs:
+        m.update(x)
+    pooled = torch.cat(xs)
+    assert m.mean == pytest.approx(float(pooled.mean()), abs=1e-5)
+    assert m.std == pytest.approx(float(pooled.std(unbiased=False)), abs=1e-5)
+
+
+# -- the controller on an untrained tiny model: errors, resume, executors ------------------------
+
+WORDS = ["a", "b", "c", "d", "e", "f"]
+
+
+@pytest.fixture(scope="module")
+def tiny_policy():
+    tok = tiny_tokenizer(WORDS)
+    return LanguagePolicy(tiny_causal_lm(tok, n_layer=1, n_embd=32, n_head=2, seed=0), tok)
+
+
+def _count_a(policy):
+    a = policy.tokenizer.convert_tokens_to_ids("a")
+    return lambda s: [float(r.count(a)) for r in s.response_ids]
+
+
+def _cfg(steps=4, **kw) -> OnlineConfig:
+    return OnlineConfig(method=kw.pop("method", "rloo"), samples_per_prompt=2, max_new_tokens=6,
+                        kl=kw.pop("kl", KLSettings(coef=0.05)),
+                        optim=OptimConfig(steps=steps, batch_size=4, lr=1e-3, checkpoint_every=2), **kw)
+
+
+def _run(tmp_path, policy, scorer, cfg, executor=None, name="run"):
+    pol = policy.copy()
+    run = Run(tmp_path / name, "cfg")
+    prompts = pol.encode(["a b", "c d", "e f", "b c"])
+    train_online(run, "online", pol, pol.reference(), prompts, scorer, cfg, seed=3, executor=executor, quiet=True)
+    return run, pol
+
+
+def test_unknown_method_and_bad_args_are_named(tiny_policy):
+    with pytest.raises(OnlineError, match="unknown online method 'ppo2'"):
+        build_method(_cfg(method="ppo2"))
+    with pytest.raises(OnlineError, match="grpo has no parameter bogus"):
+        build_method(_cfg(method="grpo", method_args={"bogus": 1.0}))
+
+
+def test_failing_reward_stops_with_its_name_keeps_checkpoint_and_resumes(tmp_path, tiny_policy):
+    state = {"broken": True}
+
+    def flaky(s: Samples):
+        if state["broken"] and flaky.calls >= 3:
+            raise TimeoutError("labeler did not answer")
+        flaky.calls += 1
+        return [0.0] * len(s)
+
+    flaky.calls = 0
+    scorer = Scorer({"labeler": (flaky, 1.0), "count": (_count_a(tiny_policy), 1.0)})
+    with pytest.raises(RewardError, match=r"'labeler' raised at step 3: TimeoutError"):
+        _run(tmp_path, tiny_policy, scorer, _cfg(steps=6))
+    run = Run(tmp_path / "run", "cfg")
+    assert (run.dir / "stages" / "online" / "checkpoint.pt").exists()
+    assert [m["step"] for m in run.metrics("online")] == [0, 1, 2]
+    state["broken"] = False
+    run, _ = _run(tmp_path, tiny_policy, scorer, _cfg(steps=6))
+    assert [m["step"] for m in run.metrics("online")] == [0, 1, 2, 3, 4, 5]
+
+
+def _metric_rows(run):
+    return [{k: v for k, v in m.items()} for m in run.metrics("online")]
+
+
+def test_local_executor_never_imports_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys; from rlxf.executors import make_executor; import rlxf.algorithms.online.rloo; "
+            "make_executor('local'); print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_ray_executor_matches_local_metrics_exactly(tmp_path, tiny_policy):
+    """Same seed, config and torch thread count: Ray actors sample and score exactly what the
+    driver would (CPU kernels are deterministic), so every logged metric is equal."""
+    pytest.importorskip("ray")
+    import ray
+
+    from rlxf.executors import make_executor
+
+    scorer = Scorer({"count": (_count_a(tiny_policy), 1.0)}, {"gold": _count_a(tiny_policy)})
+    cfg = _cfg(steps=4, method="grpo", updates_per_rollout=2)
+    local_run, local_pol = _run(tmp_path, tiny_policy, scorer, cfg, executor=make_executor("local", shards=2),
+                                name="local")
+    ex = make_executor("ray", shards=2, num_cpus=2)
+    try:
+        ray_run, ray_pol = _run(tmp_path, tiny_policy, scorer, cfg, executor=ex, name="ray")
+        assert ex.weight_puts == 2  # 4 updates at 2 per rollout: one ray.put per weight version
+    finally:
+        ex.close()
+        ray.shutdown()
+    assert _metric_rows(ray_run) == _metric_rows(local_run)
+    for a, b in zip(local_pol.model.parameters(), ray_pol.model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_adaptive_kl_coefficient_follows_the_controller(tmp_path, tiny_policy):
+    from rlxf.objectives.policy_gradient import adaptive_kl_beta
+
+    scorer = Scorer({"count": (_count_a(tiny_policy), 1.0)})
+    cfg = _cfg(steps=4, kl=KLSettings(coef=0.1, target=1e4, horizon=8))
+    run, _ = _run(tmp_path, tiny_policy, scorer, cfg)
+    rows = run.metrics("online")
+    assert rows[0]["kl_coef"] == pytest.approx(0.1)
+    for prev, nxt in zip(rows, rows[1:]):  # each rollout's measured KL sets the next rollout's beta
+        expected = adaptive_kl_beta(prev["kl_coef"], prev["kl"], 1e4, 8, n_steps=8)
+        assert nxt["kl_coef"] == pytest.approx(expected, rel=1e-4)
+    assert rows[-1]["kl_coef"] < 0.1  # KL far below a huge target lowers beta
+
+
+def test_kl_as_reward_penalty_enters_the_token_rewards(tmp_path, tiny_policy):
+    seen = []
+    scorer = Scorer({"zero": (lambda s: [0.0] * len(s), 1.0)})
+    pol = tiny_policy.copy()
+    cfg = _cfg(steps=2, kl=KLSettings(mode="reward", estimator="k1", coef=0.5))
+    train_online(Run(tmp_path / "kl", "cfg"), "online", pol, tiny_policy.reference(), pol.encode(["a b", "c d"]),
+                 scorer, cfg, seed=0, quiet=True, on_rollout=seen.append)
+    b = seen[-1]
+    # with a zero score the sequence reward is exactly -beta * sum_t (log pi - log pi_ref)
+    assert torch.allclose(b.token_rewards.sum(-1), -0.5 * b.steps.seq_logratio(), atol=1e-6)
+
+
+def test_online_lab_config_errors_name_the_field(tmp_path):
+    from rlxf.core.config import load_config
+    from rlxf.lab.online import OnlineLab
+    from rlxf.lab.pipeline import PipelineError
+
+    def lab(*sets):
+        cfg = load_config(OnlineLab.Config, None, [f'run.dir="{tmp_path / "lab"}"', *sets])
+        return OnlineLab(cfg, quiet=True, log=lambda _m: None)
+
+    with pytest.raises(PipelineError, match="should read 'name:method:reward'"):
+        lab('online.runs=["ppo"]')
+    with pytest.raises(PipelineError, match=r"online.runs\[x\].method: unknown method 'ppx'"):
+        lab('online.runs=["x:ppx:rm"]')
+    with pytest.raises(PipelineError, match=r"online.runs\[x\].reward must be one of"):
+        lab('online.runs=["x:ppo:gold"]')
+    with pytest.raises(PipelineError, match="online.executor"):
+        lab('online.executor="dask"')
+    assert not (tmp_path / "lab").exists()  # nothing written on bad input
+
+
+def test_verifier_reward_scores_exact_answers_on_the_arithmetic_task():
+    from rlxf.algorithms.online.rlvr import arithmetic_tokenizer
+    from rlxf.algorithms.online.scoring import verifier_reward
+    from rlxf.tasks.arithmetic import check_answer, solve
+
+    tok = arithmetic_tokenizer()
+    enc = lambda t: tok(t, add_special_tokens=False).input_ids  # noqa: E731
+    decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+    right = solve("3+4*2=")
+    wrong = right.replace("answer: 11", "answer: 14")
+    s = Samples([enc("3+4*2=")] * 2, [enc(right) + [tok.eos_token_id], enc(wrong)], [True, False], k=2)
+    assert decode(s.prompt_ids[0]) == "3+4*2=" and decode(s.response_ids[0]) == right  # chars round-trip
+    assert verifier_reward(decode, check_answer, alpha=10.0)(s) == [10.0, 0.0]

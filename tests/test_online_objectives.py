@@ -1,0 +1,79 @@
+"""Nash, pairwise and f-divergence objectives against numbers worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rlxf.core.steps import Steps
+from rlxf.objectives.fdpg import fdpg_log_u, fdpg_loss
+from rlxf.objectives.game import dno_loss, inpo_loss, nash_md_pg_loss
+from rlxf.objectives.p3o import p3o_loss
+
+
+def one(logp, ref=0.0, old=None):
+    """A one-step sequence with log-probs under pi, mu and pi_t."""
+    t = lambda x: torch.tensor([[float(x)]])  # noqa: E731
+    return Steps(logps=t(logp).requires_grad_(), mask=t(1), ref_logps=t(ref), old_logps=t(logp if old is None else old))
+
+
+def test_nash_md_pg_weight_and_gradient():
+    s = one(-1.0, ref=-1.5)
+    loss = nash_md_pg_loss(s, torch.tensor([0.8]), tau=0.2)
+    weight = 0.8 - 0.5 - 0.2 * 0.5  # P - 1/2 - tau * log(pi/mu)
+    assert loss.item() == pytest.approx(-weight * -1.0)
+    loss.sum().backward()
+    assert s.logps.grad.item() == pytest.approx(-weight)  # descent raises log pi of a winner
+
+
+def test_inpo_hand_numbers():
+    w, l = one(-1.0, ref=-2.0, old=-1.5), one(-3.0, ref=-2.5, old=-2.0)
+    eta, tau = 0.5, 0.1
+    h = (-1 + 3) - (tau / eta) * (-2 + 2.5) - ((eta - tau) / eta) * (-1.5 + 2.0)
+    assert inpo_loss(w, l, eta, tau).item() == pytest.approx((h - 1 / (2 * eta)) ** 2)
+    # default tau = eta / 3
+    h3 = 2 - (1 / 3) * 0.5 - (2 / 3) * 0.5
+    assert inpo_loss(w, l, eta).item() == pytest.approx((h3 - 1.0) ** 2)
+
+
+def test_dno_soft_labels():
+    a, b = one(-1.0, old=-1.2), one(-2.0, old=-1.9)
+    m = 0.2 - (-0.1)
+    p, eta = 0.7, 2.0
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    expected = -(p * math.log(sig(eta * m)) + (1 - p) * math.log(sig(-eta * m)))
+    assert dno_loss(a, b, torch.tensor([p]), eta).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_p3o_clips_each_ratio_and_is_shift_invariant():
+    a, b = one(-1.0, old=-1.0), one(-2.0, old=-2.0 - math.log(2))  # rho_a = 1, rho_b = 2
+    r1, r2 = torch.tensor([3.0]), torch.tensor([1.0])  # A = 1 for a, -1 for b
+    loss = p3o_loss(a, b, r1, r2, clip=0.2)
+    # a: -min(1*1, 1*1) = -1; b: -min(2*(-1), 1.2*(-1)) = 2
+    assert loss.item() == pytest.approx(1.0)
+    assert p3o_loss(a, b, r1 + 10, r2 + 10, clip=0.2).item() == pytest.approx(1.0)
+
+
+def test_fdpg_log_u_uses_the_importance_sampled_normaliser():
+    # two samples of one prompt, pi = pi_ref, rewards 0 and beta*log 3: w = 1 and 3, Z = 2
+    s = Steps(logps=torch.zeros(2, 1), mask=torch.ones(2, 1), ref_logps=torch.zeros(2, 1))
+    beta = 0.5
+    log_u = fdpg_log_u(s, torch.tensor([0.0, beta * math.log(3)]), beta, group=2)
+    assert log_u.tolist() == pytest.approx([math.log(2), math.log(2 / 3)], abs=1e-6)
+
+
+@pytest.mark.parametrize("div, fprime", [
+    ("reverse_kl", lambda u: math.log(u) + 1), ("forward_kl", lambda u: -1 / u),
+    ("js", lambda u: math.log(2 * u / (1 + u))), ("tv", lambda u: 0.5 * math.copysign(1, u - 1)),
+])
+def test_fdpg_weights_are_f_prime_of_u(div, fprime):
+    s = Steps(logps=torch.zeros(2, 1).requires_grad_(), mask=torch.ones(2, 1), ref_logps=torch.zeros(2, 1))
+    beta = 0.5
+    loss = fdpg_loss(s, torch.tensor([0.0, beta * math.log(3)]), beta, div, group=2, baseline=False)
+    loss.sum().backward()
+    us = [2.0, 2 / 3]
+    assert s.logps.grad.flatten().tolist() == pytest.approx([fprime(u) for u in us], abs=1e-5)
+    # the higher-reward sample (u < 1: under-weighted by pi) gets the lower weight, so descent raises it
+    assert s.logps.grad[1, 0] < s.logps.grad[0, 0]
