@@ -26,9 +26,10 @@ def test_reward_model_tracks_the_labeler(pipeline_run):
     rm = pipe.run.result("reward_model")
     comp = pipe.run.result("comparisons")
     assert 0.75 <= comp["labeler_agreement_with_gold"] <= 0.85
-    # within 5 points of the best any model could do against a beta=1 labeler
-    assert rm["held_out_accuracy_vs_labeler"] >= rm["bayes_optimal_accuracy"] - 0.05
-    assert rm["held_out_accuracy_vs_gold"] > 0.65
+    # no model can agree with a noisy labeler more often than the Bayes-optimal rate
+    assert rm["held_out_accuracy_vs_labeler"] <= rm["bayes_optimal_accuracy"] + 0.02
+    assert rm["held_out_accuracy_vs_labeler"] > 0.6
+    assert rm["held_out_accuracy_vs_gold"] > 0.7
 
 
 def test_run_directory_is_complete(pipeline_run):

@@ -250,12 +250,13 @@ def plot_curves(summary: dict, path: Path) -> None:
             axes[1, j].plot(kl, [curve[n]["proxy"] for n in ns], "o--", color=f"C{i}", label=t, ms=3)
         axes[0, j].set_title(f"{budget} comparisons: gold")
         axes[1, j].set_title(f"{budget} comparisons: proxy")
+        axes[1, j].set_xlabel("KL of best-of-N = log N - (N-1)/N (nats)")
         for ax in axes[:, j]:
-            ax.set_xlabel("KL of best-of-N = log N - (N-1)/N (nats)")
             ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("gold reward of the pick")
     axes[1, 0].set_ylabel("proxy score of the pick")
     axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
     _save(fig, path)
 
 
