@@ -61,7 +61,7 @@ def train(run: Run, stage: str, model: torch.nn.Module, cfg: OptimConfig,
     from the stage's last checkpoint if there is one. ``extra_state``/``on_resume`` let a
     stage save and restore state of its own (e.g. an adaptive KL coefficient)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.steps))
     start = 0
     ckpt = run.load_checkpoint(stage)
