@@ -119,6 +119,16 @@ def test_a_scorer_without_a_model_yet_gets_uniform_questions(store):
     assert calls == [1] and len(a.shown) == 2
 
 
+@pytest.fixture(scope="module")
+def reward_model(task):
+    """A small, untrained reward model on the task's vocabulary: enough to check the plumbing."""
+    from rlxf.policies.tiny import tiny_scorer, tiny_tokenizer
+    from rlxf.rewards.model import RewardModel
+
+    tok = tiny_tokenizer(task.vocabulary())
+    return RewardModel(tiny_scorer(tok, n_layer=1, n_embd=32, seed=1), tok)
+
+
 def test_reward_model_scorer_scores_each_response_like_the_model(reward_model, task):
     from rlxf.app.selection import reward_model_scorer
 
