@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import html
 import json
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -119,16 +118,7 @@ class DirectLab(Pipeline):
         return out + [("evaluate", self.stage_evaluate)]
 
     def execute(self) -> dict:
-        for name, fn in self.stages():
-            if self.run.is_done(name):
-                self.log(f"[{name}] done already, skipping")
-                continue
-            t0 = time.time()
-            self.log(f"[{name}] running")
-            result = fn()
-            result["seconds"] = round(time.time() - t0, 1)
-            self.run.mark_done(name, result)
-            self.log(f"[{name}] finished in {result['seconds']}s")
+        self.run_stages()
         write_report(self)
         return json.loads((self.run.dir / "summary.json").read_text())
 

@@ -131,10 +131,8 @@ class Pipeline:
         out.append(("evaluate", self.stage_evaluate))
         return out
 
-    def execute(self) -> dict:
-        """Run every unfinished stage, then write the report; returns the summary."""
-        from rlxf.lab.report import write_report
-
+    def run_stages(self) -> None:
+        """Run every unfinished stage of :meth:`stages` in order, each seeded from its name."""
         for name, fn in self.stages():
             if self.run.is_done(name):
                 self.log(f"[{name}] done already, skipping")
@@ -146,9 +144,14 @@ class Pipeline:
             result["seconds"] = round(time.time() - t0, 1)
             self.run.mark_done(name, result)
             self.log(f"[{name}] finished in {result['seconds']}s")
-        summary = self.run.result("evaluate")["summary"]
+
+    def execute(self) -> dict:
+        """Run the stages, then write the report; returns the summary."""
+        from rlxf.lab.report import write_report
+
+        self.run_stages()
         write_report(self.run.dir)
-        return summary
+        return self.run.result("evaluate")["summary"]
 
     def _seed_stage(self, name: str) -> None:
         """Seed the global generators from (run seed, stage name), so a stage is reproducible
