@@ -55,9 +55,8 @@ class RewardModel:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
 
-    def forward(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> Tensor:
-        """Scores with gradient, ``[batch]``. Sequences are right-padded, so each is scored
-        exactly as it would be alone."""
+    def right_padded(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> tuple[Tensor, Tensor]:
+        """Prompt+response token ids right-padded into ``[batch, width]``, and the attention mask."""
         seqs = [p + r for p, r in zip(prompt_ids, response_ids)]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -65,6 +64,12 @@ class RewardModel:
         for i, s in enumerate(seqs):
             ids[i, : len(s)] = torch.tensor(s)
             attn[i, : len(s)] = 1
+        return ids, attn
+
+    def forward(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> Tensor:
+        """Scores with gradient, ``[batch]``. Sequences are right-padded, so each is scored
+        exactly as it would be alone."""
+        ids, attn = self.right_padded(prompt_ids, response_ids)
         out = self.model(input_ids=ids.to(self.device), attention_mask=attn.to(self.device))
         return out.logits[:, 0].float()
 

@@ -37,18 +37,12 @@ class ProcessRewardModel(RewardModel):
         """Scores at the given response positions (the last token of each step), with gradient:
         ``[batch, max_steps]`` scores and mask. A position of -1 means the prompt's last token
         (the state before any step, e.g. for V at the start)."""
-        seqs = [p + r for p, r in zip(prompt_ids, response_ids)]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        attn = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            attn[i, : len(s)] = 1
+        ids, attn = self.right_padded(prompt_ids, response_ids)
         out = self.model(input_ids=ids.to(self.device), attention_mask=attn.to(self.device), output_hidden_states=True)
         per_token = self._head()(out.hidden_states[-1]).squeeze(-1).float()  # [B, T]
         S = max(1, max(len(e) for e in step_ends))
-        pos = torch.zeros((len(seqs), S), dtype=torch.long)
-        mask = torch.zeros((len(seqs), S))
+        pos = torch.zeros((len(prompt_ids), S), dtype=torch.long)
+        mask = torch.zeros((len(prompt_ids), S))
         for i, ends in enumerate(step_ends):
             for k, e in enumerate(ends):
                 pos[i, k] = len(prompt_ids[i]) + e
