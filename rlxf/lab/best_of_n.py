@@ -28,7 +28,6 @@ from rlxf.algorithms.evaluate import best_of_n_kl
 from rlxf.algorithms.loop import OptimConfig
 from rlxf.algorithms.reward_training import train_reward_model
 from rlxf.core.runs import atomic_write_text, torch_save_atomic
-from rlxf.data.io import read_records
 from rlxf.lab.config import ComparisonsSection, GenerationSection, ModelSection, RunSection, SFTSection
 from rlxf.lab.pipeline import Pipeline, PipelineError
 from rlxf.rewards.ensemble import aggregate, member_indices
@@ -98,8 +97,7 @@ class BestOfNLab(Pipeline):
 
     def validate(self) -> None:
         c = self.cfg
-        if c.model.init != "tiny" and not (Path(c.model.init) / "config.json").is_file():
-            raise PipelineError(f"model.init: model directory {c.model.init} does not exist or has no config.json")
+        self.validate_model()
         b, e, n = c.reward_model.budgets, c.ensemble, c.best_of_n
         if not b or any(x < 2 for x in b):
             raise PipelineError(f"reward_model.budgets must be a non-empty list of integers >= 2, got {b}")
@@ -113,12 +111,7 @@ class BestOfNLab(Pipeline):
         bad = sorted(set(n.reward_types) - set(REWARD_TYPES))
         if bad or not n.reward_types:
             raise PipelineError(f"best_of_n.reward_types: unknown {bad or 'empty list'}; known: {', '.join(REWARD_TYPES)}")
-        if c.comparisons.path:
-            self._user_comparisons = read_records(c.comparisons.path, kind="comparison")
-        try:
-            self.task  # noqa: B018 - builds and checks the task config
-        except ValueError as e_:
-            raise PipelineError(f"task: {e_}") from None
+        self.validate_inputs()
 
     @staticmethod
     def format_table(summary: dict) -> str:

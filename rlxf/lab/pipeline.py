@@ -72,8 +72,7 @@ class Pipeline:
     def validate(self) -> None:
         """Find bad input before the first stage starts: nothing is written on failure."""
         c = self.cfg
-        if c.model.init != "tiny" and not (Path(c.model.init) / "config.json").is_file():
-            raise PipelineError(f"model.init: model directory {c.model.init} does not exist or has no config.json")
+        self.validate_model()
         if c.model.kind not in ("gpt2", "llama"):
             raise PipelineError(f"model.kind must be 'gpt2' or 'llama', got {c.model.kind!r}")
         if c.dpo.loss not in PAIR_LOSSES:
@@ -81,8 +80,18 @@ class Pipeline:
         loss_kwargs(PAIR_LOSSES[c.dpo.loss], c.dpo.beta, c.dpo.loss_args)
         if c.rloo.samples_per_prompt < 2:
             raise PipelineError("rloo.samples_per_prompt must be at least 2 (the leave-one-out baseline needs it)")
-        if c.comparisons.path:
-            self._user_comparisons = read_records(c.comparisons.path, kind="comparison")
+        self.validate_inputs()
+
+    def validate_model(self) -> None:
+        """The starting model: built in-process (``tiny``) or an existing HF directory."""
+        init = self.cfg.model.init
+        if init != "tiny" and not (Path(init) / "config.json").is_file():
+            raise PipelineError(f"model.init: model directory {init} does not exist or has no config.json")
+
+    def validate_inputs(self) -> None:
+        """User comparisons (read and checked row by row) and the task config; shared by every lab."""
+        if self.cfg.comparisons.path:
+            self._user_comparisons = read_records(self.cfg.comparisons.path, kind="comparison")
         try:
             self.task  # noqa: B018 - builds and checks the task config
         except ValueError as e:
