@@ -121,6 +121,14 @@ class Run:
         with contextlib.suppress(FileNotFoundError):
             ckpt.unlink()
 
+    def reset_stage(self, name: str) -> None:
+        """Forget that ``name`` ran: its done marker, checkpoint and metrics (outputs are
+        overwritten atomically when it runs again)."""
+        for leaf in ("done.json", "checkpoint.pt"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / "stages" / name / leaf).unlink()
+        self.truncate_metrics(name, after_step=-1)
+
     def result(self, name: str) -> dict:
         return json.loads(self._done_path(name).read_text())
 

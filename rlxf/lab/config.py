@@ -41,10 +41,13 @@ class SFTSection:
 
 @dataclass
 class ComparisonsSection:
-    """Comparisons come from ``path`` (JSONL, Parquet or a saved HF dataset) when set;
-    otherwise pairs of SFT samples labelled by a simulated Bradley-Terry labeler."""
+    """Comparisons come from ``path`` (JSONL, Parquet or a saved HF dataset) when set; from
+    the preference labels of a feedback-app project directory (``rlxf label init``) when
+    ``project`` is set, re-read every time the run is invoked; otherwise pairs of SFT samples
+    labelled by a simulated Bradley-Terry labeler."""
 
     path: str = ""
+    project: str = ""
     n_pairs: int = 3000
     labeler_beta: float = 1.0
 

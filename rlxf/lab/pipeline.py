@@ -7,6 +7,7 @@ was interrupted restarts from its last checkpoint, a finished one is skipped.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import math
@@ -28,6 +29,7 @@ from rlxf.algorithms.sft import train_sft
 from rlxf.core.config import to_toml
 from rlxf.core.runs import Run, atomic_write_text
 from rlxf.data.io import read_records, write_records
+from rlxf.data.label_store import StoreError, read_project_records
 from rlxf.data.records import Comparison
 from rlxf.labelers.simulated import BradleyTerryLabeler, bayes_optimal_accuracy, bradley_terry_prob
 from rlxf.lab.config import PipelineConfig
@@ -46,6 +48,14 @@ def loss_kwargs(loss: Callable, beta: float, extra: dict) -> dict:
         raise PipelineError(f"loss_args: {loss.__name__} has no parameter {', '.join(unknown)} "
                             f"(it takes: {', '.join(list(params)[2:])})")
     return ({"beta": beta} if "beta" in params else {}) | dict(extra)
+
+
+def records_digest(records: list) -> str:
+    """SHA-256 of a list of records (dataclasses), to notice when a live source changed."""
+    h = hashlib.sha256()
+    for r in records:
+        h.update(json.dumps(asdict(r), sort_keys=True).encode() + b"\n")
+    return h.hexdigest()
 
 
 class PipelineError(ValueError):
@@ -90,12 +100,33 @@ class Pipeline:
 
     def validate_inputs(self) -> None:
         """User comparisons (read and checked row by row) and the task config; shared by every lab."""
-        if self.cfg.comparisons.path:
-            self._user_comparisons = read_records(self.cfg.comparisons.path, kind="comparison")
+        c = self.cfg.comparisons
+        if c.path and c.project:
+            raise PipelineError("comparisons: set either path (a dataset file) or project (a label project), not both")
+        if c.path:
+            self._user_comparisons = read_records(c.path, kind="comparison")
+        if c.project and not self._project_comparisons():
+            raise PipelineError(f"comparisons.project: {c.project} has no preference labels yet (ties and skips "
+                                f"are not comparisons); label some with 'rlxf label serve --project {c.project}'")
         try:
             self.task  # noqa: B018 - builds and checks the task config
         except ValueError as e:
             raise PipelineError(f"task: {e}") from None
+
+    def _project_comparisons(self) -> list[Comparison]:
+        """Every preference label of ``comparisons.project`` so far, read fresh from its store."""
+        try:
+            return read_project_records(self.cfg.comparisons.project, "comparison")
+        except (FileNotFoundError, StoreError) as e:
+            raise PipelineError(f"comparisons.project: {e}") from None
+
+    def source_digests(self) -> dict[str, str]:
+        """Digest of the live input each stage read, by stage name: a finished stage whose
+        input changed since it ran (new labels in a label project) runs again, with every
+        stage after it."""
+        if not self.cfg.comparisons.project:
+            return {}
+        return {"comparisons": records_digest(self._project_comparisons())}
 
     @cached_property
     def task(self) -> HiddenPreferenceTask:
@@ -142,6 +173,7 @@ class Pipeline:
 
     def run_stages(self) -> None:
         """Run every unfinished stage of :meth:`stages` in order, each seeded from its name."""
+        self._reset_stale_stages()
         for name, fn in self.stages():
             if self.run.is_done(name):
                 self.log(f"[{name}] done already, skipping")
@@ -153,6 +185,16 @@ class Pipeline:
             result["seconds"] = round(time.time() - t0, 1)
             self.run.mark_done(name, result)
             self.log(f"[{name}] finished in {result['seconds']}s")
+
+    def _reset_stale_stages(self) -> None:
+        names = [name for name, _ in self.stages()]
+        for name, digest in self.source_digests().items():
+            if not self.run.is_done(name) or self.run.result(name).get("source_digest") == digest:
+                continue
+            later = names[names.index(name):]
+            self.log(f"[{name}] its input changed since it ran: running {', '.join(later)} again")
+            for stale in reversed(later):  # last first: a kill midway leaves a consistent prefix done
+                self.run.reset_stage(stale)
 
     def execute(self) -> dict:
         """Run the stages, then write the report; returns the summary."""
@@ -192,6 +234,10 @@ class Pipeline:
         if c.path:
             write_records(self._user_comparisons, path)
             return {"source": c.path, "n_pairs": len(self._user_comparisons)}
+        if c.project:
+            records = self._project_comparisons()
+            write_records(records, path)
+            return {"source": c.project, "n_pairs": len(records), "source_digest": records_digest(records)}
         sft = self.policy("sft")
         rng = step_rng(self.seed, 0, salt=21)
         prompts = self.task.sample_prompts(c.n_pairs, "train", rng)
