@@ -148,12 +148,17 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=100_000, help="env steps before a run counts as unsolved")
     ap.add_argument("--eval-every", type=int, default=2048)
     ap.add_argument("--target", type=float, default=475.0)
-    ap.add_argument("--pendulum-seeds", type=int, default=1, help="rlxf PPO runs on Pendulum-v1 (0 to skip)")
-    ap.add_argument("--pendulum-steps", type=int, default=150_000)
+    ap.add_argument("--pendulum-seeds", type=int, default=3, help="rlxf PPO runs on Pendulum-v1 (0 to skip)")
+    ap.add_argument("--pendulum-steps", type=int, default=300_000)
     args = ap.parse_args()
+    pendulum = []
     for seed in range(args.pendulum_seeds):
-        print(f"pendulum seed {seed}: rlxf PPO return after {args.pendulum_steps} steps "
-              f"{run_pendulum(seed, args.pendulum_steps):.1f} (goal >= -200)", flush=True)
+        pendulum.append(run_pendulum(seed, args.pendulum_steps))
+        print(f"pendulum seed {seed}: rlxf PPO return after {args.pendulum_steps} steps {pendulum[-1]:.1f} "
+              f"(goal >= -200)", flush=True)
+    if pendulum:
+        print(f"pendulum: {sum(r >= -200 for r in pendulum)}/{len(pendulum)} seeds reach -200, "
+              f"median {statistics.median(pendulum):.1f}", flush=True)
     if args.seeds < 1:
         return
     python = ensure_venv(VENV, "stable-baselines3==2.9.2")
