@@ -77,17 +77,26 @@ class BestOfNLabConfig:
     best_of_n: BestOfNSection = field(default_factory=BestOfNSection)
 
 
-def bon_curve(gold: np.ndarray, score: np.ndarray, sizes: list[int]) -> dict[int, dict[str, float]]:
-    """Mean gold and proxy of the best-of-N pick for each N in ``sizes``, from ``[P, n_max]``
-    arrays: the n_max samples of a prompt are cut into n_max // N disjoint groups of N."""
+def bon_picks(gold: np.ndarray, score: np.ndarray, sizes: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per prompt, the mean gold and proxy of the best-of-N pick for each N in ``sizes``, from
+    ``[P, n_max]`` arrays: the n_max samples of a prompt are cut into n_max // N disjoint groups of N."""
     P, n_max = gold.shape
     out = {}
     for n in sizes:
         g = gold[:, : n_max // n * n].reshape(P, -1, n)
         s = score[:, : n_max // n * n].reshape(P, -1, n)
         pick = s.argmax(-1)[..., None]
-        out[n] = {"gold": float(np.take_along_axis(g, pick, -1).mean()), "proxy": float(s.max(-1).mean())}
+        out[n] = (np.take_along_axis(g, pick, -1)[..., 0].mean(1), s.max(-1).mean(1))
     return out
+
+
+def bon_curve(gold: np.ndarray, score: np.ndarray, sizes: list[int]) -> dict[int, dict[str, float]]:
+    """Mean gold and proxy of the best-of-N pick for each N in ``sizes`` (see :func:`bon_picks`)."""
+    return {n: {"gold": float(g.mean()), "proxy": float(p.mean())} for n, (g, p) in bon_picks(gold, score, sizes).items()}
+
+
+def _paired_se(diff: np.ndarray) -> float:
+    return float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else float("nan")
 
 
 class BestOfNLab(Pipeline):
@@ -177,6 +186,7 @@ class BestOfNLab(Pipeline):
         gold = torch.load(self._samples_path())["gold"].numpy()
         sizes = [2**i for i in range(int(math.log2(c.best_of_n.n_max)) + 1)]
         summary: dict = {t: {} for t in c.best_of_n.reward_types}
+        picks: dict = {t: {} for t in c.best_of_n.reward_types}
         accuracy = {}
         for budget in c.reward_model.budgets:
             members = torch.stack([torch.load(self.run.stage_dir(f"rm_{budget}_{k}") / "scores.pt")
@@ -185,24 +195,37 @@ class BestOfNLab(Pipeline):
                                 for k in range(c.ensemble.members)]
             for t in c.best_of_n.reward_types:
                 score = members[0] if t == "single" else aggregate(members, t, c.ensemble.uwo_lambda)
-                summary[t][budget] = bon_curve(gold, score.numpy(), sizes)
+                per_prompt = bon_picks(gold, score.numpy(), sizes)
+                picks[t][budget] = {n: g for n, (g, _) in per_prompt.items()}
+                summary[t][budget] = {n: {"gold": float(g.mean()), "proxy": float(p.mean())}
+                                      for n, (g, p) in per_prompt.items()}
         atomic_write_text(self.run.dir / "summary.json", json.dumps(summary, indent=2))
-        return {"analysis": analyse(summary), "rm_accuracy": accuracy}
+        return {"analysis": analyse(summary, picks), "rm_accuracy": accuracy}
 
 
-def analyse(summary: dict) -> dict:
+def analyse(summary: dict, picks: dict | None = None) -> dict:
     """Per reward type and budget: the N where gold peaks, gold there, gold and proxy at the
-    largest N, and how much gold was lost from the peak."""
+    largest N, and how much gold was lost from the peak. With ``picks`` (per-prompt gold of the
+    picks, ``{type: {budget: {N: [P]}}}``) also paired standard errors over prompts: of the
+    loss from the peak, and of each type's gold at the largest N minus the single RM's."""
     out: dict = {}
     for t, by_budget in summary.items():
         for budget, curve in by_budget.items():
             ns = sorted(curve, key=int)
             peak = max(ns, key=lambda n: curve[n]["gold"])
             last = ns[-1]
-            out.setdefault(t, {})[str(budget)] = {
-                "peak_n": int(peak), "peak_gold": curve[peak]["gold"], "n_max": int(last),
-                "gold_at_n_max": curve[last]["gold"], "gold_lost": curve[peak]["gold"] - curve[last]["gold"],
-                "gold_at_1": curve[ns[0]]["gold"], "proxy_at_n_max": curve[last]["proxy"]}
+            row = {"peak_n": int(peak), "peak_gold": curve[peak]["gold"], "n_max": int(last),
+                   "gold_at_n_max": curve[last]["gold"], "gold_lost": curve[peak]["gold"] - curve[last]["gold"],
+                   "gold_at_1": curve[ns[0]]["gold"], "proxy_at_n_max": curve[last]["proxy"]}
+            if picks is not None:
+                mine = {int(n): v for n, v in picks[t][budget].items()}
+                row["gold_lost_se"] = _paired_se(mine[int(peak)] - mine[int(last)])
+                if t != "single" and "single" in picks:
+                    single = {int(n): v for n, v in picks["single"][budget].items()}
+                    diff = mine[int(last)] - single[int(last)]
+                    row["minus_single_at_n_max"] = float(diff.mean())
+                    row["minus_single_at_n_max_se"] = _paired_se(diff)
+            out.setdefault(t, {})[str(budget)] = row
     return out
 
 
@@ -243,14 +266,26 @@ def plot_curves(summary: dict, path: Path) -> None:
     _save(fig, path)
 
 
+def _pm(a: dict, key: str) -> str:
+    se = a.get(key + "_se")
+    return f"{a[key]:.3f}" + (f" ± {se:.3f}" if se is not None else "")
+
+
 def headline(analysis: dict) -> list[str]:
-    """Sentences stating the single RM's peak and fall and what each ensemble loses at N = n_max."""
+    """Sentences stating the single RM's peak and fall and what each ensemble loses at N = n_max
+    (± paired standard errors over prompts, where the analysis has them)."""
     lines = []
     for budget, a in analysis.get("single", {}).items():
         s = (f"Budget {budget}: the single RM's gold peaks at N={a['peak_n']} ({a['peak_gold']:.3f}) and is "
-             f"{a['gold_at_n_max']:.3f} at N={a['n_max']} (lost {a['gold_lost']:.3f}; N=1 gives {a['gold_at_1']:.3f})")
-        others = [f"{t.upper()} loses {analysis[t][budget]['gold_lost']:.3f} (gold {analysis[t][budget]['gold_at_n_max']:.3f})"
-                  for t in ("mean", "wco", "uwo") if t in analysis]
+             f"{a['gold_at_n_max']:.3f} at N={a['n_max']} (lost {_pm(a, 'gold_lost')}; N=1 gives {a['gold_at_1']:.3f})")
+        others = []
+        for t in ("mean", "wco", "uwo"):
+            if t in analysis:
+                o = analysis[t][budget]
+                text = f"{t.upper()} loses {o['gold_lost']:.3f} (gold {o['gold_at_n_max']:.3f}"
+                if "minus_single_at_n_max" in o:
+                    text += f", {_pm(o, 'minus_single_at_n_max')} above the single RM"
+                others.append(text + ")")
         lines.append(s + ("; at N=" + str(a["n_max"]) + " " + ", ".join(others) if others else "") + ".")
     return lines
 
