@@ -20,12 +20,9 @@ faster, Y < 1 means rlxf used less memory).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import resource
-import subprocess
-import sys
+import sides  # benchmarks/sides.py: this directory is on sys.path when a script runs
 import tempfile
 import time
 
@@ -113,19 +110,11 @@ def run_trl(args) -> dict:
 
 def side(args) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    out = (run_rlxf if args.side == "rlxf" else run_trl)(args)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps(out))
+    sides.report_side((run_rlxf if args.side == "rlxf" else run_trl)(args))
 
 
 def run_side(name: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--side", name] + [f"--{k}={getattr(args, k)}" for k in
-                                                        ("pairs", "batch", "epochs", "lr", "warmup", "threads")]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    if proc.returncode != 0 or line is None:
-        sys.exit(f"{name} side failed:\n{proc.stderr[-3000:]}")
-    return json.loads(line[len("RESULT "):])
+    return sides.run_side(__file__, name, args, ("pairs", "batch", "epochs", "lr", "warmup", "threads"))
 
 
 def main() -> None:

@@ -19,10 +19,8 @@ TRL's, rlxf's peak RSS over TRL's, and rlxf's held-out gold minus TRL's.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import subprocess
+import sides  # benchmarks/sides.py: this directory is on sys.path when a script runs
 import sys
 import tempfile
 import time
@@ -128,19 +126,11 @@ def side(args) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    out = (run_rlxf if args.side == "rlxf" else run_trl)(args)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps(out))
+    sides.report_side((run_rlxf if args.side == "rlxf" else run_trl)(args))
 
 
 def run_side(name: str, args) -> dict:
-    keys = ("steps", "batch", "group", "new_tokens", "lr", "threads", "model")
-    cmd = [sys.executable, __file__, "--side", name] + [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in keys]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    if proc.returncode != 0 or line is None:
-        sys.exit(f"{name} side failed:\n{proc.stderr[-3000:]}")
-    return json.loads(line[len("RESULT "):])
+    return sides.run_side(__file__, name, args, ("steps", "batch", "group", "new_tokens", "lr", "threads", "model"))
 
 
 def main() -> None:
