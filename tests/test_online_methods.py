@@ -116,6 +116,16 @@ def test_dno_beats_sft_on_gold(lab, tmp_path):
     assert metrics[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
 
 
+def test_inpo_beats_sft_on_gold_from_preferences_alone(lab, tmp_path):
+    oracle = lambda policy: bradley_terry_preference(_gold_fn(lab["task"], policy), beta=1.0)  # noqa: E731
+    gain, metrics = train_method(lab, tmp_path, "inpo", steps=30, lr=2e-4, rewards={},
+                                 objects={"preference": oracle})
+    assert_beats_sft(gain)
+    assert all(m["proxy_reward"] == 0 for m in metrics)  # pairs ranked by the oracle, no reward model
+    # at the first update pi = pi_t = mu, so h = 0 and every pair's loss is (1/(2 eta))^2 = 1
+    assert metrics[0]["loss"] == pytest.approx(1.0, abs=1e-4)
+
+
 def test_spo_beats_sft_on_gold_from_preferences_alone(lab, tmp_path):
     oracle = lambda policy: bradley_terry_preference(_gold_fn(lab["task"], policy), beta=1.0)  # noqa: E731
     gain, metrics = train_method(lab, tmp_path, "spo", rewards={}, objects={"preference": oracle})

@@ -37,6 +37,7 @@ METHODS: dict[str, str] = {
     "ppo": "rlxf.algorithms.online.ppo:PPO",
     "online_dpo": "rlxf.algorithms.online.online_dpo:OnlineDPO",
     "dno": "rlxf.algorithms.online.online_dpo:DNO",
+    "inpo": "rlxf.algorithms.online.online_dpo:INPO",
     "sharpening": "rlxf.algorithms.online.sharpening:SFTSharpening",
     "spo": "rlxf.algorithms.online.spo:SPO",
     "p3o": "rlxf.algorithms.online.p3o:P3O",

@@ -1,11 +1,14 @@
-"""Online iterative DPO and DNO on the controller: pairs from the current policy, a DPO step.
+"""Online iterative DPO, DNO and INPO on the controller: pairs from the current policy, a pair loss.
 
 Online DPO, after Dong, Xiong et al., "RLHF Workflow: From Reward Modeling to Online RLHF"
 (2024): sample k responses per prompt from the current policy, score them (reward model or
 labeler), pair the best with the worst ("max_min") and take DPO steps (label smoothing as the
 conservative variant) against the fixed reference. DNO-Prct (Rosset et al., "Direct Nash
 Optimization", 2024) uses the previous iterate as the reference (the rollout's behaviour
-log-probs) and keeps only large-margin pairs.
+log-probs) and keeps only large-margin pairs. INPO (Zhang et al., "Iterative Nash Policy
+Optimization", ICLR 2025) takes the same pairs, ranked by a preference oracle's win rates
+within the group when one is given, and regresses its mirror-descent target (``inpo_loss``)
+with the rollout policy as pi_t and the SFT policy as mu.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import torch
 
 from rlxf.algorithms.online.controller import Method
+from rlxf.algorithms.online.scoring import group_win_rate
+from rlxf.objectives.game import inpo_loss
 from rlxf.objectives.preference import cdpo_loss
 
 
@@ -24,8 +29,15 @@ class OnlineDPO(Method):
     def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, min_margin: float = 0.0):
         self.beta, self.eps, self.min_margin = beta, label_smoothing, min_margin
 
+    def pair_scores(self, batch):
+        """``[groups, k]`` scores that rank each group's samples (best is chosen, worst rejected)."""
+        return batch.scores.view(-1, batch.k)
+
+    def pair_loss(self, chosen, rejected):
+        return cdpo_loss(chosen, rejected, self.beta, self.eps)
+
     def prepare(self, batch, ctx) -> None:
-        scores = batch.scores.view(-1, batch.k)
+        scores = self.pair_scores(batch)
         best, worst = scores.argmax(1), scores.argmin(1)
         margin = scores.max(1).values - scores.min(1).values
         pairs = {}
@@ -48,7 +60,7 @@ class OnlineDPO(Method):
             steps = steps.replace(ref_logps=steps.old_logps)
         n = len(mine)
         chosen, rejected = steps[:n], steps[n:]
-        per_pair = cdpo_loss(chosen, rejected, self.beta, self.eps)
+        per_pair = self.pair_loss(chosen, rejected)
         loss = per_pair.sum() / n_total
         with torch.no_grad():
             acc = float((chosen.seq_logratio() > rejected.seq_logratio()).float().sum() / n_total)
@@ -62,3 +74,24 @@ class DNO(OnlineDPO):
         super().__init__(beta, label_smoothing, min_margin)
 
 
+
+
+class INPO(OnlineDPO):
+    """``eta``: mirror-descent step (the target margin is 1/(2 eta)); ``tau``: pull toward the
+    reference (default eta/3); ``preference(samples, i, j) -> P(i beats j)``: an optional oracle
+    whose within-group win rates rank the samples instead of the scorer's rewards."""
+
+    def __init__(self, eta: float = 0.5, tau: float | None = None, min_margin: float = 0.0, preference=None):
+        super().__init__(min_margin=min_margin)
+        self.eta, self.tau = eta, tau
+        self.win_rate = None if preference is None else group_win_rate(preference)
+
+    def pair_scores(self, batch):
+        if self.win_rate is None:
+            return super().pair_scores(batch)
+        wins = self.win_rate(batch.samples)
+        batch.stats["win_rate_in_group"] = float(wins.mean())
+        return wins.view(-1, batch.k)
+
+    def pair_loss(self, chosen, rejected):
+        return inpo_loss(chosen, rejected, self.eta, self.tau)
