@@ -126,6 +126,15 @@ def test_inpo_beats_sft_on_gold_from_preferences_alone(lab, tmp_path):
     assert metrics[0]["loss"] == pytest.approx(1.0, abs=1e-4)
 
 
+def test_nash_md_beats_sft_on_gold_from_preferences_alone(lab, tmp_path):
+    oracle = lambda policy: bradley_terry_preference(_gold_fn(lab["task"], policy), beta=1.0)  # noqa: E731
+    gain, metrics = train_method(lab, tmp_path, "nash_md", rewards={}, objects={"preference": oracle})
+    assert_beats_sft(gain)
+    assert all(m["proxy_reward"] == 0 for m in metrics)
+    # at the first rollout pi = mu, so the mixture is the group itself and P(a>b) + P(b>a) = 1
+    assert metrics[0]["win_rate_vs_mixture"] == pytest.approx(0.5, abs=1e-5)
+
+
 def test_spo_beats_sft_on_gold_from_preferences_alone(lab, tmp_path):
     oracle = lambda policy: bradley_terry_preference(_gold_fn(lab["task"], policy), beta=1.0)  # noqa: E731
     gain, metrics = train_method(lab, tmp_path, "spo", rewards={}, objects={"preference": oracle})

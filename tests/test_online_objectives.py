@@ -77,3 +77,19 @@ def test_fdpg_weights_are_f_prime_of_u(div, fprime):
     assert s.logps.grad.flatten().tolist() == pytest.approx([fprime(u) for u in us], abs=1e-5)
     # the higher-reward sample (u < 1: under-weighted by pi) gets the lower weight, so descent raises it
     assert s.logps.grad[1, 0] < s.logps.grad[0, 0]
+
+
+def test_nash_md_opponent_is_the_importance_weighted_geometric_mixture():
+    from rlxf.algorithms.online.nash_md import mixture_win_rate
+
+    # one group of 3 samples; P(row beats column)
+    pref = torch.tensor([[[0.5, 0.8, 0.3], [0.2, 0.5, 0.6], [0.7, 0.4, 0.5]]])
+    ref_minus = torch.tensor([[0.0, math.log(4.0), math.log(0.25)]])  # log mu(y) - log pi(y)
+    # beta = 0: self-play, a plain mean over the other samples (SPO's reward)
+    assert mixture_win_rate(pref, ref_minus, 0.0)[0].tolist() == pytest.approx([0.55, 0.4, 0.55])
+    # beta = 0.5: opponent weights (mu/pi)^0.5 = 1, 2, 0.5, renormalised without the sample itself
+    w = [[0, 2, 0.5], [1, 0, 0.5], [1, 2, 0]]
+    want = [sum(w[i][j] * pref[0, i, j].item() for j in range(3)) / sum(w[i]) for i in range(3)]
+    assert mixture_win_rate(pref, ref_minus, 0.5)[0].tolist() == pytest.approx(want)
+    # beta = 1 against a sample the reference likes 16x more than the other: nearly a best response to it
+    assert mixture_win_rate(pref, ref_minus, 1.0)[0, 0].item() == pytest.approx((4 * 0.8 + 0.25 * 0.3) / 4.25)

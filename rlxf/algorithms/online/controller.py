@@ -38,6 +38,7 @@ METHODS: dict[str, str] = {
     "online_dpo": "rlxf.algorithms.online.online_dpo:OnlineDPO",
     "dno": "rlxf.algorithms.online.online_dpo:DNO",
     "inpo": "rlxf.algorithms.online.online_dpo:INPO",
+    "nash_md": "rlxf.algorithms.online.nash_md:NashMD",
     "sharpening": "rlxf.algorithms.online.sharpening:SFTSharpening",
     "spo": "rlxf.algorithms.online.spo:SPO",
     "p3o": "rlxf.algorithms.online.p3o:P3O",
