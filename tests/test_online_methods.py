@@ -135,6 +135,23 @@ def test_nash_md_beats_sft_on_gold_from_preferences_alone(lab, tmp_path):
     assert metrics[0]["win_rate_vs_mixture"] == pytest.approx(0.5, abs=1e-5)
 
 
+def test_constrained_rlhf_steers_the_reward_model_score_to_its_threshold(lab, tmp_path):
+    """An equality constraint (xi-PPO) on the reward-model component pulls its score up toward a
+    threshold above the SFT policy's and down toward one below it: the multiplier changes sign."""
+    sft, rm = lab["pipe"].policy("sft"), lab["rm"]
+    ro = sft.sample(lab["train_ids"][:128], n=2, max_new_tokens=16, generator=torch.Generator().manual_seed(3))
+    v0 = float(rm.score(ro.prompt_ids, ro.response_ids).mean())
+    moved = {}
+    for offset in (1.5, -1.5):
+        _, metrics = train_method(lab, tmp_path / str(offset), "constrained", steps=40,
+                                  method_args={"thresholds": {"rm": v0 + offset}, "lagrange_lr": 1.0})
+        first = np.mean([m["proxy_reward"] for m in metrics[:4]])
+        last = np.mean([m["proxy_reward"] for m in metrics[-4:]])
+        moved[offset] = (last - first, metrics[-1]["lambda_rm"])
+    assert moved[1.5][0] > 0.5 and moved[1.5][1] > 0
+    assert moved[-1.5][0] < -0.25 and moved[-1.5][1] < 0
+
+
 def test_spo_beats_sft_on_gold_from_preferences_alone(lab, tmp_path):
     oracle = lambda policy: bradley_terry_preference(_gold_fn(lab["task"], policy), beta=1.0)  # noqa: E731
     gain, metrics = train_method(lab, tmp_path, "spo", rewards={}, objects={"preference": oracle})

@@ -93,3 +93,17 @@ def test_nash_md_opponent_is_the_importance_weighted_geometric_mixture():
     assert mixture_win_rate(pref, ref_minus, 0.5)[0].tolist() == pytest.approx(want)
     # beta = 1 against a sample the reference likes 16x more than the other: nearly a best response to it
     assert mixture_win_rate(pref, ref_minus, 1.0)[0, 0].item() == pytest.approx((4 * 0.8 + 0.25 * 0.3) / 4.25)
+
+
+def test_constrained_rlhf_mixed_advantage_and_multiplier_steps():
+    from rlxf.algorithms.online.constrained import lagrange_step, mixed_advantages
+
+    kl_adv, a1, a2 = torch.tensor([1.0, -1.0]), torch.tensor([2.0, 0.0]), torch.tensor([0.0, 4.0])
+    got = mixed_advantages(kl_adv, {"a": a1, "b": a2}, {"a": 0.5, "b": -0.25})
+    # (N - sum lambda) = 2 - 0.25 = 1.75
+    assert got.tolist() == pytest.approx([1.75 * 1 + 0.5 * 2, 1.75 * -1 + -0.25 * 4])
+    # equality (tanh): above the threshold the multiplier falls (pushing the component down), below it rises
+    assert lagrange_step(0.0, 2.0, 1.0, "equality", 0.1) == pytest.approx(-0.1)
+    assert lagrange_step(0.0, 0.0, 1.0, "equality", 0.1) == pytest.approx(0.1)
+    # at_least (sigmoid, derivative 1/4 at 0): a violated constraint raises the multiplier
+    assert lagrange_step(0.0, 0.0, 1.0, "at_least", 0.1) == pytest.approx(0.025)

@@ -39,6 +39,7 @@ METHODS: dict[str, str] = {
     "dno": "rlxf.algorithms.online.online_dpo:DNO",
     "inpo": "rlxf.algorithms.online.online_dpo:INPO",
     "nash_md": "rlxf.algorithms.online.nash_md:NashMD",
+    "constrained": "rlxf.algorithms.online.constrained:ConstrainedRLOO",
     "sharpening": "rlxf.algorithms.online.sharpening:SFTSharpening",
     "spo": "rlxf.algorithms.online.spo:SPO",
     "p3o": "rlxf.algorithms.online.p3o:P3O",
@@ -68,7 +69,7 @@ class OnlineConfig:
     """``optim.steps`` optimiser steps; ``optim.batch_size`` prompts per rollout."""
 
     method: str = "rloo"
-    method_args: dict[str, float] = field(default_factory=dict)
+    method_args: dict[str, Any] = field(default_factory=dict)  # numbers, strings, tables (e.g. thresholds)
     samples_per_prompt: int = 4
     max_new_tokens: int = 16
     temperature: float = 1.0
