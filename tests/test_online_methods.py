@@ -152,6 +152,14 @@ def test_constrained_rlhf_steers_the_reward_model_score_to_its_threshold(lab, tm
     assert moved[-1.5][0] < -0.25 and moved[-1.5][1] < 0
 
 
+def test_occupancy_chi2_penalty_keeps_rloo_closer_to_the_reference(lab, tmp_path):
+    free, m_free = train_method(lab, tmp_path / "free", "rloo", kl=KLSettings(mode="none"))
+    reg, m_reg = train_method(lab, tmp_path / "chi2", "rloo", kl=KLSettings(estimator="chi2_occupancy", coef=0.05))
+    assert_beats_sft(reg)
+    kl_free, kl_reg = (np.mean([m["kl"] for m in ms[-5:]]) for ms in (m_free, m_reg))
+    assert kl_reg < 0.7 * kl_free, (kl_reg, kl_free)
+
+
 def test_spo_beats_sft_on_gold_from_preferences_alone(lab, tmp_path):
     oracle = lambda policy: bradley_terry_preference(_gold_fn(lab["task"], policy), beta=1.0)  # noqa: E731
     gain, metrics = train_method(lab, tmp_path, "spo", rewards={}, objects={"preference": oracle})

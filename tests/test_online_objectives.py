@@ -107,3 +107,17 @@ def test_constrained_rlhf_mixed_advantage_and_multiplier_steps():
     assert lagrange_step(0.0, 0.0, 1.0, "equality", 0.1) == pytest.approx(0.1)
     # at_least (sigmoid, derivative 1/4 at 0): a violated constraint raises the multiplier
     assert lagrange_step(0.0, 0.0, 1.0, "at_least", 0.1) == pytest.approx(0.025)
+
+
+def test_occupancy_chi2_uses_the_cumulative_ratio_of_the_path():
+    from rlxf.objectives.policy_gradient import occupancy_chi2
+
+    logps = torch.tensor([[0.1, 0.2, -0.5], [0.3, 0.0, 0.0]])  # log pi - log pi_ref per step (ref = 0)
+    s = Steps(logps=logps, mask=torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]), ref_logps=torch.zeros(2, 3))
+    want = [[math.expm1(0.1), math.expm1(0.3), math.expm1(-0.2)], [math.expm1(0.3), 0.0, 0.0]]
+    assert occupancy_chi2(s).tolist() == [pytest.approx(r) for r in want]
+    # the sqrt form divides by the root of the mean penalty over real steps (nothing trimmed at 4 values
+    # with trim = 0: quantiles 0 and 1 keep everything)
+    mean = (sum(want[0]) + want[1][0]) / 4
+    got = occupancy_chi2(s, sqrt=True, trim=0.0)
+    assert got.tolist() == [pytest.approx([v / math.sqrt(mean) for v in r]) for r in want]

@@ -41,7 +41,36 @@ def kl_k3(steps: Steps) -> Tensor:
     return torch.expm1(log_rho) - log_rho
 
 
-KL_ESTIMATORS: dict[str, Callable[[Steps], Tensor]] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
+def occupancy_chi2(steps: Steps, sqrt: bool = False, trim: float = 0.01, max_log_ratio: float = 20.0) -> Tensor:
+    """Per-step chi-squared occupancy penalty ``rho_t - 1``, ``[B, T]`` (Laidlaw et al., "Correlated
+    Proxies", ICLR 2025: regularise the state-action occupancy measure, not the action distribution).
+
+    For text every state (prompt + prefix) is reached by exactly one path, so the occupancy ratio
+    of (s_t, a_t) under pi and pi_ref is the product of the token ratios so far: ``log rho_t =
+    sum_{t' <= t} (log pi - log pi_ref)``, exact, where control needs a discriminator to estimate it.
+    Averaged over pi's occupancy, ``rho_t - 1`` estimates chi^2(mu_pi || mu_ref). ``sqrt=True``
+    divides by the square root of the batch's ``trim``-trimmed mean penalty (floored at 0.01), the
+    gradient scale of penalising sqrt(chi^2) as the paper does. ``log rho_t`` is capped at
+    ``max_log_ratio`` against overflow. Zero on padding.
+    """
+    log_rho = torch.cumsum(steps.logratio(), dim=-1).clamp(max=max_log_ratio)
+    pen = steps.masked(torch.expm1(log_rho))
+    if sqrt:
+        real = pen[steps.mask > 0]
+        if real.numel():
+            lo, hi = torch.quantile(real.float(), torch.tensor([trim, 1 - trim], dtype=torch.float32))
+            kept = real[(real >= lo) & (real <= hi)]
+            pen = pen / kept.mean().clamp(min=0.01).sqrt()
+    return pen
+
+
+KL_ESTIMATORS: dict[str, Callable[[Steps], Tensor]] = {
+    "k1": kl_k1, "k2": kl_k2, "k3": kl_k3,
+    # not KL estimators: divergence penalties that use the same per-step seam (reward mode only)
+    "chi2_occupancy": occupancy_chi2,
+    "sqrt_chi2_occupancy": lambda steps: occupancy_chi2(steps, sqrt=True),
+}
+REWARD_ONLY = ("chi2_occupancy", "sqrt_chi2_occupancy")
 
 
 def kl_estimate(steps: Steps, kind: str = "k3") -> Tensor:

@@ -26,7 +26,13 @@ from rlxf.algorithms.loop import OptimConfig, train
 from rlxf.algorithms.online.scoring import Samples, Scorer
 from rlxf.core.runs import Run
 from rlxf.core.steps import Steps
-from rlxf.objectives.policy_gradient import adaptive_kl_beta, kl_estimate, kl_penalized_rewards
+from rlxf.objectives.policy_gradient import (
+    KL_ESTIMATORS,
+    REWARD_ONLY,
+    adaptive_kl_beta,
+    kl_estimate,
+    kl_penalized_rewards,
+)
 from rlxf.policies.language import LanguagePolicy
 
 METHODS: dict[str, str] = {
@@ -55,7 +61,8 @@ class OnlineError(ValueError):
 @dataclass
 class KLSettings:
     """KL(pi || pi_ref): ``mode`` "reward" (token-level penalty in the reward), "loss" (a loss
-    term) or "none"; estimator k1/k2/k3; ``target > 0`` turns on the adaptive controller."""
+    term) or "none"; estimator k1/k2/k3, or (reward mode) the occupancy chi^2 penalties
+    ``chi2_occupancy`` / ``sqrt_chi2_occupancy``; ``target > 0`` turns on the adaptive controller."""
 
     mode: str = "reward"
     estimator: str = "k1"
@@ -171,8 +178,10 @@ def validate(cfg: OnlineConfig, method) -> None:
                           f"got {cfg.samples_per_prompt}")
     if cfg.kl.mode not in ("reward", "loss", "none"):
         raise OnlineError(f"kl.mode must be 'reward', 'loss' or 'none', got {cfg.kl.mode!r}")
-    if cfg.kl.estimator not in ("k1", "k2", "k3"):
-        raise OnlineError(f"kl.estimator must be k1, k2 or k3, got {cfg.kl.estimator!r}")
+    if cfg.kl.estimator not in KL_ESTIMATORS:
+        raise OnlineError(f"kl.estimator must be one of {', '.join(KL_ESTIMATORS)}, got {cfg.kl.estimator!r}")
+    if cfg.kl.estimator in REWARD_ONLY and cfg.kl.mode == "loss":
+        raise OnlineError(f"kl.estimator {cfg.kl.estimator} is a reward penalty; use it with kl.mode = 'reward'")
     if cfg.loss_reduction and cfg.loss_reduction not in REDUCTIONS:
         raise OnlineError(f"loss_reduction must be one of {', '.join(REDUCTIONS)}, got {cfg.loss_reduction!r}")
     if cfg.updates_per_rollout < 1 or not 1 <= cfg.minibatches <= cfg.optim.batch_size:
