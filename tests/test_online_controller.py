@@ -233,6 +233,12 @@ def test_online_lab_config_errors_name_the_field(tmp_path):
         lab('online.runs=["x:ppo:gold"]')
     with pytest.raises(PipelineError, match="online.executor"):
         lab('online.executor="dask"')
+    with pytest.raises(PipelineError, match=r"online.method_args.c: constrained has no parameter treshold"):
+        lab('online.runs=["c:constrained:rm"]', 'online.method_args={c = {treshold = 1.0}}')
+    with pytest.raises(PipelineError, match=r"online.kl_estimators.p must be one of"):
+        lab('online.runs=["p:ppo:rm"]', 'online.kl_estimators={p = "k4"}')
+    with pytest.raises(PipelineError, match=r"online.method_args: no run named q"):
+        lab('online.runs=["p:ppo:rm"]', 'online.method_args={q = {}}')
     assert not (tmp_path / "lab").exists()  # nothing written on bad input
 
 
@@ -249,3 +255,12 @@ def test_verifier_reward_scores_exact_answers_on_the_arithmetic_task():
     s = Samples([enc("3+4*2=")] * 2, [enc(right) + [tok.eos_token_id], enc(wrong)], [True, False], k=2)
     assert decode(s.prompt_ids[0]) == "3+4*2=" and decode(s.response_ids[0]) == right  # chars round-trip
     assert verifier_reward(decode, check_answer, alpha=10.0)(s) == [10.0, 0.0]
+
+
+def test_gold_at_kl_averages_the_baseline_near_that_kl():
+    from rlxf.lab.online import gold_at_kl
+
+    curve = [{"kl": 0.1, "gold_reward": 1.0}, {"kl": 0.9, "gold_reward": 2.0}, {"kl": 1.1, "gold_reward": 4.0},
+             {"kl": 3.0, "gold_reward": 9.0}]
+    assert gold_at_kl(curve, 1.0) == pytest.approx(3.0)  # 0.9 and 1.1 are within 25% of 1.0
+    assert gold_at_kl(curve, 2.0) is None

@@ -5,12 +5,14 @@ an ensemble when a run asks for one, then trains each configured run (a method o
 the single reward model, an ensemble aggregated by mean / WCO / UWO, or preferences from a
 labeler for SPO) from the SFT policy with the online controller, and evaluates every policy on
 held-out prompts. Writes ``summary.json`` shaped ``{run: {"gold", "proxy", "kl",
-"win_rate_vs_sft"}}`` beside ``report.html`` and an ``online_curves.png`` of gold and proxy
+"win_rate_vs_sft", "labeler_win_rate_vs_sft"}}`` (win rates by gold, and under the
+intransitive labeler) beside ``report.html`` and an ``online_curves.png`` of gold and proxy
 against KL over training.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass, field
 
@@ -19,18 +21,27 @@ import torch
 
 from rlxf.algorithms.evaluate import mean_se, paired_gain, sampled_kl
 from rlxf.algorithms.loop import OptimConfig
-from rlxf.algorithms.online.controller import METHODS, KLSettings, OnlineConfig, build_method, train_online
+from rlxf.algorithms.online.controller import (
+    METHODS,
+    KLSettings,
+    OnlineConfig,
+    build_method,
+    method_class,
+    train_online,
+)
 from rlxf.algorithms.online.ppo import Critic
 from rlxf.algorithms.online.scoring import Samples, Scorer, ensemble_reward, model_reward, text_reward
 from rlxf.algorithms.reward_training import train_reward_model
 from rlxf.core.runs import atomic_write_text
 from rlxf.executors import EXECUTORS, make_executor
 from rlxf.lab.config import PipelineConfig
+from rlxf.objectives.policy_gradient import KL_ESTIMATORS
+from rlxf.data.io import read_records
 from rlxf.lab.pipeline import Pipeline, PipelineError
 from rlxf.labelers.simulated import IntransitiveLabeler
 from rlxf.rewards.model import RewardModel
 
-REWARDS = ("rm", "ensemble_mean", "ensemble_wco", "ensemble_uwo", "preferences")
+REWARDS = ("rm", "ensemble_mean", "ensemble_wco", "ensemble_uwo", "preferences", "rm_intransitive")
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,8 @@ class OnlineLabSection:
     lr: float = 5e-4
     kl_coef: float = 0.05
     lr_overrides: dict[str, float] = field(default_factory=dict)  # learning rate per run name
+    method_args: dict[str, dict] = field(default_factory=dict)  # method arguments per run name
+    kl_estimators: dict[str, str] = field(default_factory=dict)  # KL estimator / penalty per run name (else k1)
     executor: str = "local"
     runs: list[str] = field(default_factory=lambda: ["ppo:ppo:rm", "ppo_wco:ppo:ensemble_wco",
                                                      "ppo_uwo:ppo:ensemble_uwo", "grpo:grpo:rm",
@@ -76,6 +89,17 @@ class OnlineLabConfig(PipelineConfig):
     online: OnlineLabSection = field(default_factory=OnlineLabSection)
 
 
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def gold_at_kl(curve: list[dict], kl: float, width: float = 0.25) -> float | None:
+    """Mean training-batch gold of a run's steps whose KL is within ``width`` (relative) of ``kl``:
+    where a baseline stood at the KL another run ended at. None when no step came that close."""
+    near = [m["gold_reward"] for m in curve if abs(m["kl"] - kl) <= width * max(abs(kl), 1e-3)]
+    return float(np.mean(near)) if near else None
+
+
 class OnlineLab(Pipeline):
     """The pipeline's first three stages, then one online stage per run and an evaluation."""
 
@@ -88,13 +112,23 @@ class OnlineLab(Pipeline):
         names = [r.name for r in runs]
         if len(set(names)) != len(names):
             raise PipelineError(f"online.runs: run names must be unique, got {names}")
-        unknown = sorted(set(o.lr_overrides) - set(names))
-        if unknown:
-            raise PipelineError(f"online.lr_overrides: no run named {', '.join(unknown)} (runs: {', '.join(names)})")
+        for key in ("lr_overrides", "method_args", "kl_estimators"):
+            unknown = sorted(set(getattr(o, key)) - set(names))
+            if unknown:
+                raise PipelineError(f"online.{key}: no run named {', '.join(unknown)} (runs: {', '.join(names)})")
         for r in runs:
             if r.method not in METHODS:
                 raise PipelineError(f"online.runs[{r.name}].method: unknown method {r.method!r}; "
                                     f"known: {', '.join(sorted(METHODS))}")
+            args = o.method_args.get(r.name, {})
+            if r.method in METHODS and args:
+                params = inspect.signature(method_class(r.method)).parameters
+                bad = sorted(set(args) - set(params))
+                if bad:
+                    raise PipelineError(f"online.method_args.{r.name}: {r.method} has no parameter {', '.join(bad)}")
+            est = o.kl_estimators.get(r.name, "k1")
+            if est not in KL_ESTIMATORS:
+                raise PipelineError(f"online.kl_estimators.{r.name} must be one of {', '.join(KL_ESTIMATORS)}, got {est!r}")
             if r.reward not in REWARDS:
                 raise PipelineError(f"online.runs[{r.name}].reward must be one of {', '.join(REWARDS)}, "
                                     f"got {r.reward!r}")
@@ -108,6 +142,8 @@ class OnlineLab(Pipeline):
                ("reward_model", self.stage_reward_model)]
         if any(r.reward.startswith("ensemble") for r in self.cfg.online.parsed_runs()):
             out.append(("reward_ensemble", self.stage_reward_ensemble))
+        if any(r.reward == "rm_intransitive" for r in self.cfg.online.parsed_runs()):
+            out.append(("reward_model_intransitive", self.stage_reward_model_intransitive))
         out += [(f"online_{r.name}", lambda r=r: self.stage_online(r)) for r in self.cfg.online.parsed_runs()]
         return out + [("evaluate", self.stage_evaluate)]
 
@@ -124,6 +160,22 @@ class OnlineLab(Pipeline):
             rm.save_pretrained(self._model_dir(f"reward_model_{i}"))
         return {"members": self.cfg.online.ensemble_size}
 
+    def stage_reward_model_intransitive(self) -> dict:
+        """A reward model fit to the intransitive labeler's answers on the same pairs: what RM-based
+        PPO learns from the labels SPO plays on."""
+        sft = self.policy("sft")
+        records = read_records(self.run.stage_dir("comparisons") / "comparisons.jsonl")
+        crit = lambda side: self._text_criteria([(r.prompt, getattr(r, side)) for r in records])  # noqa: E731
+        labeler = IntransitiveLabeler(self.cfg.online.labeler_weights, beta=self.cfg.comparisons.labeler_beta,
+                                      seed=self.seed + 17)
+        first = labeler.prefers_first(crit("chosen"), crit("rejected"))
+        pairs = [(p, c, r) if keep else (p, r, c) for (p, c, r), keep in zip(self._pairs(sft), first)]
+        rm = RewardModel.from_pretrained(self._model_dir("sft"))
+        train_reward_model(self.run, "reward_model_intransitive", rm, pairs, self.cfg.reward_model.optim,
+                           self.seed, self.quiet)
+        rm.save_pretrained(self._model_dir("reward_model_intransitive"))
+        return {"n_pairs": len(pairs), "agreement_with_gold_labels": float(np.mean(first))}
+
     def _ensemble(self) -> list[RewardModel]:
         extra = [RewardModel.from_pretrained(self._model_dir(f"reward_model_{i}"))
                  for i in range(1, self.cfg.online.ensemble_size)]
@@ -132,7 +184,12 @@ class OnlineLab(Pipeline):
     def _criteria(self, policy, s: Samples) -> np.ndarray:
         """Per-response scores under the labeler's criteria: gold, and brevity (-words/2)."""
         texts = [(policy.decode(p), policy.decode(r), f) for p, r, f in zip(s.prompt_ids, s.response_ids, s.finished)]
-        return np.array([[self.task.gold(p, t, f), -len(t.split()) / 2] for p, t, f in texts])
+        return self._text_criteria(texts)
+
+    def _text_criteria(self, texts) -> np.ndarray:
+        """Criteria of (prompt, response[, finished]) texts: ``[n, 2]``."""
+        rows = [(t[0], t[1], t[2] if len(t) > 2 else True) for t in texts]
+        return np.array([[self.task.gold(p, r, f), -len(r.split()) / 2] for p, r, f in rows]).reshape(-1, 2)
 
     def _preference(self, policy):
         """P(i beats j) under an intransitive mixture labeler over the criteria."""
@@ -153,16 +210,21 @@ class OnlineLab(Pipeline):
         policy = self.policy("sft")
         rm = self.reward_model()
         rewards = {"rm": (model_reward(rm), 1.0)}
-        if r.reward.startswith("ensemble"):
+        critic_from = rm
+        if r.reward == "rm_intransitive":  # everything it learns comes from the intransitive labels
+            critic_from = RewardModel.from_pretrained(self._model_dir("reward_model_intransitive"))
+            rewards = {r.reward: (model_reward(critic_from), 1.0)}
+        elif r.reward.startswith("ensemble"):
             members = [model_reward(m) for m in self._ensemble()]
             rewards = {r.reward: (ensemble_reward(members, r.reward.split("_")[1], o.uwo_lambda), 1.0)}
         elif r.reward == "preferences":
             rewards = {}
-        objects = {"critic": Critic.from_reward_model(rm), "preference": self._preference(policy)}
-        cfg = OnlineConfig(method=r.method, samples_per_prompt=o.samples_per_prompt,
+        objects = {"critic": Critic.from_reward_model(critic_from), "preference": self._preference(policy)}
+        cfg = OnlineConfig(method=r.method, method_args=dict(o.method_args.get(r.name, {})),
+                           samples_per_prompt=o.samples_per_prompt,
                            max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
                            updates_per_rollout=o.updates_per_rollout if r.method == "ppo" else 1,
-                           kl=KLSettings(coef=o.kl_coef),
+                           kl=KLSettings(coef=o.kl_coef, estimator=o.kl_estimators.get(r.name, "k1")),
                            optim=OptimConfig(steps=o.steps, batch_size=o.prompts_per_step,
                                              lr=o.lr_overrides.get(r.name, o.lr),
                                              checkpoint_every=20))
@@ -192,17 +254,26 @@ class OnlineLab(Pipeline):
             gold = self._gold(prompts, self._texts(policy, ro.response_ids), ro.finished)
             kl = sampled_kl(ro.steps, sft.score(ro.prompt_ids, ro.response_ids)).numpy()
             proxy = rm.score(ro.prompt_ids, ro.response_ids).numpy()
-            rows[name] = {"gold": gold, "proxy": proxy, "kl": float(kl.mean())}
+            texts = [(p, t, f) for p, t, f in zip(prompts, self._texts(policy, ro.response_ids), ro.finished)]
+            rows[name] = {"gold": gold, "proxy": proxy, "kl": float(kl.mean()), "criteria": self._text_criteria(texts)}
         summary, table = {}, {}
         base = rows["sft"]["gold"]
+        labeler = IntransitiveLabeler(self.cfg.online.labeler_weights, beta=self.cfg.comparisons.labeler_beta)
         for name, r in rows.items():
             win = float(np.mean((r["gold"] > base) + 0.5 * (r["gold"] == base)))
+            # P(this policy's answer beats SFT's) under the intransitive labeler SPO plays on
+            lab_win = float(labeler.prob_first(r["criteria"], rows["sft"]["criteria"]).mean())
             summary[name] = {"gold": float(r["gold"].mean()), "proxy": float(r["proxy"].mean()), "kl": r["kl"],
-                             "win_rate_vs_sft": win}
+                             "win_rate_vs_sft": win, "labeler_win_rate_vs_sft": lab_win}
             gm, gse = mean_se(r["gold"])
             gain, gain_se = paired_gain(r["gold"], base)
             table[name] = {"gold_mean": gm, "gold_se": gse, "proxy_mean": summary[name]["proxy"], "kl": r["kl"],
                            "kl_kind": "sampled", "gain_vs_sft": gain, "gain_se": gain_se}
+        if "ppo" in summary:
+            curve = self.run.metrics("online_ppo")
+            for name, row in summary.items():
+                if name not in ("sft", "ppo"):
+                    row["ppo_gold_at_same_kl"] = gold_at_kl(curve, row["kl"])
         atomic_write_text(self.run.dir / "summary.json", json.dumps(summary, indent=2))
         return {"summary": table, "online_summary": summary, "n_prompts": len(prompts)}
 
@@ -213,10 +284,12 @@ class OnlineLab(Pipeline):
 
     @staticmethod
     def format_table(summary: dict) -> str:
-        head = f"{'run':<14} {'gold':>8} {'proxy':>8} {'KL':>8} {'win vs SFT':>11}"
+        head = (f"{'run':<16} {'gold':>8} {'proxy':>8} {'KL':>8} {'win vs SFT':>11} "
+                f"{'labeler win vs SFT':>19} {'PPO gold at this KL':>20}")
         lines = [head, "-" * len(head)]
-        lines += [f"{n:<14} {r['gold']:>8.3f} {r['proxy']:>8.3f} {r['kl']:>8.3f} {r['win_rate_vs_sft']:>11.3f}"
-                  for n, r in summary.items()]
+        lines += [f"{n:<16} {r['gold']:>8.3f} {r['proxy']:>8.3f} {r['kl']:>8.3f} {r['win_rate_vs_sft']:>11.3f} "
+                  f"{r.get('labeler_win_rate_vs_sft', float('nan')):>19.3f} "
+                  f"{_num(r.get('ppo_gold_at_same_kl')):>20}" for n, r in summary.items()]
         return "\n".join(lines)
 
     def _plot_curves(self) -> None:
