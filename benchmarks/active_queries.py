@@ -208,12 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'labels':>7} {'uniform':>9} {args.rule:>13}")
     for k, n in enumerate(ns):
         print(f"{n:>7} {mean['uniform'][k]:>9.4f} {mean[args.rule][k]:>13.4f}")
-    print("label ratio if uniform stopped earlier (labels the active rule needs for uniform's accuracy there):")
-    for k, n in enumerate(ns):
-        if k + 1 < len(ns) and n % 200 == 0:
-            t = mean["uniform"][k]
-            r = labels_to_reach(list(zip(ns, mean[args.rule])), t) / labels_to_reach(list(zip(ns, mean["uniform"])), t)
-            print(f"  at {n:>5} labels: {r:.3f}")
+    earlier = [k for k, n in enumerate(ns) if k + 1 < len(ns) and n % 200 == 0]
+    if earlier:
+        print("label ratio if uniform stopped earlier (labels the active rule needs for uniform's accuracy there):")
+    for k in earlier:
+        t = mean["uniform"][k]
+        r = labels_to_reach(list(zip(ns, mean[args.rule])), t) / labels_to_reach(list(zip(ns, mean["uniform"])), t)
+        print(f"  at {ns[k]:>5} labels: {r:.3f}")
     target = mean["uniform"][-1]
     n_uniform = labels_to_reach(list(zip(ns, mean["uniform"])), target)
     n_active = labels_to_reach(list(zip(ns, mean[args.rule])), target)
