@@ -18,6 +18,7 @@ from torch import Tensor
 
 from rlxf.core.runs import atomic_dir
 from rlxf.core.steps import Steps
+from rlxf.policies.fast_decode import GPT2Decoder, supports
 
 
 @dataclass
@@ -48,6 +49,8 @@ class LanguagePolicy:
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         self._cache_kw = _cache_kwarg(model)
+        # sample GPT-2 models with the lean decoder (rlxf.policies.fast_decode); False: the HF forward
+        self.fast_decode = True
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token first")
         if tokenizer.eos_token_id is None:
@@ -123,9 +126,12 @@ class LanguagePolicy:
         ids = torch.cat([p_ids, r_ids], 1)
         attn = torch.cat([p_attn, r_mask.long()], 1)
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=False)
         P = p_ids.shape[1]
-        logits = out.logits[:, P - 1 : P - 1 + width].float()
+        if self.fast_decode and supports(self.model):
+            logits = GPT2Decoder(self.model).score(ids, attn, positions, P - 1)[:, :width]
+        else:
+            out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=False)
+            logits = out.logits[:, P - 1 : P - 1 + width].float()
         return logits, r_ids, r_mask
 
     def steps(self, prompt_ids: list[list[int]], response_ids: list[list[int]],
@@ -178,9 +184,13 @@ class LanguagePolicy:
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
         B = ids.shape[0]
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True)
-        cache = _cache_out(out)
-        logits = out.logits[:, -1].float()
+        decoder = GPT2Decoder(self.model) if self.fast_decode and supports(self.model) else None
+        if decoder is not None:
+            logits = decoder.prefill(ids, attn, positions, max_new_tokens)
+        else:
+            out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True)
+            cache = _cache_out(out)
+            logits = out.logits[:, -1].float()
         next_pos = positions[:, -1:] + 1
         tokens = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=self.device)
         logps = torch.zeros((B, max_new_tokens), device=self.device)
@@ -196,11 +206,14 @@ class LanguagePolicy:
             alive = alive & (tok != eos)
             if not alive.any() or t == max_new_tokens - 1:
                 break
-            attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=self.device)], 1)
-            out = self.model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, use_cache=True,
-                             **{self._cache_kw: cache})
-            cache = _cache_out(out)
-            logits = out.logits[:, -1].float()
+            if decoder is not None:
+                logits = decoder.step(tok, next_pos)
+            else:
+                attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=self.device)], 1)
+                out = self.model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, use_cache=True,
+                                 **{self._cache_kw: cache})
+                cache = _cache_out(out)
+                logits = out.logits[:, -1].float()
             next_pos = next_pos + 1
         if was_training:
             self.model.train()
