@@ -6,7 +6,7 @@ runs in its own subprocess (so each peak-memory figure is that side's alone) fro
 directory: the same train prompts, the task's gold reward as the reward function, group size
 ``--group``, ``--batch`` completions per update, ``--steps`` updates, ``--new-tokens`` new
 tokens at temperature 1, AdamW at the same learning rate with cosine decay to 10%, gradient
-clipping at 1.0, no KL term (beta 0), the GRPO loss with std-scaled group advantages and one
+clipping at 1.0, no KL term (beta 0) and so no reference pass on either side, the GRPO loss with std-scaled group advantages and one
 update per generation. Timed: training only (model loading excluded). Gold after training: the
 same evaluation code on both sides (one sample per held-out prompt, fixed seed).
 
@@ -78,7 +78,7 @@ def run_rlxf(args) -> dict:
     prompts = policy.encode(t.prompts("train"))
     scorer = Scorer({"gold": (text_reward(policy.decode, lambda p, r, f: t.gold(p, r, f)), 1.0)})
     cfg = OnlineConfig(method="grpo", samples_per_prompt=args.group, max_new_tokens=args.new_tokens,
-                       kl=KLSettings(mode="none", coef=0.0),
+                       kl=KLSettings(mode="none", coef=0.0, monitor=False),  # TRL at beta 0 has no reference pass
                        optim=OptimConfig(steps=args.steps, batch_size=args.batch // args.group, lr=args.lr,
                                          max_grad_norm=1.0, checkpoint_every=0))
     with tempfile.TemporaryDirectory() as d:

@@ -264,3 +264,30 @@ def test_gold_at_kl_averages_the_baseline_near_that_kl():
              {"kl": 3.0, "gold_reward": 9.0}]
     assert gold_at_kl(curve, 1.0) == pytest.approx(3.0)  # 0.9 and 1.1 are within 25% of 1.0
     assert gold_at_kl(curve, 2.0) is None
+
+
+def test_skipping_the_reference_pass_trains_the_same_and_is_refused_where_it_matters(tmp_path, tiny_policy):
+    """kl.monitor = false with kl.mode = "none": the reference policy is never run, metrics carry
+    no KL, and a method that ignores the reference trains exactly as with the pass."""
+    scorer = Scorer({"count": (_count_a(tiny_policy), 1.0)})
+    with_ref, pol_a = _run(tmp_path, tiny_policy, scorer, _cfg(method="grpo", kl=KLSettings(mode="none")), name="a")
+
+    class NoReference(LanguagePolicy):
+        def score(self, *a, **k):
+            raise AssertionError("the reference pass ran")
+
+    pol = tiny_policy.copy()
+    ref = NoReference(pol.reference().model, pol.tokenizer)
+    run = Run(tmp_path / "b", "cfg")
+    prompts = pol.encode(["a b", "c d", "e f", "b c"])
+    train_online(run, "online", pol, ref, prompts, scorer,
+                 _cfg(method="grpo", kl=KLSettings(mode="none", monitor=False)), seed=3, quiet=True)
+    a, b = with_ref.metrics("online"), run.metrics("online")
+    assert all("kl" not in m for m in b)
+    assert [m["loss"] for m in a] == [m["loss"] for m in b]
+    assert all(torch.equal(x, y) for x, y in zip(pol_a.model.parameters(), pol.model.parameters()))
+    with pytest.raises(OnlineError, match="kl.monitor = false skips the reference pass"):
+        _run(tmp_path, tiny_policy, scorer, _cfg(method="grpo", kl=KLSettings(mode="reward", monitor=False)), name="c")
+    with pytest.raises(OnlineError, match="online_dpo reads the reference log-probs itself"):
+        _run(tmp_path, tiny_policy, scorer, _cfg(method="online_dpo", kl=KLSettings(mode="none", monitor=False)),
+             name="d")

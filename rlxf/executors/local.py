@@ -37,8 +37,9 @@ def sample_shard(policy: LanguagePolicy, prompts, n, max_new_tokens, temperature
 
 
 def score_samples(ref: LanguagePolicy, scorer, samples, step: int):
-    """Reference log-probs ``[B, T]`` and the scorer's ``(reward, parts)``."""
-    return ref.score(samples.prompt_ids, samples.response_ids).logps, scorer(samples, step)
+    """Reference log-probs ``[B, T]`` (None when ``ref`` is None) and the scorer's ``(reward, parts)``."""
+    ref_logps = None if ref is None else ref.score(samples.prompt_ids, samples.response_ids).logps
+    return ref_logps, scorer(samples, step)
 
 
 class LocalExecutor:

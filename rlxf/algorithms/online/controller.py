@@ -65,6 +65,7 @@ class KLSettings:
     ``chi2_occupancy`` / ``sqrt_chi2_occupancy``; ``target > 0`` turns on the adaptive controller."""
 
     mode: str = "reward"
+    monitor: bool = True  # with mode "none", False skips the reference pass (no KL is logged)
     estimator: str = "k1"
     coef: float = 0.05
     target: float = 0.0
@@ -180,6 +181,11 @@ def validate(cfg: OnlineConfig, method) -> None:
         raise OnlineError(f"kl.mode must be 'reward', 'loss' or 'none', got {cfg.kl.mode!r}")
     if cfg.kl.estimator not in KL_ESTIMATORS:
         raise OnlineError(f"kl.estimator must be one of {', '.join(KL_ESTIMATORS)}, got {cfg.kl.estimator!r}")
+    if not cfg.kl.monitor and cfg.kl.mode != "none":
+        raise OnlineError(f"kl.monitor = false skips the reference pass, which kl.mode = {cfg.kl.mode!r} needs")
+    if not cfg.kl.monitor and getattr(method, "uses_reference", True):
+        raise OnlineError(f"kl.monitor = false: {cfg.method} reads the reference log-probs itself, so the "
+                          "reference pass cannot be skipped")
     if cfg.kl.estimator in REWARD_ONLY and cfg.kl.mode == "loss":
         raise OnlineError(f"kl.estimator {cfg.kl.estimator} is a reward penalty; use it with kl.mode = 'reward'")
     if cfg.loss_reduction and cfg.loss_reduction not in REDUCTIONS:
@@ -227,7 +233,9 @@ def collect(executor, policy: LanguagePolicy, ref: LanguagePolicy, prompts: list
     ro = executor.sample(policy, index, chosen, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
                          cfg.top_p, gen_seed)
     samples = Samples(ro.prompt_ids, ro.response_ids, ro.finished, cfg.samples_per_prompt)
-    ref_logps, (scores, parts) = executor.score(ref, scorer, samples, index)
+    ref_logps, (scores, parts) = executor.score(ref if cfg.kl.monitor else None, scorer, samples, index)
+    if ref_logps is None:  # no reference pass: nothing reads ref_logps (validate() made sure)
+        ref_logps = ro.steps.logps
     steps = Steps(logps=ro.steps.logps, old_logps=ro.steps.logps, ref_logps=ref_logps[:, : ro.steps.num_steps],
                   mask=ro.steps.mask)
     learner = scores
@@ -239,7 +247,8 @@ def collect(executor, policy: LanguagePolicy, ref: LanguagePolicy, prompts: list
     beta = kl_coef if cfg.kl.mode == "reward" else 0.0
     token_rewards = kl_penalized_rewards(learner, steps, beta, cfg.kl.estimator)
     kl_seq = steps.seq_logratio()
-    stats = {"proxy_reward": float(scores.mean()), "kl": float(kl_seq.mean()), "kl_coef": kl_coef,
+    stats = {"proxy_reward": float(scores.mean()), **({"kl": float(kl_seq.mean())} if cfg.kl.monitor else {}),
+             "kl_coef": kl_coef,
              "length": float(steps.lengths().mean()),
              "finished": sum(ro.finished) / len(ro.finished),
              **{f"{name}_reward": float(v.mean()) for name, v in parts.items() if name in scorer.monitors}}
@@ -332,6 +341,7 @@ class Method:
     reduction = "token"
     min_samples = 1
     clip = 0.2
+    uses_reference = True  # reads ref_logps itself (not only through the KL settings)
 
     def prepare(self, batch: Batch, ctx: Context) -> None:
         pass

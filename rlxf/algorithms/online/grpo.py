@@ -14,6 +14,7 @@ from rlxf.objectives.policy_gradient import grpo_advantages, ppo_clip_loss
 
 
 class GRPO(Method):
+    uses_reference = False
     reduction = "sequence"
     min_samples = 2
     scale = True

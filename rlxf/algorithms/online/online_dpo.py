@@ -69,6 +69,7 @@ class OnlineDPO(Method):
 
 class DNO(OnlineDPO):
     iterate_reference = True
+    uses_reference = False  # pi_t (the rollout policy) is its reference
 
     def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, min_margin: float = 0.0):
         super().__init__(beta, label_smoothing, min_margin)

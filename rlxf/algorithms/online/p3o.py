@@ -11,6 +11,7 @@ from rlxf.objectives.p3o import p3o_loss
 
 
 class P3O(Method):
+    uses_reference = False
     min_samples = 2
 
     def __init__(self, clip: float = 0.2):

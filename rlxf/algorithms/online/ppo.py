@@ -60,6 +60,7 @@ def explained_variance(pred: Tensor, target: Tensor, mask: Tensor) -> float:
 
 
 class PPO(Method):
+    uses_reference = False
     reduction = "token"
 
     def __init__(self, critic: Critic, clip: float = 0.2, value_clip: float = 0.2, vf_coef: float = 0.5,

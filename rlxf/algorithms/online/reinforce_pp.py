@@ -13,6 +13,7 @@ from rlxf.objectives.policy_gradient import ppo_clip_loss, whiten
 
 
 class ReinforcePP(Method):
+    uses_reference = False
     reduction = "token"
 
     def __init__(self, clip: float = 0.2):

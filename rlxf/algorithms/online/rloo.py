@@ -15,6 +15,7 @@ from rlxf.objectives.policy_gradient import ppo_clip_loss, rloo_advantages
 class RLOO(Method):
     reduction = "sum"
     min_samples = 2
+    uses_reference = False
 
     def __init__(self, clip: float = 0.2):
         self.clip = clip
