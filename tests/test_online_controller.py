@@ -291,3 +291,28 @@ def test_skipping_the_reference_pass_trains_the_same_and_is_refused_where_it_mat
     with pytest.raises(OnlineError, match="online_dpo reads the reference log-probs itself"):
         _run(tmp_path, tiny_policy, scorer, _cfg(method="online_dpo", kl=KLSettings(mode="none", monitor=False)),
              name="d")
+
+
+def test_online_lab_end_to_end_at_a_tiny_budget(tmp_path):
+    """The lab's stages run in order on a tiny budget: the intransitive reward model is fit to
+    relabelled pairs, and every run gets both win rates and (beside PPO) PPO's gold at its KL."""
+    import json
+
+    from rlxf.core.config import load_config
+    from rlxf.lab.online import OnlineLab
+
+    cfg = load_config(OnlineLab.Config, None, [
+        f'run.dir="{tmp_path / "lab"}"', "sft.optim.steps=30", "sft.corpus_size=2000", "comparisons.n_pairs=200",
+        "reward_model.optim.steps=10", "reward_model.held_out_pairs=50", "eval.n_prompts=40", "online.steps=2",
+        "online.prompts_per_step=4", 'online.runs=["ppo:ppo:rm","ppo_i:ppo:rm_intransitive","spo:spo:preferences"]'])
+    lab = OnlineLab(cfg, quiet=True, log=lambda _m: None)
+    summary = lab.execute()
+    assert set(summary) == {"sft", "ppo", "ppo_i", "spo"}
+    relabel = lab.run.result("reward_model_intransitive")
+    # the 0.6/0.4 gold/brevity labeler disagrees with the stored Bradley-Terry labels on some pairs, not all
+    assert 0.5 < relabel["agreement_with_comparison_labels"] < 1.0
+    for name, row in summary.items():
+        assert 0.0 <= row["labeler_win_rate_vs_sft"] <= 1.0
+        assert ("ppo_gold_at_same_kl" in row) == (name not in ("sft", "ppo"))
+    assert summary["sft"]["labeler_win_rate_vs_sft"] == pytest.approx(0.5)  # against itself
+    assert json.loads((lab.run.dir / "summary.json").read_text()) == summary

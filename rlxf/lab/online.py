@@ -174,7 +174,7 @@ class OnlineLab(Pipeline):
         train_reward_model(self.run, "reward_model_intransitive", rm, pairs, self.cfg.reward_model.optim,
                            self.seed, self.quiet)
         rm.save_pretrained(self._model_dir("reward_model_intransitive"))
-        return {"n_pairs": len(pairs), "agreement_with_gold_labels": float(np.mean(first))}
+        return {"n_pairs": len(pairs), "agreement_with_comparison_labels": float(np.mean(first))}
 
     def _ensemble(self) -> list[RewardModel]:
         extra = [RewardModel.from_pretrained(self._model_dir(f"reward_model_{i}"))
