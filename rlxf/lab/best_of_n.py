@@ -90,9 +90,14 @@ def bon_picks(gold: np.ndarray, score: np.ndarray, sizes: list[int]) -> dict[int
     return out
 
 
+def curve_of(picks: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[int, dict[str, float]]:
+    """Means over prompts of :func:`bon_picks` output: ``{N: {"gold", "proxy"}}``."""
+    return {n: {"gold": float(g.mean()), "proxy": float(p.mean())} for n, (g, p) in picks.items()}
+
+
 def bon_curve(gold: np.ndarray, score: np.ndarray, sizes: list[int]) -> dict[int, dict[str, float]]:
     """Mean gold and proxy of the best-of-N pick for each N in ``sizes`` (see :func:`bon_picks`)."""
-    return {n: {"gold": float(g.mean()), "proxy": float(p.mean())} for n, (g, p) in bon_picks(gold, score, sizes).items()}
+    return curve_of(bon_picks(gold, score, sizes))
 
 
 def _paired_se(diff: np.ndarray) -> float:
@@ -197,8 +202,7 @@ class BestOfNLab(Pipeline):
                 score = members[0] if t == "single" else aggregate(members, t, c.ensemble.uwo_lambda)
                 per_prompt = bon_picks(gold, score.numpy(), sizes)
                 picks[t][budget] = {n: g for n, (g, _) in per_prompt.items()}
-                summary[t][budget] = {n: {"gold": float(g.mean()), "proxy": float(p.mean())}
-                                      for n, (g, p) in per_prompt.items()}
+                summary[t][budget] = curve_of(per_prompt)
         atomic_write_text(self.run.dir / "summary.json", json.dumps(summary, indent=2))
         return {"analysis": analyse(summary, picks), "rm_accuracy": accuracy}
 

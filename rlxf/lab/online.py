@@ -12,7 +12,6 @@ against KL over training.
 
 from __future__ import annotations
 
-import inspect
 import json
 from dataclasses import dataclass, field
 
@@ -26,19 +25,19 @@ from rlxf.algorithms.online.controller import (
     KLSettings,
     OnlineConfig,
     build_method,
-    method_class,
     train_online,
+    unknown_method_args,
 )
 from rlxf.algorithms.online.ppo import Critic
 from rlxf.algorithms.online.scoring import Samples, Scorer, ensemble_reward, model_reward, text_reward
 from rlxf.algorithms.reward_training import train_reward_model
 from rlxf.core.runs import atomic_write_text
+from rlxf.data.io import read_records
 from rlxf.executors import EXECUTORS, make_executor
 from rlxf.lab.config import PipelineConfig
-from rlxf.objectives.policy_gradient import KL_ESTIMATORS
-from rlxf.data.io import read_records
 from rlxf.lab.pipeline import Pipeline, PipelineError
 from rlxf.labelers.simulated import IntransitiveLabeler
+from rlxf.objectives.policy_gradient import KL_ESTIMATORS
 from rlxf.rewards.model import RewardModel
 
 REWARDS = ("rm", "ensemble_mean", "ensemble_wco", "ensemble_uwo", "preferences", "rm_intransitive")
@@ -120,12 +119,9 @@ class OnlineLab(Pipeline):
             if r.method not in METHODS:
                 raise PipelineError(f"online.runs[{r.name}].method: unknown method {r.method!r}; "
                                     f"known: {', '.join(sorted(METHODS))}")
-            args = o.method_args.get(r.name, {})
-            if r.method in METHODS and args:
-                params = inspect.signature(method_class(r.method)).parameters
-                bad = sorted(set(args) - set(params))
-                if bad:
-                    raise PipelineError(f"online.method_args.{r.name}: {r.method} has no parameter {', '.join(bad)}")
+            bad = unknown_method_args(r.method, o.method_args.get(r.name, {}))
+            if bad:
+                raise PipelineError(f"online.method_args.{r.name}: {r.method} has no parameter {', '.join(bad)}")
             est = o.kl_estimators.get(r.name, "k1")
             if est not in KL_ESTIMATORS:
                 raise PipelineError(f"online.kl_estimators.{r.name} must be one of {', '.join(KL_ESTIMATORS)}, got {est!r}")
@@ -189,7 +185,12 @@ class OnlineLab(Pipeline):
     def _text_criteria(self, texts) -> np.ndarray:
         """Criteria of (prompt, response[, finished]) texts: ``[n, 2]``."""
         rows = [(t[0], t[1], t[2] if len(t) > 2 else True) for t in texts]
-        return np.array([[self.task.gold(p, r, f), -len(r.split()) / 2] for p, r, f in rows]).reshape(-1, 2)
+        return self._criteria_from(np.array([self.task.gold(p, r, f) for p, r, f in rows]), [r for _, r, _ in rows])
+
+    @staticmethod
+    def _criteria_from(gold: np.ndarray, responses: list[str]) -> np.ndarray:
+        """``[n, 2]``: the gold already computed, and brevity (-words/2)."""
+        return np.column_stack([gold, [-len(r.split()) / 2 for r in responses]]).reshape(-1, 2)
 
     def _preference(self, policy):
         """P(i beats j) under an intransitive mixture labeler over the criteria."""
@@ -251,11 +252,12 @@ class OnlineLab(Pipeline):
         for name in ["sft"] + [r.name for r in self.cfg.online.parsed_runs()]:
             policy = sft if name == "sft" else self.policy(f"online_{name}")
             ro = self._sample(policy, ids, n=1, salt=300)
-            gold = self._gold(prompts, self._texts(policy, ro.response_ids), ro.finished)
+            texts = self._texts(policy, ro.response_ids)
+            gold = self._gold(prompts, texts, ro.finished)
             kl = sampled_kl(ro.steps, sft.score(ro.prompt_ids, ro.response_ids)).numpy()
             proxy = rm.score(ro.prompt_ids, ro.response_ids).numpy()
-            texts = [(p, t, f) for p, t, f in zip(prompts, self._texts(policy, ro.response_ids), ro.finished)]
-            rows[name] = {"gold": gold, "proxy": proxy, "kl": float(kl.mean()), "criteria": self._text_criteria(texts)}
+            rows[name] = {"gold": gold, "proxy": proxy, "kl": float(kl.mean()),
+                          "criteria": self._criteria_from(gold, texts)}
         summary, table = {}, {}
         base = rows["sft"]["gold"]
         labeler = IntransitiveLabeler(self.cfg.online.labeler_weights, beta=self.cfg.comparisons.labeler_beta)

@@ -161,12 +161,17 @@ def method_class(name: str):
     return getattr(importlib.import_module(module), attr)
 
 
+def unknown_method_args(method: str, args) -> list[str]:
+    """The names in ``args`` that ``method``'s constructor does not take, sorted."""
+    return sorted(set(args) - set(inspect.signature(method_class(method)).parameters))
+
+
 def build_method(cfg: OnlineConfig, **objects):
     """Instantiate ``cfg.method`` with ``cfg.method_args`` (unknown names are errors) and any
     ``objects`` (e.g. ``critic=``) its constructor takes."""
     cls = method_class(cfg.method)
     params = inspect.signature(cls).parameters
-    unknown = sorted(set(cfg.method_args) - set(params))
+    unknown = unknown_method_args(cfg.method, cfg.method_args)
     if unknown:
         raise OnlineError(f"method_args: {cfg.method} has no parameter {', '.join(unknown)} "
                           f"(it takes: {', '.join(p for p in params if p not in objects)})")
@@ -246,8 +251,8 @@ def collect(executor, policy: LanguagePolicy, ref: LanguagePolicy, prompts: list
         learner = learner.clamp(-cfg.reward_clip, cfg.reward_clip)
     beta = kl_coef if cfg.kl.mode == "reward" else 0.0
     token_rewards = kl_penalized_rewards(learner, steps, beta, cfg.kl.estimator)
-    kl_seq = steps.seq_logratio()
-    stats = {"proxy_reward": float(scores.mean()), **({"kl": float(kl_seq.mean())} if cfg.kl.monitor else {}),
+    stats = {"proxy_reward": float(scores.mean()),
+             **({"kl": float(steps.seq_logratio().mean())} if cfg.kl.monitor else {}),
              "kl_coef": kl_coef,
              "length": float(steps.lengths().mean()),
              "finished": sum(ro.finished) / len(ro.finished),

@@ -75,8 +75,6 @@ class DNO(OnlineDPO):
         super().__init__(beta, label_smoothing, min_margin)
 
 
-
-
 class INPO(OnlineDPO):
     """``eta``: mirror-descent step (the target margin is 1/(2 eta)); ``tau``: pull toward the
     reference (default eta/3); ``preference(samples, i, j) -> P(i beats j)``: an optional oracle
