@@ -32,6 +32,8 @@ OPS = "+-*"
 _TOKEN = re.compile(r"\d+|[+\-*]")
 _WORK = re.compile(r"^(-?\d+)([+\-*])(-?\d+)=(-?\d+)$")
 _ANSWER = re.compile(r"^answer:(-?\d+)$")
+_LENIENT = re.compile(r"^answer[:=](-?\d+)$")
+ALT_ANSWER = "answer = "  # the second source's way of writing the final line (see ArithmeticTask.corpus)
 
 Expr = tuple[list[int], list[str]]  # numbers n0..nk and operators o0..o(k-1)
 
@@ -99,9 +101,13 @@ def split_steps(response: str) -> list[str]:
     return [line.strip() for line in response.strip().split("\n")]
 
 
-def check_answer(problem: str, response: str) -> bool:
-    """True iff the response's last line is ``answer: N`` with N the value of ``problem``."""
-    m = _ANSWER.match(split_steps(response)[-1].replace(" ", ""))
+def check_answer(problem: str, response: str, lenient: bool = False) -> bool:
+    """True iff the response's last line is ``answer: N`` with N the value of ``problem``.
+
+    The check is strict about the format, as a verifier is: ``answer = N`` (the convention of
+    the second source in :meth:`ArithmeticTask.corpus`) fails. ``lenient=True`` accepts it too,
+    which separates getting the arithmetic right from writing the answer the verifier's way."""
+    m = (_LENIENT if lenient else _ANSWER).match(split_steps(response)[-1].replace(" ", ""))
     return m is not None and int(m[1]) == evaluate(problem)
 
 
@@ -255,10 +261,24 @@ class ArithmeticTask:
         """``n`` distinct problems of ``split`` ("train" or "test"), e.g. ``"3+4*2="``."""
         return self._sample(n, split, "prompts")
 
-    def corpus(self, n: int) -> list[dict[str, str]]:
+    def corpus(self, n: int, mixed_format: float = 0.0) -> list[dict[str, str]]:
         """``n`` SFT examples ``{"prompt": "3+4*2=", "completion": "4*2=8\\n3+8=11\\nanswer: 11"}``
-        from the train split (a separate stream from ``prompts``)."""
-        return [{"prompt": p, "completion": solve(p)} for p in self._sample(n, "train", "corpus")]
+        from the train split (a separate stream from ``prompts``).
+
+        ``mixed_format``: the fraction of examples (drawn per example, seeded) that come from a
+        second source writing the last line ``answer = 11``: right arithmetic, a format the
+        strict verifier rejects, as when demonstrations are pooled from annotators with their own
+        conventions."""
+        if not 0.0 <= mixed_format <= 1.0:
+            raise ValueError(f"ArithmeticTask.corpus: mixed_format must be in [0, 1], got {mixed_format}")
+        rng = random.Random(f"arithmetic|{self.seed}|format")
+        out = []
+        for p in self._sample(n, "train", "corpus"):
+            text = solve(p)
+            if rng.random() < mixed_format:
+                text = text.replace("answer: ", ALT_ANSWER)
+            out.append({"prompt": p, "completion": text})
+        return out
 
     def gold_reward(self, prompt: str, response: str) -> list[float]:
         return gold_reward(prompt, response)

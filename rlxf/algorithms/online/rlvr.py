@@ -5,6 +5,9 @@ reward is ``alpha`` when a deterministic verifier accepts the final answer and 0
 optimised with a KL penalty to the starting policy. Here the starting policy is a small
 character-level "prover" fine-tuned on worked solutions, and the verifier is
 :func:`rlxf.tasks.arithmetic.check_answer`; any controller method can optimise it.
+
+``python -m rlxf.algorithms.online.rlvr`` runs the demonstration of ``docs/online_rl.md``: a
+prover whose demonstrations mix two answer formats, before and after RLVR.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from rlxf.algorithms.sft import train_sft
 from rlxf.core.runs import Run
 from rlxf.policies.language import LanguagePolicy
 from rlxf.policies.tiny import tiny_causal_lm, tiny_tokenizer
-from rlxf.tasks.arithmetic import ArithmeticTask, check_answer
+from rlxf.tasks.arithmetic import ALT_ANSWER, ArithmeticTask, check_answer, split_steps
 
 ALPHABET = list("0123456789+-*=:\n answer")
 
@@ -30,11 +33,12 @@ def arithmetic_tokenizer():
 
 
 def train_prover(run: Run, task: ArithmeticTask, cfg: OptimConfig, corpus_size: int = 4000, seed: int = 0,
-                 n_layer: int = 2, n_embd: int = 64, quiet: bool = True) -> LanguagePolicy:
-    """A tiny char-level LM fine-tuned on ``corpus_size`` worked solutions (the SFT prover)."""
+                 n_layer: int = 2, n_embd: int = 64, mixed_format: float = 0.0, quiet: bool = True) -> LanguagePolicy:
+    """A tiny char-level LM fine-tuned on ``corpus_size`` worked solutions (the SFT prover);
+    ``mixed_format`` of them end ``answer = N`` (see :meth:`ArithmeticTask.corpus`)."""
     tok = arithmetic_tokenizer()
     policy = LanguagePolicy(tiny_causal_lm(tok, "gpt2", n_layer, n_embd, 4, 128, seed=seed), tok)
-    corpus = task.corpus(corpus_size)
+    corpus = task.corpus(corpus_size, mixed_format)
     prompts = policy.encode([c["prompt"] for c in corpus])
     responses = policy.encode_responses([c["completion"] for c in corpus])
     train_sft(run, "sft", policy, prompts, responses, cfg, seed, quiet)
@@ -42,15 +46,21 @@ def train_prover(run: Run, task: ArithmeticTask, cfg: OptimConfig, corpus_size: 
 
 
 @torch.no_grad()
-def exact_match(policy: LanguagePolicy, problems: list[str], temperature: float = 1.0, n: int = 4,
-                max_new_tokens: int = 48, seed: int = 0) -> np.ndarray:
-    """Per-problem exact-match accuracy of the final answer: the mean over ``n`` samples at
-    ``temperature`` (``temperature=1e-4, n=1`` is greedy decoding), ``[len(problems)]``."""
+def evaluate_prover(policy: LanguagePolicy, problems: list[str], temperature: float = 1.0, n: int = 8,
+                    max_new_tokens: int = 48, seed: int = 0) -> dict[str, float]:
+    """Mean over ``problems`` x ``n`` samples at ``temperature`` (``1e-4`` with ``n=1``: greedy):
+    ``exact_match`` (the strict verifier), ``lenient_match`` (either answer format: the
+    arithmetic alone) and ``second_format`` (share of answers written ``answer = N``)."""
+    was_training = policy.model.training
+    policy.model.eval()
     ro = policy.sample(policy.encode(problems), n=n, max_new_tokens=max_new_tokens, temperature=temperature,
                        generator=torch.Generator().manual_seed(seed))
+    policy.model.train(was_training)
     expanded = [q for q in problems for _ in range(n)]
-    ok = [float(check_answer(p, policy.decode(r))) for p, r in zip(expanded, ro.response_ids)]
-    return np.array(ok).reshape(len(problems), n).mean(1)
+    texts = [policy.decode(r) for r in ro.response_ids]
+    return {"exact_match": float(np.mean([check_answer(p, t) for p, t in zip(expanded, texts)])),
+            "lenient_match": float(np.mean([check_answer(p, t, lenient=True) for p, t in zip(expanded, texts)])),
+            "second_format": float(np.mean([split_steps(t)[-1].startswith(ALT_ANSWER) for t in texts]))}
 
 
 def train_rlvr(run: Run, stage: str, policy: LanguagePolicy, task: ArithmeticTask, cfg: OnlineConfig,
@@ -60,3 +70,34 @@ def train_rlvr(run: Run, stage: str, policy: LanguagePolicy, task: ArithmeticTas
     scorer = Scorer({"verifier": (verifier_reward(policy.decode, check_answer, alpha), 1.0)})
     prompts = policy.encode(task.prompts(n_prompts, "train"))
     return train_online(run, stage, policy, ref, prompts, scorer, cfg, seed, executor=executor, quiet=quiet)
+
+
+def demo(run_dir: str = "runs/rlvr", mixed_format: float = 0.4, sft_steps: int = 2000, rl_steps: int = 100,
+         method: str = "grpo", lr: float = 1e-4, n_test: int = 200, seed: int = 0, quiet: bool = True) -> dict:
+    """SFT prover on ``mixed_format`` demonstrations, then RLVR; the prover's scores on ``n_test``
+    test problems before and after (temperature 1, 8 samples each, and greedy)."""
+    from rlxf.algorithms.online.controller import KLSettings
+
+    task = ArithmeticTask(seed=seed)
+    run = Run(run_dir, f"rlvr demo {mixed_format} {sft_steps} {rl_steps} {method} {lr} {seed}", fresh=True)
+    policy = train_prover(run, task, OptimConfig(steps=sft_steps, batch_size=32, lr=3e-3, checkpoint_every=10**6),
+                          corpus_size=8000, seed=seed, mixed_format=mixed_format, quiet=quiet)
+    test = task.prompts(n_test, "test")
+    scores = lambda: {"t1": evaluate_prover(policy, test), "greedy": evaluate_prover(policy, test, 1e-4, n=1)}  # noqa: E731
+    before = scores()
+    cfg = OnlineConfig(method=method, samples_per_prompt=8, max_new_tokens=48, kl=KLSettings(mode="none", monitor=False),
+                       optim=OptimConfig(steps=rl_steps, batch_size=32, lr=lr, checkpoint_every=10**6))
+    train_rlvr(run, "rlvr", policy, task, cfg, seed=seed, quiet=quiet)
+    return {"sft": before, "rlvr": scores()}
+
+
+if __name__ == "__main__":
+    import sys
+
+    out = demo(quiet=False, **({"run_dir": sys.argv[1]} if len(sys.argv) > 1 else {}))
+    print(f"{'':8} {'decoding':9} {'exact_match':>11} {'lenient':>8} {'answer = N':>10}")
+    for stage, by in out.items():
+        for dec, r in by.items():
+            print(f"{stage:8} {dec:9} {r['exact_match']:11.3f} {r['lenient_match']:8.3f} {r['second_format']:10.3f}")
+    gain = out["rlvr"]["t1"]["exact_match"] - out["sft"]["t1"]["exact_match"]
+    print(f"exact_match_gain_t1 {gain:+.3f}")
