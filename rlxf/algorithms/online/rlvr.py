@@ -72,23 +72,38 @@ def train_rlvr(run: Run, stage: str, policy: LanguagePolicy, task: ArithmeticTas
     return train_online(run, stage, policy, ref, prompts, scorer, cfg, seed, executor=executor, quiet=quiet)
 
 
+def prover_scores(policy: LanguagePolicy, problems: list[str]) -> dict[str, dict[str, float]]:
+    """:func:`evaluate_prover` at temperature 1 (8 samples per problem) and greedily."""
+    return {"t1": evaluate_prover(policy, problems), "greedy": evaluate_prover(policy, problems, 1e-4, n=1)}
+
+
+def rlvr_config(method: str = "grpo", steps: int = 100, lr: float = 1e-4, batch_size: int = 32) -> OnlineConfig:
+    """The demonstration's settings: 8 samples per problem, no KL term, no reference pass."""
+    from rlxf.algorithms.online.controller import KLSettings
+
+    return OnlineConfig(method=method, samples_per_prompt=8, max_new_tokens=48,
+                        kl=KLSettings(mode="none", monitor=method == "sharpening"),
+                        optim=OptimConfig(steps=steps, batch_size=batch_size, lr=lr, checkpoint_every=10**6))
+
+
+def demo_prover(run: Run, task: ArithmeticTask, mixed_format: float = 0.4, sft_steps: int = 2000, seed: int = 0,
+                quiet: bool = True) -> LanguagePolicy:
+    """The demonstration's SFT prover: 8000 demonstrations, batch 32, lr 3e-3."""
+    return train_prover(run, task, OptimConfig(steps=sft_steps, batch_size=32, lr=3e-3, checkpoint_every=10**6),
+                        corpus_size=8000, seed=seed, mixed_format=mixed_format, quiet=quiet)
+
+
 def demo(run_dir: str = "runs/rlvr", mixed_format: float = 0.4, sft_steps: int = 2000, rl_steps: int = 100,
          method: str = "grpo", lr: float = 1e-4, n_test: int = 200, seed: int = 0, quiet: bool = True) -> dict:
     """SFT prover on ``mixed_format`` demonstrations, then RLVR; the prover's scores on ``n_test``
     test problems before and after (temperature 1, 8 samples each, and greedy)."""
-    from rlxf.algorithms.online.controller import KLSettings
-
     task = ArithmeticTask(seed=seed)
     run = Run(run_dir, f"rlvr demo {mixed_format} {sft_steps} {rl_steps} {method} {lr} {seed}", fresh=True)
-    policy = train_prover(run, task, OptimConfig(steps=sft_steps, batch_size=32, lr=3e-3, checkpoint_every=10**6),
-                          corpus_size=8000, seed=seed, mixed_format=mixed_format, quiet=quiet)
+    policy = demo_prover(run, task, mixed_format, sft_steps, seed, quiet)
     test = task.prompts(n_test, "test")
-    scores = lambda: {"t1": evaluate_prover(policy, test), "greedy": evaluate_prover(policy, test, 1e-4, n=1)}  # noqa: E731
-    before = scores()
-    cfg = OnlineConfig(method=method, samples_per_prompt=8, max_new_tokens=48, kl=KLSettings(mode="none", monitor=False),
-                       optim=OptimConfig(steps=rl_steps, batch_size=32, lr=lr, checkpoint_every=10**6))
-    train_rlvr(run, "rlvr", policy, task, cfg, seed=seed, quiet=quiet)
-    return {"sft": before, "rlvr": scores()}
+    before = prover_scores(policy, test)
+    train_rlvr(run, "rlvr", policy, task, rlvr_config(method, rl_steps, lr), seed=seed, quiet=quiet)
+    return {"sft": before, "rlvr": prover_scores(policy, test)}
 
 
 if __name__ == "__main__":
