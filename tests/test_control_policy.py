@@ -97,3 +97,39 @@ def test_dpo_on_control_segments_increases_the_margin():
     assert dpo_loss(chosen, rejected, beta=0.5).mean().item() < start_loss - 0.2
     assert torch.equal(ref.net[0].weight, ref_weight_before)  # the reference did not move
     assert not torch.equal(policy.net[0].weight, ref_weight_before)
+
+
+def test_flat_parameters_train_exactly_like_separate_ones():
+    """Views into one buffer: the same gradients, the same clipped norm and the same Adam steps
+    as the per-tensor path, and state_dict / load_state_dict still read and write the modules."""
+    from rlxf.policies.control import FlatParameters
+
+    def build():
+        torch.manual_seed(3)
+        return CategoricalMLPPolicy(4, 2, hidden=8), MLPCritic(4, hidden=8)
+
+    obs, act = torch.randn(32, 4), torch.randint(0, 2, (32,))
+    a_pol, a_cri = build()
+    b_pol, b_cri = build()
+    flat = FlatParameters(b_pol, b_cri)
+    params = list(a_pol.parameters()) + list(a_cri.parameters())
+    opt_a = torch.optim.Adam(params, lr=1e-2)
+    opt_b = torch.optim.Adam([flat.param], lr=1e-2)
+    for _ in range(3):
+        loss_a = -a_pol.log_prob(obs, act).mean() * 50 + a_cri.values(obs).pow(2).mean()
+        loss_b = -b_pol.log_prob(obs, act).mean() * 50 + b_cri.values(obs).pow(2).mean()
+        opt_a.zero_grad()
+        flat.zero_grad()
+        loss_a.backward()
+        loss_b.backward()
+        norm_a = torch.nn.utils.clip_grad_norm_(params, 0.5)
+        norm_b = flat.clip_grad_norm(0.5)
+        assert norm_a.item() > 0.5 and abs(norm_a.item() - norm_b.item()) < 1e-5  # clipping was active
+        opt_a.step()
+        opt_b.step()
+    for x, y in zip(params, list(b_pol.parameters()) + list(b_cri.parameters())):
+        assert torch.allclose(x, y, atol=1e-6)
+    state = {k: v.clone() for k, v in b_pol.state_dict().items()}
+    b_pol.load_state_dict({k: torch.zeros_like(v) for k, v in state.items()})
+    assert flat.param.abs().sum() > 0 and b_pol.net[0].weight.abs().sum() == 0  # writes reach the buffer views
+    assert torch.equal(flat.param[: b_pol.net[0].weight.numel()], torch.zeros(b_pol.net[0].weight.numel()))

@@ -171,6 +171,34 @@ class MLPCritic(nn.Module):
         return self.values(obs)
 
 
+class FlatParameters:
+    """The parameters of some modules re-homed as views into one buffer, their gradients as
+    views into another: zeroing, gradient clipping and an optimiser step then cost one op
+    each instead of one per tensor, which matters for MLPs this small (PPO takes 20 such
+    steps per rollout). Modules keep working as before; ``state_dict`` and ``load_state_dict``
+    read and write through the views. Optimise ``[flat.param]``."""
+
+    def __init__(self, *modules: nn.Module):
+        params = [p for m in modules for p in m.parameters()]
+        self.param = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+        self.param.grad = torch.zeros_like(self.param)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.data = self.param.data[offset : offset + n].view_as(p)
+            p.grad = self.param.grad[offset : offset + n].view_as(p)
+            offset += n
+
+    def zero_grad(self) -> None:
+        self.param.grad.zero_()
+
+    def clip_grad_norm(self, max_norm: float) -> Tensor:
+        """Scale the gradient to norm at most ``max_norm`` (as ``clip_grad_norm_``); the norm before."""
+        norm = torch.linalg.vector_norm(self.param.grad)
+        self.param.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+        return norm
+
+
 def make_policy(obs_dim: int, action_dim: int, discrete: bool, hidden: int = 64) -> _MLPPolicy:
     """A categorical policy over ``action_dim`` actions, or a Gaussian one over ``action_dim`` dims."""
     return (CategoricalMLPPolicy if discrete else GaussianMLPPolicy)(obs_dim, action_dim, hidden)

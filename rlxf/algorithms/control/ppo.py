@@ -21,7 +21,7 @@ from rlxf.algorithms.control.rollout import Rollout, advantages, collect, evalua
 from rlxf.core.runs import Run
 from rlxf.core.steps import Steps
 from rlxf.objectives.policy_gradient import ppo_clip_loss, value_loss
-from rlxf.policies.control import MLPCritic, make_policy, single_thread
+from rlxf.policies.control import FlatParameters, MLPCritic, make_policy, single_thread
 from rlxf.tasks.gym_envs import make_env
 
 
@@ -63,8 +63,8 @@ class PPO:
                             gamma=cfg.gamma, max_episode_steps=cfg.max_episode_steps)
         self.policy = make_policy(self.env.obs_dim, self.env.action_dim, self.env.discrete, cfg.hidden)
         self.critic = MLPCritic(self.env.obs_dim, cfg.hidden)
-        self.params = list(self.policy.parameters()) + list(self.critic.parameters())
-        self.opt = torch.optim.Adam(self.params, lr=cfg.lr, eps=1e-5, fused=True)
+        self.flat = FlatParameters(self.policy, self.critic)
+        self.opt = torch.optim.Adam([self.flat.param], lr=cfg.lr, eps=1e-5, fused=True)
         self.obs = self.env.reset()
         self.steps_done = 0
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -91,29 +91,37 @@ class PPO:
             g["lr"] = cfg.lr * frac
         clip = max(cfg.clip * frac, 1e-3)
         n = obs.shape[0]
+        whole = n <= cfg.minibatch_size  # one minibatch per epoch: the same tensors every time
+        if whole:
+            batch = self._minibatch(obs, act, old_logp, old_v, adv, ret, slice(None))
         for _ in range(cfg.epochs):
-            perm = torch.randperm(n, generator=self.gen)
+            perm = None if whole else torch.randperm(n, generator=self.gen)
             for start in range(0, n, cfg.minibatch_size):
-                idx = perm[start : start + cfg.minibatch_size]
-                a = adv[idx]
-                if idx.numel() > 1:
-                    a = (a - a.mean()) / (a.std() + 1e-8)
-                ones = torch.ones(idx.numel(), 1)
-                steps = Steps(logps=self.policy.log_prob(obs[idx], act[idx])[:, None], mask=ones,
-                              old_logps=old_logp[idx][:, None])
-                pg = ppo_clip_loss(steps, a[:, None], clip=clip).mean()
-                v = self.critic.values(obs[idx])[:, None]
-                vl = value_loss(v, old_v[idx][:, None], ret[idx][:, None], ones).mean()
+                if not whole:
+                    batch = self._minibatch(obs, act, old_logp, old_v, adv, ret, perm[start : start + cfg.minibatch_size])
+                o, a, old_lp, old_val, adv_mb, ret_mb, ones = batch
+                steps = Steps(logps=self.policy.log_prob(o, a)[:, None], mask=ones, old_logps=old_lp)
+                pg = ppo_clip_loss(steps, adv_mb, clip=clip).mean()
+                vl = value_loss(self.critic.values(o)[:, None], old_val, ret_mb, ones).mean()
                 loss = pg + cfg.vf_coef * vl
                 if cfg.ent_coef:
-                    loss = loss - cfg.ent_coef * self.policy.entropy(obs[idx]).mean()
-                self.opt.zero_grad()
+                    loss = loss - cfg.ent_coef * self.policy.entropy(o).mean()
+                self.flat.zero_grad()
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.flat.clip_grad_norm(cfg.max_grad_norm)
                 self.opt.step()
         with torch.no_grad():
             stats = {"policy_loss": pg.item(), "value_loss": vl.item(), "entropy": self.policy.entropy(obs).mean().item()}
         return stats
+
+    @staticmethod
+    def _minibatch(obs, act, old_logp, old_v, adv, ret, idx) -> tuple:
+        """The rows ``idx`` as ``[m, 1]`` step tensors, advantages normalised within the minibatch."""
+        a = adv[idx]
+        if a.numel() > 1:
+            a = (a - a.mean()) / (a.std() + 1e-8)
+        ones = torch.ones(a.numel(), 1)
+        return obs[idx], act[idx], old_logp[idx][:, None], old_v[idx][:, None], a[:, None], ret[idx][:, None], ones
 
     def evaluate(self, n_episodes: int = 20, seed: int = 10_000) -> np.ndarray:
         rms = self.env.obs_rms if self.cfg.norm_obs else None
