@@ -1,17 +1,58 @@
 """Preference-based RL: preference queries needed to reach 90% of true-reward PPO, rlxf vs `imitation`.
 
-Both learners get a Boltzmann-rational (beta = 1) synthetic labeler on the hidden env reward and
-are evaluated on the same schedule (after every round: 20 episodes of the env's true return). The
-target is 90% of the way from a random policy's return to the return of rlxf PPO trained on the true
-reward with the same env-step budget (on CartPole that is 450). Reported: queries asked when the
-target is first met (a run that never meets it counts as its whole budget, marked ``*``).
+Both learners get a Boltzmann-rational (beta = 1) synthetic labeler on the hidden env reward, the same
+env-step budget for training (CartPole 60k, Pendulum 200k) and the same query budget (CartPole 500,
+Pendulum 1000), and are scored by 20 greedy episodes of the env's true return (rlxf every 4096 env
+steps, imitation after each of its 11 training phases, about every 5.4k steps on CartPole and 18k on
+Pendulum). The target is 90% of the way from a random policy's return to the return of rlxf PPO trained
+on the true reward with the same env-step budget (on CartPole that is about 452). Reported: queries
+asked when the target is first met (a run that never meets it counts as its whole budget, marked
+``*``), the best return seen, and the env steps each used.
 
 `imitation` 1.0.1 pins gymnasium ~0.29 and SB3 ~2.2.1, so it runs in its own virtual environment
 (benchmarks/.venv-imitation, made with pip on first use; torch is shared from this project). It
 compares fixed-length fragments of whole trajectories, so on CartPole it trains on
-``seals/CartPole-v0`` (the fixed-horizon CartPole its authors use; without it, every fragment of a
-CartPole-v1 episode has the same return and the comparisons carry nothing) and is evaluated on
-CartPole-v1 like rlxf. rlxf compares segments padded past termination with zero-reward steps.
+``seals/CartPole-v0`` (the fixed-horizon CartPole its authors use: no termination, reward 1 while the
+pole is up, 0 after it falls, 500 steps; on CartPole-v1 every fragment has the same return and the
+comparisons carry nothing) and is evaluated on CartPole-v1 like rlxf. rlxf compares 50-step segments
+of CartPole-v1 episodes padded past termination with zero-reward steps.
+
+How the imitation side is set up, and why (an earlier version never beat a random policy on CartPole:
+its agent learned a constant action on every seed). On CartPole it still rarely learns within this
+budget: comparing whole seals episodes, of which a random policy spends 93% after the fall, gives a
+learned reward that the agent exploits, and unseeded runs of seed 0 under close variants of these
+settings peaked anywhere from 9 (a constant action) to 331. So CartPole's ratio is usually an upper bound.
+
+- Fragments are whole 500-step seals episodes. With 50-step fragments drawn uniformly from a 500-step
+  episode, a policy that drops the pole within ~20 steps yields fragments that are nearly all after the
+  fall; 50-90% of the comparisons were 0-vs-0 ties (random labels), more as the agent got worse.
+- The CartPole reward net sees the state only (``use_action=False``); seals' reward is a function of the
+  state. With whole-episode fragments a state-action net fitted the spurious action counts of the first
+  comparisons (learned reward uncorrelated with the true one, 0.17 higher for one action), and PPO
+  collapsed to that action.
+- imitation asks as many comparisons before its agent first trains as rlxf asks on its warm-up
+  experience (``PbRLConfig.first_queries``, 100: 20% of the CartPole budget instead of imitation's default
+  10%; Pendulum keeps 10%). In one unseeded pair of CartPole seed-0 runs, 50 up front never left a
+  constant action and 100 reached 126 before the learned reward was exploited.
+- The learned reward is output-normalised (``NormalizedRewardNet`` with ``RunningNorm``), as imitation's
+  own training scripts do by default; the runner used to feed the raw net output to the agent.
+- ``PreferenceComparisons.train`` trains the agent ``num_iterations + 1`` times, so each phase gets
+  1/11 of the env-step budget (rounded to whole SB3 rollouts); it used to get 1/10, 10-12% over budget.
+- Pendulum uses the settings of imitation's preference-comparisons tutorial on Pendulum-v1 (PPO with
+  its FeedForward32Policy and normalised features, 100-step fragments), and rlxf's PPO (the true-reward
+  reference and the PbRL agent) uses the same PPO hyperparameters (8 x 256 steps, minibatch 64, 10
+  epochs, constant lr 2e-3, clip 0.1, gamma 0.97, lambda 0.95, entropy 0.01, normalised observations;
+  rlxf keeps its 64-unit MLPs). With rlxf's earlier Pendulum settings (gamma 0.9, minibatch 256,
+  annealed lr 1e-3) rlxf PbRL reached only -581 in 200k steps on seed 0 although its learned reward
+  correlated 0.97 with the true one, while imitation reached the target in 55k: the ratio measured PPO
+  settings, not preference learning.
+- CartPole PPO keeps the rl-baselines3-zoo CartPole settings that rlxf PPO uses; with the true seals
+  reward (plugged into the same ``AgentTrainer``) it reaches 500 on CartPole-v1 within 60k steps.
+
+imitation draws its fragment pairs from the agent's latest training episodes and tops them up with fresh
+rollouts, ``2 x fragment length`` env steps per query in all (500k on CartPole, mostly fresh); the extra
+steps are printed. rlxf draws its
+segments from the episodes it trained on and takes no extra steps.
 
     .venv/bin/python benchmarks/pbrl_vs_imitation.py --seeds 3
 
@@ -39,30 +80,55 @@ import json, sys
 import numpy as np, torch, gymnasium as gym
 torch.set_num_threads(1)
 from imitation.algorithms import preference_comparisons as pc
-from imitation.rewards.reward_nets import BasicRewardNet
+from imitation.policies.base import FeedForward32Policy, NormalizeFeaturesExtractor
+from imitation.rewards.reward_nets import BasicRewardNet, NormalizedRewardNet
 from imitation.util.networks import RunningNorm
 from imitation.util.util import make_vec_env
 from stable_baselines3 import PPO
 
-seed, env_name, budget, timesteps, target = sys.argv[1:6]
-seed, budget, timesteps, target = int(seed), int(budget), int(timesteps), float(target)
+seed, env_name, budget, timesteps, target, first = sys.argv[1:7]
+seed, budget, timesteps, target, first = int(seed), int(budget), int(timesteps), float(target), int(first)
 train_id = {"cartpole": "seals:seals/CartPole-v0", "pendulum": "Pendulum-v1"}[env_name]
 eval_id = {"cartpole": "CartPole-v1", "pendulum": "Pendulum-v1"}[env_name]
+ITERATIONS = 10
+
+class CountSteps(gym.Wrapper):  # every env step the learner takes: training and fragment sampling
+    n = 0
+    def step(self, action):
+        CountSteps.n += 1
+        return self.env.step(action)
+
 rng = np.random.default_rng(seed)
-venv = make_vec_env(train_id, rng=rng, n_envs=8)
-net = BasicRewardNet(venv.observation_space, venv.action_space, normalize_input_layer=RunningNorm)
+torch.manual_seed(seed)  # the reward net is built before SB3 seeds torch; unseeded, reruns of a seed differ
+venv = make_vec_env(train_id, rng=rng, n_envs=8, post_wrappers=[lambda env, _: CountSteps(env)])
 if env_name == "cartpole":
+    # seals' reward is a function of the state; with whole-episode fragments a state-action net
+    # fits the spurious action counts of the first comparisons and the agent collapses to one action
+    base = BasicRewardNet(venv.observation_space, venv.action_space, normalize_input_layer=RunningNorm,
+                          use_action=False)
     agent = PPO("MlpPolicy", venv, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20,
                 learning_rate=1e-3, clip_range=0.2, seed=seed, device="cpu")
-else:
-    agent = PPO("MlpPolicy", venv, n_steps=256, batch_size=64, gae_lambda=0.95, gamma=0.9, n_epochs=10,
-                learning_rate=1e-3, clip_range=0.2, use_sde=True, sde_sample_freq=4, seed=seed, device="cpu")
+    fragment_length = 500  # the whole fixed-horizon episode (see the module docstring)
+else:  # the settings of imitation's preference-comparisons tutorial on Pendulum-v1
+    base = BasicRewardNet(venv.observation_space, venv.action_space, normalize_input_layer=RunningNorm)
+    agent = PPO(FeedForward32Policy, venv, policy_kwargs=dict(features_extractor_class=NormalizeFeaturesExtractor,
+                features_extractor_kwargs=dict(normalize_class=RunningNorm)), n_steps=2048 // venv.num_envs,
+                batch_size=64, ent_coef=0.01, learning_rate=2e-3, clip_range=0.1, gae_lambda=0.95, gamma=0.97,
+                n_epochs=10, seed=seed, device="cpu")
+    fragment_length = 100
+net = NormalizedRewardNet(base, RunningNorm)  # imitation's scripts normalise the learned reward for the agent
 gen = pc.AgentTrainer(agent, net, venv, rng=rng, exploration_frac=0.05)
 trainer = pc.BasicRewardTrainer(pc.PreferenceModel(net), pc.CrossEntropyRewardLoss(), epochs=3, rng=rng)
-algo = pc.PreferenceComparisons(gen, net, num_iterations=10, fragmenter=pc.RandomFragmenter(rng=rng, warning_threshold=0),
+algo = pc.PreferenceComparisons(gen, net, num_iterations=ITERATIONS,
+                                fragmenter=pc.RandomFragmenter(rng=rng, warning_threshold=0),
                                 preference_gatherer=pc.SyntheticGatherer(temperature=1.0, rng=rng),
-                                reward_trainer=trainer, fragment_length=50, initial_comparison_frac=0.1,
-                                initial_epoch_multiplier=4, query_schedule="hyperbolic", allow_variable_horizon=True)
+                                reward_trainer=trainer, fragment_length=fragment_length,
+                                initial_comparison_frac=first / budget,  # as many up front as rlxf asks
+                                initial_epoch_multiplier=4, query_schedule="hyperbolic")
+# train() trains the agent once per iteration plus once after the initial comparisons (ITERATIONS + 1
+# times): give each the budget's share, rounded to whole SB3 rollouts, so training steps match rlxf's
+rollout = agent.n_steps * venv.num_envs
+per_iteration = max(1, round(timesteps / (ITERATIONS + 1) / rollout)) * rollout
 
 def evaluate(n=20):
     env = gym.vector.SyncVectorEnv([lambda: gym.make(eval_id) for _ in range(n)])
@@ -81,12 +147,13 @@ class Reached(Exception):
 history = []
 def callback(it):
     mean = evaluate()
-    history.append({"queries": len(algo.dataset), "eval_return": mean})
+    history.append({"queries": len(algo.dataset), "eval_return": mean, "train_steps": agent.num_timesteps,
+                    "env_steps": CountSteps.n})
     if mean >= target:
         raise Reached
 
 try:
-    algo.train(total_timesteps=timesteps, total_comparisons=budget, callback=callback)
+    algo.train(total_timesteps=per_iteration * ITERATIONS, total_comparisons=budget, callback=callback)
     result = {"queries": None}
 except Reached:
     result = {"queries": history[-1]["queries"]}
@@ -116,9 +183,9 @@ def true_reward_target(env_id: str, seed: int, steps: int) -> tuple[float, float
 def ppo_config(env_id: str, seed: int, steps: int):
     from rlxf.algorithms.control.ppo import PPOConfig
 
-    if env_id == "Pendulum-v1":
-        return PPOConfig(env=env_id, seed=seed, total_steps=steps, n_envs=8, n_steps=256, minibatch_size=256,
-                         epochs=10, gamma=0.9, lam=0.95, lr=1e-3, norm_obs=True)
+    if env_id == "Pendulum-v1":  # the PPO settings of imitation's Pendulum tutorial, as its runner uses them
+        return PPOConfig(env=env_id, seed=seed, total_steps=steps, n_envs=8, n_steps=256, minibatch_size=64,
+                         epochs=10, gamma=0.97, lam=0.95, lr=2e-3, anneal=False, clip=0.1, ent_coef=0.01, norm_obs=True)
     return PPOConfig(env=env_id, seed=seed, total_steps=steps)
 
 
@@ -137,11 +204,15 @@ def run_rlxf(env_id: str, seed: int, steps: int, budget: int, target: float) -> 
             first = pbrl.queries
 
     pbrl.train(eval_every=4096, target=target, log=log)
-    return {"queries": first, "best": best}
+    return {"queries": first, "best": best, "steps": pbrl.ppo.steps_done}
 
 
 def run_imitation(python: Path, env: str, seed: int, steps: int, budget: int, target: float) -> dict:
-    out = subprocess.run([str(python), "-c", IMITATION_RUNNER, str(seed), env, str(budget), str(steps), str(target)],
+    from rlxf.algorithms.control.pbrl import PbRLConfig
+
+    first = PbRLConfig().first_queries  # the queries rlxf asks before training, on its warm-up experience
+    out = subprocess.run([str(python), "-c", IMITATION_RUNNER, str(seed), env, str(budget), str(steps), str(target),
+                          str(first)],
                          capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if out.returncode != 0:
         raise SystemExit(f"imitation run failed ({env}, seed {seed}):\n{out.stderr[-2000:]}")
@@ -168,9 +239,11 @@ def main() -> None:
             peer_misses += theirs["queries"] is None
             mark = lambda r: "" if r["queries"] is not None else "*"  # noqa: E731
             their_best = max((h["eval_return"] for h in theirs["history"]), default=float("nan"))
+            last = theirs["history"][-1] if theirs["history"] else {"train_steps": 0, "env_steps": 0}
             print(f"{env} seed {seed}: target {target:.1f} (random {rand:.1f}, PPO {best:.1f}) | "
-                  f"rlxf {q_ours}{mark(ours)} queries (best eval {ours['best']:.1f}) | "
-                  f"imitation {q_theirs}{mark(theirs)} queries (best eval {their_best:.1f})", flush=True)
+                  f"rlxf {q_ours}{mark(ours)} queries (best eval {ours['best']:.1f}, {ours['steps']} env steps) | "
+                  f"imitation {q_theirs}{mark(theirs)} queries (best eval {their_best:.1f}, {last['train_steps']} "
+                  f"training + {last['env_steps'] - last['train_steps']} fragment-sampling env steps)", flush=True)
     if peer_misses:
         print(f"imitation missed the target in {peer_misses} of {len(ratios)} runs; a miss counts as its whole "
               f"budget, so the ratio below is an upper bound (imitation would need more queries)")
