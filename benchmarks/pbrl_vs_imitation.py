@@ -51,8 +51,8 @@ settings peaked anywhere from 9 (a constant action) to 331. So CartPole's ratio 
 
 imitation draws its fragment pairs from the agent's latest training episodes and tops them up with fresh
 rollouts, ``2 x fragment length`` env steps per query in all (500k on CartPole, mostly fresh); the extra
-steps are printed. rlxf draws its
-segments from the episodes it trained on and takes no extra steps.
+steps are printed. rlxf draws its segments from the episodes it trained on and takes no extra
+steps.
 
     .venv/bin/python benchmarks/pbrl_vs_imitation.py --seeds 3
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from rlxf.algorithms.loop import OptimConfig
-from rlxf.algorithms.online.controller import OnlineConfig, train_online
+from rlxf.algorithms.online.controller import KLSettings, OnlineConfig, train_online
 from rlxf.algorithms.online.scoring import Scorer, verifier_reward
 from rlxf.algorithms.sft import train_sft
 from rlxf.core.runs import Run
@@ -79,8 +79,6 @@ def prover_scores(policy: LanguagePolicy, problems: list[str]) -> dict[str, dict
 
 def rlvr_config(method: str = "grpo", steps: int = 100, lr: float = 1e-4, batch_size: int = 32) -> OnlineConfig:
     """The demonstration's settings: 8 samples per problem, no KL term, no reference pass."""
-    from rlxf.algorithms.online.controller import KLSettings
-
     return OnlineConfig(method=method, samples_per_prompt=8, max_new_tokens=48,
                         kl=KLSettings(mode="none", monitor=method == "sharpening"),
                         optim=OptimConfig(steps=steps, batch_size=batch_size, lr=lr, checkpoint_every=10**6))
