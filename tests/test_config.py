@@ -33,6 +33,14 @@ def test_type_errors_and_int_widening():
     assert load_config(PipelineConfig, None, ["dpo.beta=1"]).dpo.beta == 1.0
 
 
+def test_a_setting_with_fixed_choices_names_them(tmp_path):
+    assert load_config(PipelineConfig, None, ["reward_model.pooling=sum"]).reward_model.pooling == "sum"
+    path = tmp_path / "c.toml"
+    path.write_text('[reward_model]\npooling = "mean"\n')
+    with pytest.raises(ConfigError, match=r"c\.toml: reward_model\.pooling: expected one of 'last', 'sum', got 'mean'"):
+        load_config(PipelineConfig, path)
+
+
 def test_override_parsing():
     assert parse_override("a.b=3") == (["a", "b"], 3)
     assert parse_override("a=hello") == (["a"], "hello")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from rlxf.algorithms.loop import OptimConfig
 from rlxf.tasks.hidden_pref import HiddenPrefConfig
@@ -55,6 +56,7 @@ class ComparisonsSection:
 @dataclass
 class RewardModelSection:
     held_out_pairs: int = 1000
+    pooling: Literal["last", "sum"] = "last"  # "last" (HF's last-token head) or "sum" (the head summed over tokens)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=200, batch_size=64, lr=1e-3, warmup_steps=20))
 
 

@@ -171,10 +171,14 @@ class Pipeline:
         out.append(("evaluate", self.stage_evaluate))
         return out
 
-    def run_stages(self) -> None:
-        """Run every unfinished stage of :meth:`stages` in order, each seeded from its name."""
+    def run_stages(self, until: str | None = None) -> None:
+        """Run every unfinished stage of :meth:`stages` in order, each seeded from its name;
+        with ``until``, stop after that stage."""
+        names = [name for name, _ in self.stages()]
+        if until is not None and until not in names:
+            raise ValueError(f"until: no stage {until!r} in this run (stages: {', '.join(names)})")
         self._reset_stale_stages()
-        for name, fn in self.stages():
+        for name, fn in self.stages()[: names.index(until) + 1 if until else None]:
             if self.run.is_done(name):
                 self.log(f"[{name}] done already, skipping")
                 continue
@@ -268,7 +272,7 @@ class Pipeline:
 
     def stage_reward_model(self) -> dict:
         c = self.cfg
-        rm = RewardModel.from_pretrained(self._model_dir("sft"))
+        rm = RewardModel.from_pretrained(self._model_dir("sft"), pooling=c.reward_model.pooling)
         sft = self.policy("sft")
         train_reward_model(self.run, "reward_model", rm, self._pairs(sft), c.reward_model.optim, self.seed, self.quiet)
         rm.save_pretrained(self._model_dir("reward_model"))

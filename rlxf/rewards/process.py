@@ -26,12 +26,6 @@ from rlxf.rewards.model import RewardModel
 class ProcessRewardModel(RewardModel):
     """A reward model that also scores every step of a response."""
 
-    def _head(self):
-        head = getattr(self.model, "score", None) or getattr(self.model, "classifier", None)
-        if head is None:
-            raise TypeError(f"{type(self.model).__name__} has no 'score' or 'classifier' head to read per step")
-        return head
-
     def step_forward(self, prompt_ids: list[list[int]], response_ids: list[list[int]],
                      step_ends: list[list[int]]) -> tuple[Tensor, Tensor]:
         """Scores at the given response positions (the last token of each step), with gradient:
