@@ -95,24 +95,22 @@ def fragments(done: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     Invalid steps are dropped.
     """
     n_rows, width = done.shape
+    done_rows, valid_rows = done.bool().tolist(), valid.bool().tolist()  # plain lists: no per-element tensor indexing
     pieces: list[list[int]] = []
     for n in range(n_rows):
         cur: list[int] = []
         for t in range(width):
-            if not valid[n, t]:
+            if not valid_rows[n][t]:
                 continue
             cur.append(n * width + t)
-            if done[n, t]:
+            if done_rows[n][t]:
                 pieces.append(cur)
                 cur = []
         if cur:
             pieces.append(cur)
     longest = max(len(p) for p in pieces)
-    index = torch.zeros(len(pieces), longest, dtype=torch.long)
-    mask = torch.zeros(len(pieces), longest)
-    for i, p in enumerate(pieces):
-        index[i, : len(p)] = torch.tensor(p)
-        mask[i, : len(p)] = 1.0
+    index = torch.tensor([p + [0] * (longest - len(p)) for p in pieces], dtype=torch.long)
+    mask = torch.tensor([[1.0] * len(p) + [0.0] * (longest - len(p)) for p in pieces])
     return index, mask
 
 
