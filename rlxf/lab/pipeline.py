@@ -174,11 +174,12 @@ class Pipeline:
     def run_stages(self, until: str | None = None) -> None:
         """Run every unfinished stage of :meth:`stages` in order, each seeded from its name;
         with ``until``, stop after that stage."""
-        names = [name for name, _ in self.stages()]
+        stages = self.stages()
+        names = [name for name, _ in stages]
         if until is not None and until not in names:
             raise ValueError(f"until: no stage {until!r} in this run (stages: {', '.join(names)})")
         self._reset_stale_stages()
-        for name, fn in self.stages()[: names.index(until) + 1 if until else None]:
+        for name, fn in stages[: names.index(until) + 1 if until else None]:
             if self.run.is_done(name):
                 self.log(f"[{name}] done already, skipping")
                 continue

@@ -81,17 +81,19 @@ class RewardModel:
             logging.set_verbosity(verbosity)
         return cls(model, tok, device, pooling)
 
-    def _head(self):
-        """The scalar head module (``score`` in most HF causal architectures)."""
+    def _head_name(self) -> str:
+        """The attribute holding the scalar head (``score`` in most HF causal architectures)."""
         for name in ("score", "classifier"):
             if isinstance(getattr(self.model, name, None), torch.nn.Module):
-                return getattr(self.model, name)
+                return name
         raise TypeError(f"{type(self.model).__name__} has no 'score' or 'classifier' head to read per token")
+
+    def _head(self):
+        return getattr(self.model, self._head_name())
 
     def save_pretrained(self, path: str | Path) -> None:
         config = self.model.config
         if self.pooling == "sum":
-            head = "score" if self._head() is getattr(self.model, "score", None) else "classifier"
             config.rlxf_pooling = "sum"
             config.auto_map = {"AutoModelForSequenceClassification": f"{_SUM_MODULE}.TokenSumForSequenceClassification"}
         else:
@@ -102,7 +104,7 @@ class RewardModel:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             if self.pooling == "sum":
-                source = _SUM_SOURCE.format(base=type(self.model).__name__, head=head)
+                source = _SUM_SOURCE.format(base=type(self.model).__name__, head=self._head_name())
                 (Path(tmp) / f"{_SUM_MODULE}.py").write_text(source)
 
     def right_padded(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> tuple[Tensor, Tensor]:
