@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlxf.algorithms.control.rollout import advantages, collect, fragments
+from rlxf.algorithms.control.rollout import EpisodeRecorder, advantages, collect, fragments
 from rlxf.policies.control import CategoricalMLPPolicy, MLPCritic
 from rlxf.tasks.gym_envs import EnvError, RunningMeanStd, make_env
 
@@ -103,6 +103,35 @@ def test_running_stats_match_numpy_and_normalised_obs_are_standardised():
     assert np.abs(z.mean(0)).max() < 0.35 and np.all(np.abs(z.std(0) - 1) < 0.35)
     # CartPole's raw reward is 1; the scaled one is 1 / std(discounted return), well below 1
     assert 0.0 < np.mean(scaled[200:]) < 0.5
+
+
+class _FixedActions:
+    """A policy that plays a given action sequence (to drive two envs identically)."""
+
+    def __init__(self, actions):
+        self.actions, self.t = actions, 0
+
+    def act(self, obs):
+        a = self.actions[self.t]
+        self.t += 1
+        return torch.as_tensor(a), torch.zeros(len(a))
+
+
+def test_rollouts_and_recorded_episodes_keep_the_env_observations_under_normalisation():
+    """With ``norm_obs`` the policy sees standardised observations, but learned rewards and recorded
+    episodes read the env's own: the same as an unnormalised env stepped with the same actions."""
+    actions = np.random.default_rng(1).uniform(-2, 2, size=(230, 3, 1)).astype(np.float32)
+    critic = MLPCritic(3, 8)
+    normed, plain = make_env("Pendulum-v1", n_envs=3, seed=5, norm_obs=True), make_env("Pendulum-v1", n_envs=3, seed=5)
+    ro_n, _ = collect(normed, _FixedActions(actions), critic, normed.reset(), 230)
+    ro_p, _ = collect(plain, _FixedActions(actions), critic, plain.reset(), 230)
+    assert ro_p.raw_obs is None and torch.equal(ro_p.env_obs, ro_p.obs)
+    assert torch.allclose(ro_n.env_obs, ro_p.obs) and torch.allclose(ro_n.env_next_obs, ro_p.next_obs)
+    assert not torch.allclose(ro_n.obs, ro_p.obs, atol=0.1)  # the policy's view is standardised
+    eps_n, eps_p = EpisodeRecorder(3).add(ro_n), EpisodeRecorder(3).add(ro_p)  # 200-step time limit
+    assert len(eps_n) == 3 and all(torch.allclose(a.obs, b.obs) for a, b in zip(eps_n, eps_p))
+    cos, sin = eps_n[0].obs[:, 0], eps_n[0].obs[:, 1]
+    assert torch.allclose(cos**2 + sin**2, torch.ones(()), atol=1e-5)
 
 
 def test_ppo_solves_cartpole():

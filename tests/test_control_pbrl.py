@@ -78,7 +78,7 @@ def test_randomized_rule_asks_only_uncertain_pairs_and_updates_sigma():
     assert sel.select(dphi, n=4).tolist() == []
 
 
-def test_pbrl_reaches_90_percent_of_true_reward_ppo_with_500_queries():
+def test_pbrl_reaches_90_percent_of_true_reward_ppo_within_half_its_500_query_budget():
     # The agent sees only the ensemble's reward; the beta=1 labeler sees the env's.
     _, _, ppo_history = solved_cartpole()  # PPO on the true reward, same settings and step budget
     goal = 0.9 * ppo_history[-1]["eval_return"]
@@ -86,7 +86,7 @@ def test_pbrl_reaches_90_percent_of_true_reward_ppo_with_500_queries():
     start = pbrl.ppo.evaluate().mean()
     history = pbrl.train(eval_every=4096, target=goal)
     assert start < 100
-    assert pbrl.queries <= 500
+    assert pbrl.queries <= 250  # half the budget: the default schedule asks few queries, often
     assert history[-1]["eval_return"] >= goal >= 0.9 * 475, (goal, history)
 
 

@@ -75,6 +75,7 @@ class StepResult:
     truncated: np.ndarray
     final_obs: np.ndarray
     episode_returns: list[float] = field(default_factory=list)  # raw returns of episodes ended here
+    raw_final_obs: np.ndarray | None = None  # ``final_obs`` before normalisation (None when not normalising)
 
     @property
     def done(self) -> np.ndarray:
@@ -113,6 +114,7 @@ class VecEnv:
         self._ep_ret = np.zeros(n_envs)
         self._t = 0
         self._seeded = False
+        self.raw_obs: np.ndarray | None = None  # the latest observation before normalisation
 
     # -- spaces -----------------------------------------------------------
     @property
@@ -149,6 +151,7 @@ class VecEnv:
         obs, _ = self.envs.reset(seed=None if self._seeded else self.seed)
         self._seeded = True
         self._check(obs)
+        self.raw_obs = obs.astype(np.float32)
         if self.norm_obs and self.update_stats:
             self.obs_rms.update(obs)
         self._ret[:] = 0.0
@@ -168,6 +171,7 @@ class VecEnv:
             for i in np.flatnonzero(done):
                 final[i] = info["final_obs"][i]
             self._check(final)
+        self.raw_obs = obs.astype(np.float32)
         if self.norm_obs and self.update_stats:
             self.obs_rms.update(obs)
         rew = rew.astype(np.float64)
@@ -182,7 +186,7 @@ class VecEnv:
             scaled = np.clip(rew / np.sqrt(self.ret_rms.var + 1e-8), -self.clip, self.clip)
             self._ret[done] = 0.0
         return StepResult(self.normalize(obs), scaled.astype(np.float32), rew.astype(np.float32), term, trunc,
-                          self.normalize(final), returns)
+                          self.normalize(final), returns, final.astype(np.float32) if self.norm_obs else None)
 
     def close(self) -> None:
         self.envs.close()

@@ -36,8 +36,10 @@ SELECTIONS = ("uniform", "disagreement", "randomized")
 class PbRLConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     budget: int = 500  # total preference queries
-    first_queries: int = 100  # asked on the warm-up (initial policy) experience
-    queries_per_round: int = 40
+    # few queries, often, and only 50 up front: on CartPole (5 seeds) this reached 90% of true-reward PPO
+    # with a median of 170 queries, against 500 for 100 up front and 41 per round (docs/control.md)
+    first_queries: int = 50  # asked on the warm-up (initial policy) experience
+    queries_per_round: int = 10
     schedule: str = "constant"  # constant | hyperbolic: round k asks queries_per_round / (1 + k / 2)
     query_every: int = 5  # PPO iterations between query rounds
     segment_len: int = 50
@@ -166,7 +168,7 @@ class PbRL:
         if self.iteration % self.cfg.query_every == 0:
             self.query_round(self.round_size(self.rounds))
             self.rounds += 1
-        return self.ensemble.step_rewards(ro.obs, ro.actions, self.member)
+        return self.ensemble.step_rewards(ro.env_obs, ro.actions, self.member)
 
     def train(self, eval_every: int = 0, target: float | None = None, log=None) -> list[dict]:
         """Warm up on the initial policy, ask the first queries, then run PPO on the learned reward."""

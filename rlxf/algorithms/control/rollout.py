@@ -36,10 +36,22 @@ class Rollout:
     final_values: Tensor  # V(final_obs) on truncated steps
     last_value: Tensor  # [n_envs] V of the observation after the last step
     valid: Tensor  # bool: False on steps after an env finished (episode collection)
+    raw_obs: Tensor | None = None  # obs / next_obs before normalisation; None when the env does not normalise
+    raw_next_obs: Tensor | None = None
 
     @property
     def done(self) -> Tensor:
         return self.terminated | self.truncated
+
+    @property
+    def env_obs(self) -> Tensor:
+        """The observations as the env produced them (unnormalised): what learned rewards and datasets
+        read, so they do not drift with the policy's running observation statistics."""
+        return self.obs if self.raw_obs is None else self.raw_obs
+
+    @property
+    def env_next_obs(self) -> Tensor:
+        return self.next_obs if self.raw_next_obs is None else self.raw_next_obs
 
     @property
     def n_steps(self) -> int:
@@ -62,12 +74,18 @@ def collect(env: VecEnv, policy, critic, obs: np.ndarray, n_steps: int,
     early once all have ended; ``n_steps`` is then the cap.
     """
     cols: dict[str, list] = {k: [] for k in ("obs", "next", "act", "logp", "val", "rew", "raw", "term", "trunc", "fval", "valid")}
+    raw_obs: list[Tensor] | None = [] if env.norm_obs else None
+    raw_next: list[Tensor] = []
     alive = np.ones(env.n_envs, dtype=bool)
     for _ in range(n_steps):
         o = torch.as_tensor(obs)
         action, logp = policy.act(o)
         value = critic.values(o)
+        if raw_obs is not None:
+            raw_obs.append(torch.as_tensor(env.raw_obs))
         res = env.step(action.numpy())
+        if raw_obs is not None:
+            raw_next.append(torch.as_tensor(res.raw_final_obs))
         fval = np.zeros(env.n_envs, dtype=np.float32)
         if res.truncated.any():
             fval = critic.values(torch.as_tensor(res.final_obs)).numpy() * res.truncated
@@ -85,6 +103,8 @@ def collect(env: VecEnv, policy, critic, obs: np.ndarray, n_steps: int,
     ro = Rollout(stack["obs"].float(), stack["next"].float(), stack["act"], stack["logp"].float(), stack["val"].float(),
                  stack["rew"].float(), stack["raw"].float(), stack["term"].bool(), stack["trunc"].bool(),
                  stack["fval"].float(), last_value.float(), stack["valid"].bool())
+    if raw_obs is not None:
+        ro.raw_obs, ro.raw_next_obs = torch.stack(raw_obs, dim=1), torch.stack(raw_next, dim=1)
     return ro, obs
 
 
@@ -176,11 +196,12 @@ class EpisodeRecorder:
     def add(self, ro: Rollout, iteration: int = 0) -> list[Episode]:
         """Append the rollout's steps; return the episodes that ended in it."""
         done: list[Episode] = []
+        env_obs, env_next = ro.env_obs, ro.env_next_obs  # unnormalised, so stored episodes do not drift
         for n in range(ro.obs.shape[0]):
             for t in range(ro.obs.shape[1]):
                 if not ro.valid[n, t]:
                     continue
-                self.open[n].append((ro.obs[n, t], ro.next_obs[n, t], ro.actions[n, t], ro.raw_rewards[n, t]))
+                self.open[n].append((env_obs[n, t], env_next[n, t], ro.actions[n, t], ro.raw_rewards[n, t]))
                 if ro.done[n, t]:
                     steps = self.open[n]
                     obs = torch.stack([s[0] for s in steps] + [steps[-1][1]])
