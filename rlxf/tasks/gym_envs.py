@@ -114,7 +114,7 @@ class VecEnv:
         self._ep_ret = np.zeros(n_envs)
         self._t = 0
         self._seeded = False
-        self.raw_obs: np.ndarray | None = None  # the latest observation before normalisation
+        self.raw_obs: np.ndarray | None = None  # the latest observation before normalisation (kept only when normalising)
 
     # -- spaces -----------------------------------------------------------
     @property
@@ -146,12 +146,16 @@ class VecEnv:
         z = (obs - self.obs_rms.mean) / np.sqrt(self.obs_rms.var + 1e-8)
         return np.clip(z, -self.clip, self.clip).astype(np.float32)
 
+    def _keep_raw(self, obs: np.ndarray) -> None:
+        if self.norm_obs:  # without normalisation the returned observations are the raw ones: no copy on the hot path
+            self.raw_obs = obs.astype(np.float32)
+
     def reset(self) -> np.ndarray:
         """Start new episodes in every copy; only the first reset is seeded (later ones continue the RNG)."""
         obs, _ = self.envs.reset(seed=None if self._seeded else self.seed)
         self._seeded = True
         self._check(obs)
-        self.raw_obs = obs.astype(np.float32)
+        self._keep_raw(obs)
         if self.norm_obs and self.update_stats:
             self.obs_rms.update(obs)
         self._ret[:] = 0.0
@@ -171,7 +175,7 @@ class VecEnv:
             for i in np.flatnonzero(done):
                 final[i] = info["final_obs"][i]
             self._check(final)
-        self.raw_obs = obs.astype(np.float32)
+        self._keep_raw(obs)
         if self.norm_obs and self.update_stats:
             self.obs_rms.update(obs)
         rew = rew.astype(np.float64)

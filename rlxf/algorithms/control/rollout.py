@@ -71,7 +71,8 @@ def collect(env: VecEnv, policy, critic, obs: np.ndarray, n_steps: int,
     """Run ``n_steps`` vector steps from ``obs``; returns the rollout and the next observation.
 
     ``until_done``: stop each env after its first episode end (steps after are invalid) and stop
-    early once all have ended; ``n_steps`` is then the cap.
+    early once all have ended; ``n_steps`` is then the cap. ``obs`` must be the env's latest
+    observation: under normalisation its raw version is read from ``env.raw_obs``.
     """
     cols: dict[str, list] = {k: [] for k in ("obs", "next", "act", "logp", "val", "rew", "raw", "term", "trunc", "fval", "valid")}
     raw_obs: list[Tensor] | None = [] if env.norm_obs else None
