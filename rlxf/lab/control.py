@@ -30,10 +30,13 @@ from rlxf.lab.config import RunSection
 
 @dataclass
 class PbRLSection:
+    """The query schedule of every ``pbrl_<rule>`` stage; the defaults are PbRLConfig's."""
+
     selections: tuple[str, ...] = ("uniform", "disagreement", "randomized")
-    budget: int = 500
-    queries_per_round: int = 40
-    schedule: str = "constant"
+    budget: int = PbRLConfig.budget
+    first_queries: int = PbRLConfig.first_queries
+    queries_per_round: int = PbRLConfig.queries_per_round
+    schedule: str = PbRLConfig.schedule
 
 
 @dataclass
@@ -87,7 +90,8 @@ class ControlLab:
     def _pbrl(self, rule: str) -> dict:
         p = self.cfg.pbrl
         pbrl = PbRL(PbRLConfig(ppo=PPOConfig(**asdict(self.cfg.ppo)), selection=rule, budget=p.budget,
-                               queries_per_round=p.queries_per_round, schedule=p.schedule, seed=self.cfg.run.seed))
+                               first_queries=p.first_queries, queries_per_round=p.queries_per_round,
+                               schedule=p.schedule, seed=self.cfg.run.seed))
         hist = pbrl.train(eval_every=self.cfg.eval_every, target=self.cfg.target)
         return {"queries": pbrl.queries, "steps": pbrl.ppo.steps_done, "eval_return": hist[-1]["eval_return"] if hist else None}
 
