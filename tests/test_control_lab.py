@@ -1,4 +1,6 @@
-"""The control lab runs its stages into one run directory and resumes without redoing them."""
+"""The control lab runs its stages into one run directory, reports them, and resumes without redoing them."""
+
+import json
 
 from rlxf.core.config import load_config
 from rlxf.data.transitions import TransitionDataset
@@ -22,3 +24,18 @@ def test_control_lab_runs_and_resumes(tmp_path):
     again = []
     assert ControlLab(load_config(ControlLab.Config, "configs/lab_control.toml", small), log=again.append).execute() == summary
     assert again == []  # every stage was already done
+    run_dir = tmp_path / "lab"
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    assert table in (run_dir / "report.html").read_text().replace("&gt;", ">")
+    assert (run_dir / "control_curves.png").stat().st_size > 1000
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    pbrl_rows = [r for r in rows if r["stage"] == "pbrl_uniform"]
+    assert [r["queries"] for r in pbrl_rows] == [20]  # every evaluation row says how many queries were asked
+    # a stage that died before finishing (done marker gone, its metrics lines left) runs again from the
+    # start and leaves exactly one metrics line per (stage, step)
+    (run_dir / "stages" / "pbrl_uniform" / "done.json").unlink()
+    rerun = ControlLab(load_config(ControlLab.Config, "configs/lab_control.toml", small), log=again.append).execute()
+    assert rerun["pbrl_uniform"]["queries"] == 20
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    keys = [(r["stage"], r["step"]) for r in rows]
+    assert len(keys) == len(set(keys)) and ("pbrl_uniform", 2048) in keys

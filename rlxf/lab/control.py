@@ -11,8 +11,11 @@ cloning against CPL from segment comparisons, compared on the env's return).
 
 from __future__ import annotations
 
+import html
+import json
 import tempfile
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -23,7 +26,7 @@ from rlxf.algorithms.control.ppo import PPO, PPOConfig
 from rlxf.algorithms.control.rollout import evaluate
 from rlxf.algorithms.loop import OptimConfig
 from rlxf.core.config import ConfigError, to_toml
-from rlxf.core.runs import Run, torch_save_atomic
+from rlxf.core.runs import Run, atomic_write_text, torch_save_atomic
 from rlxf.data.transitions import state_action_coverage, trajectory_quality
 from rlxf.lab.config import RunSection
 
@@ -76,6 +79,7 @@ class ControlLab:
         if self.run.is_done(name):
             return self.run.result(name)
         self.log(f"[control] {name} ...")
+        self.run.reset_stage(name)  # a stage killed midway starts over: drop the metrics it logged
         result = fn()
         self.run.mark_done(name, result)
         self.log(f"[control] {name}: {result}")
@@ -92,7 +96,7 @@ class ControlLab:
         pbrl = PbRL(PbRLConfig(ppo=PPOConfig(**asdict(self.cfg.ppo)), selection=rule, budget=p.budget,
                                first_queries=p.first_queries, queries_per_round=p.queries_per_round,
                                schedule=p.schedule, seed=self.cfg.run.seed))
-        hist = pbrl.train(eval_every=self.cfg.eval_every, target=self.cfg.target)
+        hist = pbrl.train(eval_every=self.cfg.eval_every, target=self.cfg.target, run=self.run, stage=f"pbrl_{rule}")
         return {"queries": pbrl.queries, "steps": pbrl.ppo.steps_done, "eval_return": hist[-1]["eval_return"] if hist else None}
 
     def _offline(self) -> dict:
@@ -124,7 +128,51 @@ class ControlLab:
             summary[f"pbrl_{rule}"] = self._stage(f"pbrl_{rule}", lambda r=rule: self._pbrl(r))
         if self.cfg.offline.enabled:
             summary["offline"] = self._stage("offline", self._offline)
+        atomic_write_text(self.run.dir / "summary.json", json.dumps(summary, indent=2))
+        self.write_report(summary)
         return summary
+
+    def write_report(self, summary: dict) -> Path:
+        """``report.html``: the table, and the greedy eval return of every online stage against env
+        steps and (preference-based stages) against queries asked, in ``control_curves.png``."""
+        import matplotlib.pyplot as plt
+
+        from rlxf.lab.report import _save
+
+        d = self.run.dir
+        fig, (by_steps, by_queries) = plt.subplots(1, 2, figsize=(11, 4))
+        for i, name in enumerate(summary):
+            rows = self.run.metrics(name)
+            if not rows:
+                continue
+            returns = [r["eval_return"] for r in rows]
+            style = dict(marker="o", ms=3, label=name, color=f"C{i}")  # one colour per stage in both panels
+            by_steps.plot([r["steps"] for r in rows], returns, **style)
+            if "queries" in rows[0]:
+                by_queries.plot([r["queries"] for r in rows], returns, **style)
+        for ax, xlabel in ((by_steps, "env steps"), (by_queries, "preference queries asked")):
+            ax.axhline(self.cfg.target, color="grey", ls="--", lw=1, label=f"target {self.cfg.target:g}")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("greedy eval return (20 episodes)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        by_steps.set_title(f"{self.cfg.ppo.env}: learning curves")
+        by_queries.set_title("preference-based RL: return against queries")
+        _save(fig, d / "control_curves.png")
+        body = f"""<!doctype html><html><head><meta charset="utf-8"><title>rlxf control lab {html.escape(d.name)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
+pre{{background:#f5f5f5;padding:1em}} img{{max-width:100%}}</style></head><body>
+<h1>Control lab: {html.escape(str(d))}</h1>
+<p>PPO on the env's reward, then PPO on a reward learned from a beta = {PbRLConfig.rationality:g} labeler's preferences under each
+query rule (at most {self.cfg.pbrl.budget} queries), each stopped once its greedy 20-episode mean reaches
+{self.cfg.target:g}; then behaviour cloning against offline CPL on a mixed-quality dataset recorded from the
+PPO policy (its trajectory quality TQ and state-action coverage SACo beside them).</p>
+<pre>{html.escape(self.format_table(summary))}</pre>
+<h2>Learning curves</h2><img src="control_curves.png" alt="eval return against env steps and queries">
+<h2>Config</h2><pre>{html.escape((d / 'config.toml').read_text())}</pre>
+</body></html>"""
+        atomic_write_text(d / "report.html", body)
+        return d / "report.html"
 
     @staticmethod
     def format_table(summary: dict) -> str:

@@ -170,8 +170,10 @@ class PbRL:
             self.rounds += 1
         return self.ensemble.step_rewards(ro.env_obs, ro.actions, self.member)
 
-    def train(self, eval_every: int = 0, target: float | None = None, log=None) -> list[dict]:
-        """Warm up on the initial policy, ask the first queries, then run PPO on the learned reward."""
+    def train(self, eval_every: int = 0, target: float | None = None, log=None, run=None,
+              stage: str = "pbrl") -> list[dict]:
+        """Warm up on the initial policy, ask the first queries, then run PPO on the learned reward.
+        Each evaluation row carries the queries asked so far; it goes to ``run`` (as ``stage``) when given."""
         with single_thread():
             for _ in range(self.cfg.warmup_rollouts):
                 self._record(self.ppo.collect())
@@ -182,4 +184,5 @@ class PbRL:
             if log is not None:
                 log(row)
 
-        return self.ppo.learn(self.learned_rewards, eval_every=eval_every, target=target, log=stamp)
+        return self.ppo.learn(self.learned_rewards, eval_every=eval_every, target=target, log=stamp, run=run,
+                              stage=stage)

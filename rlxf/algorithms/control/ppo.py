@@ -149,10 +149,10 @@ class PPO:
                     ret = self.evaluate(n_eval)
                     row = {"steps": self.steps_done, "train_s": train_s, "eval_return": float(ret.mean()), **stats}
                     history.append(row)
+                    if log is not None:  # first, so a hook can add fields to the logged row
+                        log(row)
                     if run is not None:
                         run.log(stage, self.steps_done, **row)
-                    if log is not None:
-                        log(row)
                     if target is not None and ret.mean() >= target:
                         break
         return history
