@@ -57,6 +57,7 @@ class ComparisonsSection:
 class RewardModelSection:
     held_out_pairs: int = 1000
     pooling: Literal["last", "sum"] = "last"  # "last" (HF's last-token head) or "sum" (the head summed over tokens)
+    lm_term: bool = False  # "sum" only: add a learned multiple of the SFT backbone's log-likelihood
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=200, batch_size=64, lr=1e-3, warmup_steps=20))
 
 

@@ -88,6 +88,8 @@ class Pipeline:
         if c.dpo.loss not in PAIR_LOSSES:
             raise PipelineError(f"dpo.loss: unknown loss {c.dpo.loss!r}; known: {', '.join(sorted(PAIR_LOSSES))}")
         loss_kwargs(PAIR_LOSSES[c.dpo.loss], c.dpo.beta, c.dpo.loss_args)
+        if c.reward_model.lm_term and c.reward_model.pooling != "sum":
+            raise PipelineError('reward_model.lm_term needs reward_model.pooling = "sum" (the LM term is a sum over tokens)')
         if c.rloo.samples_per_prompt < 2:
             raise PipelineError("rloo.samples_per_prompt must be at least 2 (the leave-one-out baseline needs it)")
         self.validate_inputs()
@@ -273,7 +275,8 @@ class Pipeline:
 
     def stage_reward_model(self) -> dict:
         c = self.cfg
-        rm = RewardModel.from_pretrained(self._model_dir("sft"), pooling=c.reward_model.pooling)
+        rm = RewardModel.from_pretrained(self._model_dir("sft"), pooling=c.reward_model.pooling,
+                                         lm_term=c.reward_model.lm_term)
         sft = self.policy("sft")
         train_reward_model(self.run, "reward_model", rm, self._pairs(sft), c.reward_model.optim, self.seed, self.quiet)
         rm.save_pretrained(self._model_dir("reward_model"))
