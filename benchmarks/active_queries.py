@@ -220,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     n_active = labels_to_reach(list(zip(ns, mean[args.rule])), target)
     print(f"target accuracy {target:.4f} (uniform at {ns[-1]} labels): uniform needs {n_uniform:.0f} labels, "
           f"{args.rule} needs {n_active:.0f}")
+    if n_active == float("inf"):
+        print(f"{args.rule} never reached uniform's final accuracy within {ns[-1]} labels: the ratio is "
+              f"unbounded (a larger --budget or more --seeds gives a finite one)")
     print(f"label_ratio {n_active / n_uniform:.3f}")
     return 0
 
