@@ -141,8 +141,9 @@ class ControlLab:
 
         d = self.run.dir
         fig, (by_steps, by_queries) = plt.subplots(1, 2, figsize=(11, 4))
+        logged = self.run.metrics()  # read metrics.jsonl once, not once per stage
         for i, name in enumerate(summary):
-            rows = self.run.metrics(name)
+            rows = [r for r in logged if r["stage"] == name]
             if not rows:
                 continue
             returns = [r["eval_return"] for r in rows]
