@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned to the CPU build in the set-up path: a looser spec pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: quickstart test clean-venv
+.PHONY: quickstart test test-all clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,12 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 quickstart: $(VENV)/.installed
 	$(BIN)/rlxf quickstart
 
+# make test: unit and smoke tests and the quickstart's claims (under 15 min on 2 cores).
 test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m "not slow"
+
+# make test-all: everything, including the tests marked slow (each paper's claim, real-model learning).
+test-all: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 
 clean-venv:
