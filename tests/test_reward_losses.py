@@ -82,3 +82,45 @@ def test_bad_feedback_names_the_row():
     with pytest.raises(RewardDataError, match="row 1 has label 2"):
         check_comparison_labels([1.0, 2.0])
     assert check_comparison_labels([0.5, 1.0]).tolist() == [0.5, 1.0]
+
+
+class _FixedScores:
+    """A stand-in reward model whose scores are given by hand: ``forward`` returns them in order."""
+
+    def __init__(self, scores):
+        self.scores = torch.tensor(scores)
+        self.model = torch.nn.Linear(1, 1)
+
+    def forward(self, prompts, responses):
+        return self.scores[: len(responses)]
+
+
+def _captured_loss(monkeypatch, scores, pairs, **kw):
+    """The loss ``train_reward_model`` would optimise on one batch of every pair."""
+    import rlxf.algorithms.reward_training as rt
+
+    seen = {}
+    monkeypatch.setattr(rt, "train", lambda run, stage, model, cfg, make_batch, loss_fn, quiet=False:
+                        seen.update(loss_fn=loss_fn))
+    rt.train_reward_model(None, "rm", _FixedScores(scores), pairs, rt.OptimConfig(batch_size=len(pairs)), 0,
+                          True, **kw)
+    rows = list(range(len(pairs)))
+    return seen["loss_fn"](rows, rows)[0].item()
+
+
+def test_train_reward_model_margin_loss_uses_the_margins(monkeypatch):
+    """Regression: with ``labels`` given, loss="margin" applied label smoothing and ignored margins.
+    The loss must be mean_i -log sigma(s_i (r_a - r_b) - m_i), s_i = +1 when a was preferred, -1 when b."""
+    pairs = [([1], [2], [3]), ([1], [4], [5])]
+    r_a, r_b, m = [1.0, 0.2], [0.5, 0.9], [0.3, 0.8]
+    scores = r_a + r_b
+    want_hard = (-math.log(sig(0.5 - 0.3)) - math.log(sig(-0.7 - 0.8))) / 2
+    assert _captured_loss(monkeypatch, scores, pairs, loss="margin", margins=m) == pytest.approx(want_hard, rel=1e-5)
+    # soft labels: pair 1 preferred b, so its margin applies to r_b - r_a
+    want_soft = (-math.log(sig(0.5 - 0.3)) - math.log(sig(0.7 - 0.8))) / 2
+    got = _captured_loss(monkeypatch, scores, pairs, loss="margin", margins=m, labels=[1.0, 0.0])
+    assert got == pytest.approx(want_soft, rel=1e-5)
+    smoothed = _captured_loss(monkeypatch, scores, pairs, loss="smoothed", labels=[1.0, 0.0])
+    assert abs(got - smoothed) > 1e-3
+    with pytest.raises(ValueError, match="one margin per pair"):
+        _captured_loss(monkeypatch, scores, pairs, loss="margin", labels=[1.0, 0.0])

@@ -16,7 +16,6 @@ from rlxf.rewards.losses import (
     check_comparison_labels,
     check_rankings,
     check_ratings,
-    label_smoothed_bt_loss,
     margin_bt_loss,
     plackett_luce_loss,
     rating_regression_loss,
@@ -24,9 +23,20 @@ from rlxf.rewards.losses import (
     step_bce_loss,
     step_regression_loss,
 )
-from rlxf.rewards.model import RewardModel, bradley_terry_loss
+from rlxf.rewards.model import RewardModel
 
 PAIR_LOSSES = ("bt", "smoothed", "margin")
+
+
+def pair_loss_terms(r_a: torch.Tensor, r_b: torch.Tensor, p_first: torch.Tensor, loss: str, eps: float = 0.1,
+                    margin: torch.Tensor | None = None) -> torch.Tensor:
+    """One term per pair for ``loss`` ("bt", "smoothed" or "margin"), with p_first = P(a preferred)
+    (1 or 0 for a hard label, 0.5 for a tie). The margin applies to whichever side was preferred."""
+    if loss == "bt":
+        return soft_bt_loss(r_a, r_b, p_first)
+    if loss == "smoothed":
+        return soft_bt_loss(r_a, r_b, p_first * (1 - eps) + (1 - p_first) * eps)
+    return p_first * margin_bt_loss(r_a, r_b, margin) + (1 - p_first) * margin_bt_loss(r_b, r_a, margin)
 
 
 def train_reward_model(run: Run, stage: str, rm: RewardModel, pairs: list[tuple[list[int], list[int], list[int]]],
@@ -57,18 +67,10 @@ def train_reward_model(run: Run, stage: str, rm: RewardModel, pairs: list[tuple[
         prompts = [pairs[i][0] for i in idx]
         scores = rm.forward(prompts + prompts, [pairs[i][1] for i in idx] + [pairs[i][2] for i in idx])
         r_a, r_b = scores[: len(idx)], scores[len(idx):]
-        if target is not None:
-            p = torch.tensor(target[idx], dtype=r_a.dtype)
-            terms = soft_bt_loss(r_a, r_b, p) if loss == "bt" else soft_bt_loss(r_a, r_b, p * (1 - eps) + (1 - p) * eps)
-            right = torch.where(p == 0.5, torch.full_like(p, 0.5), ((r_a > r_b) == (p > 0.5)).float())
-        else:
-            if loss == "bt":
-                terms = bradley_terry_loss(r_a, r_b)
-            elif loss == "smoothed":
-                terms = label_smoothed_bt_loss(r_a, r_b, eps)
-            else:
-                terms = margin_bt_loss(r_a, r_b, torch.tensor([float(margins[i]) for i in idx]))
-            right = (r_a > r_b).float()
+        p = torch.ones_like(r_a) if target is None else torch.tensor(target[idx], dtype=r_a.dtype)
+        m = None if margins is None else torch.tensor([float(margins[i]) for i in idx], dtype=r_a.dtype)
+        terms = pair_loss_terms(r_a, r_b, p, loss, eps, m)
+        right = torch.where(p == 0.5, torch.full_like(p, 0.5), ((r_a > r_b) == (p > 0.5)).to(p.dtype))
         total = terms.sum() / len(batch)
         return total, {"loss": total.item(), "accuracy": right.sum().item() / len(batch)}
 
