@@ -17,10 +17,12 @@ from rlxf.data import (
     Critique,
     DataError,
     Demonstration,
+    Prompt,
     Ranking,
     Rating,
     RecordError,
     Unpaired,
+    detect_kind,
     iter_records,
     read_records,
     write_records,
@@ -37,6 +39,7 @@ SAMPLES = {
     "correction": [Correction("Spell cat", "kat", "cat")],
     "demonstration": [Demonstration("Count to 3", "1 2 3")],
     "unpaired": [Unpaired("Say hi", "hi", True), Unpaired("Say hi", "no", False)],
+    "prompt": [Prompt("What is 2+3?", {"answer": "5"}), Prompt("What is 1+1?", {"answer": "2"})],
 }
 
 CHAT_TEMPLATE = (
@@ -255,6 +258,69 @@ def test_ranking_order_must_be_a_permutation(tmp_path):
     path = write_jsonl(tmp_path / "k.jsonl", [{"prompt": "p", "completions": ["a", "b"], "order": [0, 0]}])
     with pytest.raises(DataError, match="line 1: field 'order' has duplicate index 0"):
         read_records(path, kind="ranking")
+
+
+# -- .json files, prompt-only and conversational SFT rows, kind detection --------------------
+
+JSON_ROWS = [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": "c", "rejected": "d"}]
+
+
+@pytest.mark.parametrize("layout", ["array", "field", "columns", "lines"])
+def test_json_file_layouts(tmp_path, layout):
+    path = tmp_path / "prefs.json"
+    if layout == "array":
+        path.write_text(json.dumps(JSON_ROWS))
+    elif layout == "field":
+        path.write_text(json.dumps({"data": JSON_ROWS}))
+    elif layout == "columns":
+        path.write_text(json.dumps({k: [r[k] for r in JSON_ROWS] for k in JSON_ROWS[0]}))
+    else:
+        datasets.Dataset.from_list(JSON_ROWS).to_json(str(path))  # HF writes JSON lines by default
+    assert read_records(path) == [Comparison("p", "a", "b"), Comparison("q", "c", "d")]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"prompt": ["a", "b"], "chosen": ["x"]}', r"columns of different lengths \('prompt' has 2, 'chosen' has 1\)"),
+    ("42", "holds a JSON int"),
+    ('[{"prompt": "p", "chosen": "a", "rejected": "b"}, 7]', "row 1: is a JSON int"),
+    ('{"a": 1, "b": "x"}', "neither rows nor columns"),
+    ("[{", "not valid JSON"),
+])
+def test_bad_json_files_name_the_problem(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        read_records(path)
+
+
+def test_prompt_rows_keep_extra_columns_for_rewards(tmp_path, chat_tokenizer):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "2+3=", "answer": "5", "level": 1}])
+    assert read_records(path, kind="prompt") == [Prompt("2+3=", {"answer": "5", "level": 1})]
+    chat = write_jsonl(tmp_path / "c.jsonl", [{"prompt": [user("hi")], "answer": "hello"}])
+    (record,) = read_records(chat, kind="prompt", tokenizer=chat_tokenizer)
+    assert record == Prompt("<|user|>hi<|end|><|assistant|>", {"answer": "hello"})
+
+
+def test_conversational_sft_messages_split_at_the_last_reply(tmp_path, chat_tokenizer):
+    row = {"messages": [user("hi"), bot("hello"), user("go"), bot("away")]}
+    (record,) = read_records(write_jsonl(tmp_path / "sft.jsonl", [row]), kind="demonstration",
+                             tokenizer=chat_tokenizer)
+    assert record == Demonstration("<|user|>hi<|end|><|assistant|>hello<|end|><|user|>go<|end|><|assistant|>",
+                                   "away<|end|>")
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"messages": [user("hi")]}])
+    with pytest.raises(DataError, match="line 1: field 'messages' has no assistant message"):
+        read_records(bad, kind="demonstration", tokenizer=chat_tokenizer)
+
+
+def test_detect_kind_reads_the_first_rows_columns(tmp_path):
+    for kind, records in SAMPLES.items():
+        assert detect_kind(write_records(records, tmp_path / f"{kind}.jsonl")) == kind
+    assert detect_kind(write_jsonl(tmp_path / "m.jsonl", [{"messages": [user("a"), bot("b")]}])) == "demonstration"
+    with pytest.raises(DataError, match="x.jsonl, line 1: has columns foo; cannot tell"):
+        detect_kind(write_jsonl(tmp_path / "x.jsonl", [{"foo": 1}]))
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="holds no rows"):
+        detect_kind(tmp_path / "empty.jsonl")
 
 
 def test_dataset_dict_needs_a_split():

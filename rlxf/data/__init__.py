@@ -1,12 +1,13 @@
 """Feedback records and reading/writing them as JSONL, Parquet or Hugging Face datasets."""
 
-from rlxf.data.io import DataError, iter_records, read_records, write_records
+from rlxf.data.io import DataError, detect_kind, iter_records, read_records, write_records
 from rlxf.data.records import (
     KINDS,
     Comparison,
     Correction,
     Critique,
     Demonstration,
+    Prompt,
     Ranking,
     Rating,
     Record,
@@ -21,11 +22,13 @@ __all__ = [
     "Critique",
     "DataError",
     "Demonstration",
+    "Prompt",
     "Ranking",
     "Rating",
     "Record",
     "RecordError",
     "Unpaired",
+    "detect_kind",
     "iter_records",
     "read_records",
     "write_records",

@@ -1,8 +1,10 @@
-"""Reading and writing feedback records as JSONL, Parquet or a saved Hugging Face dataset.
+"""Reading and writing feedback records as JSONL, JSON, Parquet or a saved Hugging Face dataset.
 
-The format follows the path: ``*.jsonl`` (one JSON object a line), ``*.parquet``, or a
-directory written by ``datasets.Dataset.save_to_disk``; an in-memory ``datasets.Dataset``
-may stand in for a path when reading. Rows use TRL's conventions (standard, implicit
+The format follows the path: ``*.jsonl`` (one JSON object a line), ``*.json`` (an array of
+objects, an object holding one such array, columns as arrays, or JSON lines as
+``Dataset.to_json`` writes them), ``*.parquet``, or a directory written by
+``datasets.Dataset.save_to_disk``; an in-memory ``datasets.Dataset`` may stand in for a path
+when reading. Rows use TRL's conventions (standard, implicit
 prompt, and conversational), so datasets built for TRL load as they are. Every error
 names the file, the line (1-based, JSONL) or row (0-based, as ``dataset[i]``), and the
 field at fault.
@@ -24,13 +26,13 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rlxf.data.records import KINDS, Comparison, Record, RecordError
+from rlxf.data.records import KINDS, Comparison, Demonstration, Record, RecordError
 
 Source = str | os.PathLike | datasets.Dataset
 Row = dict[str, Any]
 
 _BATCH = 1024
-_FORMATS = "a .jsonl file, a .parquet file, or a directory written by Dataset.save_to_disk"
+_FORMATS = "a .jsonl, .json or .parquet file, or a directory written by Dataset.save_to_disk"
 
 
 class DataError(ValueError):
@@ -66,6 +68,30 @@ def iter_records(path: Source, kind: str = "comparison", tokenizer: Any = None) 
     return (_to_record(KINDS[kind], row, tokenizer, source, where) for where, row in rows)
 
 
+def detect_kind(path: Source) -> str:
+    """The record kind ``path`` holds, read from the columns of its first row: "comparison"
+    (chosen/rejected), "ranking" (completions/order), "rating", "critique", "correction",
+    "unpaired" (completion + a true/false label), "demonstration" (completion, or chat
+    ``messages``) or "prompt" (a prompt alone, extra columns allowed)."""
+    source, rows = _open_rows(path)
+    first = next(rows, None)
+    if first is None:
+        raise DataError(source, None, "holds no rows (expected at least one)")
+    cols = {k for k, v in first[1].items() if v is not None}
+    for kind, needs in (("comparison", {"chosen", "rejected"}), ("ranking", {"completions", "order"}),
+                        ("rating", {"completion", "rating"}), ("critique", {"completion", "critique"}),
+                        ("correction", {"completion", "corrected"}), ("unpaired", {"completion", "label"})):
+        if needs <= cols:
+            return kind
+    if "completion" in cols or "messages" in cols:
+        return "demonstration"
+    if "prompt" in cols:
+        return "prompt"
+    raise DataError(source, first[0], f"has columns {', '.join(sorted(cols)) or '(none)'}; cannot tell what kind "
+                                      "of data this is (expected prompt/chosen/rejected, prompt/completion/label, "
+                                      "prompt/completion, messages, or prompt alone)")
+
+
 def _open_rows(path: Source) -> tuple[str, Iterator[tuple[str, Row]]]:
     """Pick the reader for ``path``; return the name errors should show and its rows."""
     if isinstance(path, (datasets.Dataset, datasets.DatasetDict)):
@@ -78,6 +104,8 @@ def _open_rows(path: Source) -> tuple[str, Iterator[tuple[str, Row]]]:
         return str(path), _dataset_rows(_load_dir(path), path)
     if path.suffix == ".jsonl":
         return str(path), _jsonl_rows(path)
+    if path.suffix == ".json":
+        return str(path), _json_rows(path)
     if path.suffix == ".parquet":
         return str(path), _parquet_rows(path)
     raise DataError(path, None, f"unknown format '{path.suffix}' (expected {_FORMATS})")
@@ -99,6 +127,43 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, Row]]:
             if not isinstance(row, dict):
                 raise DataError(path, where, f"is a JSON {type(row).__name__} (expected a JSON object)")
             yield where, row
+
+
+def _json_rows(path: Path) -> Iterator[tuple[str, Row]]:
+    """Rows of a ``.json`` file: an array of objects, an object whose one value is such an
+    array (``{"data": [...]}``), an object of equal-length column arrays, or JSON lines."""
+    try:
+        data = json.loads(path.read_bytes())
+    except UnicodeDecodeError:
+        raise DataError(path, None, "not valid UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # several top-level values: JSON lines in a .json file
+            yield from _jsonl_rows(path)
+            return
+        raise DataError(path, None, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if isinstance(data, dict):
+        data = _json_object_rows(path, data)
+    if not isinstance(data, list):
+        raise DataError(path, None, f"holds a JSON {type(data).__name__} (expected an array of objects)")
+    for index, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise DataError(path, f"row {index}", f"is a JSON {type(row).__name__} (expected a JSON object)")
+        yield f"row {index}", row
+
+
+def _json_object_rows(path: Path, data: dict) -> list:
+    """A single JSON object as rows: the one array it holds, or its columns zipped."""
+    arrays = [v for v in data.values() if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)]
+    if len(data) == 1 and arrays:
+        return arrays[0]
+    if data and all(isinstance(v, list) for v in data.values()):
+        lengths = {k: len(v) for k, v in data.items()}
+        if len(set(lengths.values())) > 1:
+            shown = ", ".join(f"'{k}' has {n}" for k, n in lengths.items())
+            raise DataError(path, None, f"holds columns of different lengths ({shown}) (expected equal lengths)")
+        return [dict(zip(data, values)) for values in zip(*data.values())]
+    raise DataError(path, None, "holds a JSON object that is neither rows nor columns (expected an array of "
+                                'objects, {"data": [objects]}, or {"column": [values], ...})')
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, Row]]:
@@ -157,6 +222,8 @@ def _as_text(cls: type, row: Row, tokenizer: Any) -> Row:
     """Return ``row`` with conversational fields rendered to text; plain rows pass through."""
     if cls is Comparison and row.get("prompt") is None:
         row = _split_implicit_prompt(row)
+    if cls is Demonstration and row.get("prompt") is None and row.get("messages") is not None:
+        row = _split_messages(row)
     columns = [c for c in ("prompt", *cls.RESPONSE_COLUMNS) if row.get(c) is not None]
     chat = [c for c in columns if _is_chat(c, row[c])]
     if not chat:
@@ -188,6 +255,20 @@ def _split_implicit_prompt(row: Row) -> Row:
         if len(messages) == n:
             raise RecordError(column, "has no messages after the shared prompt", "at least one response message")
     return {**row, "prompt": chosen[:n], "chosen": chosen[n:], "rejected": rejected[n:]}
+
+
+def _split_messages(row: Row) -> Row:
+    """TRL's conversational SFT row: the last assistant message is the completion, the
+    messages before it the prompt."""
+    messages = row["messages"]
+    if not _is_messages(messages):
+        raise RecordError("messages", "is not a list of {role, content} messages", "a list of chat messages")
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
+    if last is None or last == 0:
+        raise RecordError("messages", "has no assistant message after a prompt", "a conversation ending in an "
+                                                                                 "assistant reply")
+    rest = {k: v for k, v in row.items() if k != "messages"}
+    return {**rest, "prompt": messages[:last], "completion": [messages[last]]}
 
 
 def _render(tokenizer: Any, row: Row, chat: list[str]) -> Row:

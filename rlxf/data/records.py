@@ -10,7 +10,7 @@ uses: ``prompt``, ``chosen``, ``rejected``, ``completion``, ``label``. A record'
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 
@@ -267,7 +267,36 @@ class Unpaired:
         return cls(prompt, completion, _require(row, "label", "true or false"))
 
 
-Record = Comparison | Ranking | Rating | Critique | Correction | Demonstration | Unpaired
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt alone, for online methods that sample their own responses.
+
+    ``columns`` keeps the row's other fields (an ``answer`` to check against, a topic, ...),
+    which reward functions receive as keyword arguments.
+    """
+
+    prompt: str
+    columns: dict[str, Any] = field(default_factory=dict, hash=False, compare=True)
+
+    RESPONSE_COLUMNS: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        _text("prompt", self.prompt)
+        if not isinstance(self.columns, dict):
+            raise RecordError("columns", _describe(self.columns), "a mapping of extra column names to values")
+        if "prompt" in self.columns:
+            raise RecordError("columns", "repeats 'prompt'", "extra columns other than 'prompt'")
+
+    def to_row(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, **self.columns}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Prompt:
+        (prompt,) = _texts(row, "prompt")
+        return cls(prompt, {k: v for k, v in row.items() if k != "prompt"})
+
+
+Record = Comparison | Ranking | Rating | Critique | Correction | Demonstration | Unpaired | Prompt
 
 KINDS: dict[str, type] = {
     "comparison": Comparison,
@@ -277,4 +306,5 @@ KINDS: dict[str, type] = {
     "correction": Correction,
     "demonstration": Demonstration,
     "unpaired": Unpaired,
+    "prompt": Prompt,
 }
