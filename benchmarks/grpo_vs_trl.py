@@ -69,9 +69,9 @@ def held_out_gold(model, tok, n: int = 256) -> float:
 def run_rlxf(args) -> dict:
     from rlxf.algorithms.loop import OptimConfig
     from rlxf.algorithms.online.controller import KLSettings, OnlineConfig, train_online
-    from rlxf.algorithms.online.scoring import Scorer, text_reward
     from rlxf.core.runs import Run
     from rlxf.policies.language import LanguagePolicy
+    from rlxf.rewards.scoring import Scorer, text_reward
 
     t = task()
     policy = LanguagePolicy.from_pretrained(args.model)

@@ -8,7 +8,7 @@ import torch
 from rlxf.algorithms.control.pbrl import PbRL, PbRLConfig, RandomizedSelector, select_disagreement
 from rlxf.algorithms.control.ppo import PPOConfig
 from rlxf.data.transitions import Episode
-from rlxf.rewards.segments import RewardEnsemble, Segments, sample_segments
+from rlxf.rewards.segments import SegmentRewardEnsemble, Segments, sample_segments
 
 from control_helpers import solved_cartpole
 
@@ -40,7 +40,7 @@ def test_ensemble_learns_which_segment_has_more_gold_reward():
 
     a, b = segs(600), segs(600)
     labels = (a.gold_returns() > b.gold_returns()).float()
-    ens = RewardEnsemble(3, 2, discrete=True, n_members=2, hidden=32)
+    ens = SegmentRewardEnsemble(3, 2, discrete=True, n_members=2, hidden=32)
     ens.fit(a[:400], b[:400], labels[:400], steps=300)
     pred = ens.segment_returns(a[400:]).mean(0) > ens.segment_returns(b[400:]).mean(0)
     accuracy = (pred.float() == labels[400:]).float().mean().item()
@@ -51,7 +51,7 @@ def test_ensemble_learns_which_segment_has_more_gold_reward():
 
 
 def test_disagreement_picks_the_pair_members_disagree_on():
-    ens = RewardEnsemble(2, 2, discrete=True, n_members=2, hidden=4)
+    ens = SegmentRewardEnsemble(2, 2, discrete=True, n_members=2, hidden=4)
     for m, c in zip(ens.members, [1.0, -1.0]):
         with torch.no_grad():
             m.head.weight.zero_()

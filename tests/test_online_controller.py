@@ -17,7 +17,10 @@ from rlxf.algorithms.online.controller import (
     build_method,
     train_online,
 )
-from rlxf.algorithms.online.scoring import (
+from rlxf.core.runs import Run
+from rlxf.policies.language import LanguagePolicy
+from rlxf.policies.tiny import tiny_causal_lm, tiny_tokenizer
+from rlxf.rewards.scoring import (
     RewardError,
     Samples,
     Scorer,
@@ -25,9 +28,6 @@ from rlxf.algorithms.online.scoring import (
     ensemble_reward,
     group_win_rate,
 )
-from rlxf.core.runs import Run
-from rlxf.policies.language import LanguagePolicy
-from rlxf.policies.tiny import tiny_causal_lm, tiny_tokenizer
 
 
 def _samples(n: int, k: int = 2) -> Samples:
@@ -244,7 +244,7 @@ def test_online_lab_config_errors_name_the_field(tmp_path):
 
 def test_verifier_reward_scores_exact_answers_on_the_arithmetic_task():
     from rlxf.algorithms.online.rlvr import arithmetic_tokenizer
-    from rlxf.algorithms.online.scoring import verifier_reward
+    from rlxf.rewards.scoring import verifier_reward
     from rlxf.tasks.arithmetic import check_answer, solve
 
     tok = arithmetic_tokenizer()

@@ -17,8 +17,8 @@ import torch
 from rlxf.algorithms.loop import OptimConfig
 from rlxf.algorithms.online.controller import KLSettings, OnlineConfig, build_method, train_online
 from rlxf.algorithms.online.ppo import Critic
-from rlxf.algorithms.online.scoring import Scorer, bradley_terry_preference, model_reward, text_reward
 from rlxf.core.runs import Run
+from rlxf.rewards.scoring import Scorer, bradley_terry_preference, model_reward, text_reward
 
 N_EVAL = 128
 

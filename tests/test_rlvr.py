@@ -67,8 +67,8 @@ def test_sharpening_raises_exact_match_with_no_reward_at_all(prover, tmp_path):
     its samples (Huang et al. 2025)."""
     from rlxf.algorithms.online.controller import train_online
     from rlxf.algorithms.online.rlvr import prover_scores, rlvr_config
-    from rlxf.algorithms.online.scoring import Scorer, verifier_reward
     from rlxf.core.runs import Run
+    from rlxf.rewards.scoring import Scorer, verifier_reward
 
     task, sft_policy, test, before = prover
     policy = copy.deepcopy(sft_policy)

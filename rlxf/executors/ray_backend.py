@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from rlxf.algorithms.online.scoring import RewardError
 from rlxf.executors.local import merge_rollouts, sample_shard, score_samples, shard_seeds, split_prompts
+from rlxf.rewards.scoring import RewardError
 
 
 class RolloutWorker:

@@ -29,7 +29,6 @@ from rlxf.algorithms.online.controller import (
     unknown_method_args,
 )
 from rlxf.algorithms.online.ppo import Critic
-from rlxf.algorithms.online.scoring import Samples, Scorer, ensemble_reward, model_reward, text_reward
 from rlxf.algorithms.reward_training import train_reward_model
 from rlxf.core.runs import atomic_write_text
 from rlxf.data.io import read_records
@@ -39,6 +38,7 @@ from rlxf.lab.pipeline import Pipeline, PipelineError
 from rlxf.labelers.simulated import IntransitiveLabeler
 from rlxf.objectives.policy_gradient import KL_ESTIMATORS
 from rlxf.rewards.model import RewardModel
+from rlxf.rewards.scoring import Samples, Scorer, ensemble_reward, model_reward, text_reward
 
 REWARDS = ("rm", "ensemble_mean", "ensemble_wco", "ensemble_uwo", "preferences", "rm_intransitive")
 

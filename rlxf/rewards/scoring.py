@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rlxf.rewards.ensemble import AGGREGATIONS, aggregate
+
 
 class RewardError(RuntimeError):
     """A reward component failed; the message names the component and the step."""
@@ -100,20 +102,15 @@ def verifier_reward(decode: Callable[[list[int]], str], check: Callable[[str, st
 
 
 def ensemble_reward(members: list[RewardFn], kind: str = "mean", lam: float = 0.5) -> RewardFn:
-    """Aggregate k reward models: ``mean``, ``wco`` (min over members) or ``uwo`` (mean - lam *
-    variance over members). Coste et al., "Reward Model Ensembles Help Mitigate Overoptimization" (2024)."""
-    if kind not in ("mean", "wco", "uwo"):
-        raise ValueError(f"ensemble_reward: kind must be 'mean', 'wco' or 'uwo', got {kind!r}")
+    """k reward components aggregated by :func:`rlxf.rewards.ensemble.aggregate`: ``mean``,
+    ``wco`` (min over members) or ``uwo`` (mean - lam * variance over members)."""
+    if kind not in AGGREGATIONS:
+        raise ValueError(f"ensemble_reward: kind must be one of {', '.join(AGGREGATIONS)}, got {kind!r}")
     if len(members) < 2 and kind != "mean":
         raise ValueError(f"ensemble_reward: {kind} needs at least 2 members, got {len(members)}")
 
     def score(s: Samples) -> Tensor:
-        stack = torch.stack([torch.as_tensor(m(s)).float() for m in members])  # [k, B]
-        if kind == "mean":
-            return stack.mean(0)
-        if kind == "wco":
-            return stack.min(0).values
-        return stack.mean(0) - lam * stack.var(0, unbiased=False)
+        return aggregate(torch.stack([torch.as_tensor(m(s)).float() for m in members]), kind, lam)
 
     return score
 

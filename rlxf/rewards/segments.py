@@ -72,7 +72,7 @@ class StepReward(nn.Module):
         return torch.where(seg.mask > 0, self(obs, seg.actions), torch.zeros(())).sum(-1)
 
 
-class RewardEnsemble(nn.Module):
+class SegmentRewardEnsemble(nn.Module):
     """``n_members`` :class:`StepReward` models trained on bootstrap resamples of the same comparisons."""
 
     def __init__(self, obs_dim: int, action_dim: int, discrete: bool, n_members: int = 3, hidden: int = 64, seed: int = 0):

@@ -27,7 +27,7 @@ from rlxf.algorithms.control.ppo import PPO, PPOConfig, single_thread
 from rlxf.algorithms.control.rollout import EpisodeRecorder, Rollout
 from rlxf.data.transitions import Episode
 from rlxf.labelers.simulated import BradleyTerryLabeler
-from rlxf.rewards.segments import RewardEnsemble, Segments, sample_segments
+from rlxf.rewards.segments import SegmentRewardEnsemble, Segments, sample_segments
 
 SELECTIONS = ("uniform", "disagreement", "randomized")
 
@@ -65,7 +65,7 @@ class PbRLConfig:
             raise ValueError(f"pbrl.budget and pbrl.first_queries must be >= 1, got {self.budget}, {self.first_queries}")
 
 
-def select_disagreement(ensemble: RewardEnsemble, a: Segments, b: Segments, n: int) -> Tensor:
+def select_disagreement(ensemble: SegmentRewardEnsemble, a: Segments, b: Segments, n: int) -> Tensor:
     """Indices of the ``n`` candidate pairs the ensemble members disagree on most."""
     return ensemble.pair_disagreement(a, b).argsort(descending=True)[:n]
 
@@ -101,7 +101,8 @@ class PbRL:
         self.cfg = cfg
         self.ppo = PPO(cfg.ppo, env_spec)
         env = self.ppo.env
-        self.ensemble = RewardEnsemble(env.obs_dim, env.action_dim, env.discrete, cfg.n_members, cfg.rm_hidden, cfg.seed)
+        self.ensemble = SegmentRewardEnsemble(env.obs_dim, env.action_dim, env.discrete, cfg.n_members, cfg.rm_hidden,
+                                              cfg.seed)
         self.labeler = BradleyTerryLabeler(cfg.rationality, seed=cfg.seed)
         self.recorder = EpisodeRecorder(env.n_envs)
         self.pool: list[Episode] = []

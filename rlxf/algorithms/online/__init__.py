@@ -1,6 +1,6 @@
 """Online RL for language models: one rollout -> score -> update controller, one module per method."""
 
 from rlxf.algorithms.online.controller import METHODS, KLSettings, OnlineConfig, OnlineError, train_online
-from rlxf.algorithms.online.scoring import RewardError, Samples, Scorer
+from rlxf.rewards.scoring import RewardError, Samples, Scorer
 
 __all__ = ["METHODS", "KLSettings", "OnlineConfig", "OnlineError", "RewardError", "Samples", "Scorer", "train_online"]

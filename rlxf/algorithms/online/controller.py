@@ -2,7 +2,7 @@
 
 Each rollout samples ``samples_per_prompt`` responses for ``optim.batch_size`` prompts from the
 current policy (the sampler's per-token log-probs become the behaviour log-probs, ``old_logps``),
-scores them with the reference and the :class:`~rlxf.algorithms.online.scoring.Scorer`, folds
+scores them with the reference and the :class:`~rlxf.rewards.scoring.Scorer`, folds
 the KL to the reference into the reward (``kl.mode = "reward"``) or leaves it for the loss
 (``"loss"``), and hands the batch to a method, which turns it into advantages (``prepare``) and
 into a loss (``loss``). One rollout feeds ``updates_per_rollout`` optimiser steps of the shared
@@ -23,7 +23,6 @@ from torch import Tensor
 
 from rlxf.algorithms.batching import step_rng
 from rlxf.algorithms.loop import OptimConfig, train
-from rlxf.algorithms.online.scoring import Samples, Scorer
 from rlxf.core.runs import Run
 from rlxf.core.steps import Steps
 from rlxf.objectives.policy_gradient import (
@@ -34,6 +33,7 @@ from rlxf.objectives.policy_gradient import (
     kl_penalized_rewards,
 )
 from rlxf.policies.language import LanguagePolicy
+from rlxf.rewards.scoring import Samples, Scorer
 
 METHODS: dict[str, str] = {
     "rloo": "rlxf.algorithms.online.rloo:RLOO",

@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 
 from rlxf.algorithms.online.controller import Method
-from rlxf.algorithms.online.scoring import group_win_rate
 from rlxf.objectives.game import inpo_loss
 from rlxf.objectives.preference import cdpo_loss
+from rlxf.rewards.scoring import group_win_rate
 
 
 class OnlineDPO(Method):

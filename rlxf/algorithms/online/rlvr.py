@@ -17,11 +17,11 @@ import torch
 
 from rlxf.algorithms.loop import OptimConfig
 from rlxf.algorithms.online.controller import KLSettings, OnlineConfig, train_online
-from rlxf.algorithms.online.scoring import Scorer, verifier_reward
 from rlxf.algorithms.sft import train_sft
 from rlxf.core.runs import Run
 from rlxf.policies.language import LanguagePolicy
 from rlxf.policies.tiny import tiny_causal_lm, tiny_tokenizer
+from rlxf.rewards.scoring import Scorer, verifier_reward
 from rlxf.tasks.arithmetic import ALT_ANSWER, ArithmeticTask, check_answer, split_steps
 
 ALPHABET = list("0123456789+-*=:\n answer")

@@ -10,8 +10,8 @@ baseline with the KL penalty folded in.
 from __future__ import annotations
 
 from rlxf.algorithms.online.rloo import RLOO
-from rlxf.algorithms.online.scoring import group_win_rate
 from rlxf.objectives.policy_gradient import kl_penalized_rewards, rloo_advantages
+from rlxf.rewards.scoring import group_win_rate
 
 
 class SPO(RLOO):
