@@ -12,8 +12,10 @@ same evaluation code on both sides (one sample per held-out prompt, fixed seed).
 
     .venv/bin/python benchmarks/grpo_vs_trl.py [--steps 30] [--batch 32] [--group 8] [--repeats 1]
 
-The last line reads ``speedup X memory_ratio Y gold_delta Z``: rlxf's completions/second over
-TRL's, rlxf's peak RSS over TRL's, and rlxf's held-out gold minus TRL's.
+The last line reads ``speedup X memory_ratio Y gold_delta Z gold_delta_se S``: rlxf's
+completions/second over TRL's, rlxf's peak RSS over TRL's, rlxf's held-out gold minus TRL's, and
+that difference's standard error (paired over the held-out prompts, which both sides answer; it
+covers sampling noise in the evaluation, not the spread between training seeds).
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def prepare(path: str, sft_steps: int, threads: int) -> None:
     policy.save_pretrained(path)
 
 
-def held_out_gold(model, tok, n: int = 256) -> float:
+def held_out_gold(model, tok, n: int = 256) -> list[float]:
+    """Gold of one sample per held-out prompt (the first ``n`` test prompts, fixed sampling seed)."""
     import torch
 
     from rlxf.policies.language import LanguagePolicy
@@ -63,7 +66,7 @@ def held_out_gold(model, tok, n: int = 256) -> float:
     policy = LanguagePolicy(model.float().eval(), tok)
     prompts = t.prompts("test")[:n]
     ro = policy.sample(policy.encode(prompts), n=1, max_new_tokens=16, generator=torch.Generator().manual_seed(5))
-    return sum(t.gold(p, policy.decode(r), f) for p, r, f in zip(prompts, ro.response_ids, ro.finished)) / n
+    return [float(t.gold(p, policy.decode(r), f)) for p, r, f in zip(prompts, ro.response_ids, ro.finished)]
 
 
 def run_rlxf(args) -> dict:
@@ -86,8 +89,9 @@ def run_rlxf(args) -> dict:
         train_online(Run(d, "benchmark = true\n"), "grpo", policy, policy.reference(), prompts, scorer, cfg, seed=0,
                      quiet=True)
         seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "completions": args.steps * args.batch,
-            "gold": held_out_gold(policy.model, policy.tokenizer)}
+    gold = held_out_gold(policy.model, policy.tokenizer)
+    return {"seconds": seconds, "completions": args.steps * args.batch, "gold": sum(gold) / len(gold),
+            "gold_per_prompt": gold}
 
 
 def run_trl(args) -> dict:
@@ -116,8 +120,9 @@ def run_trl(args) -> dict:
         t0 = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t0
-        return {"seconds": seconds, "completions": args.steps * args.batch,
-                "gold": held_out_gold(trainer.model, tok)}
+        gold = held_out_gold(trainer.model, tok)
+        return {"seconds": seconds, "completions": args.steps * args.batch, "gold": sum(gold) / len(gold),
+                "gold_per_prompt": gold}
 
 
 def side(args) -> None:
@@ -164,9 +169,14 @@ def main() -> None:
                     best[name] = r
     rate = {k: v["completions"] / v["seconds"] for k, v in best.items()}
     print(f"rlxf {rate['rlxf']:.1f} completions/s, TRL {rate['trl']:.1f} completions/s")
+    from rlxf.algorithms.evaluate import paired_gain
+
+    delta, se = paired_gain(best["rlxf"]["gold_per_prompt"], best["trl"]["gold_per_prompt"])
+    print(f"held-out gold: rlxf {best['rlxf']['gold']:.3f}, TRL {best['trl']['gold']:.3f}; paired difference "
+          f"{delta:+.3f} +- {se:.3f} (standard error over {len(best['rlxf']['gold_per_prompt'])} prompts, "
+          f"one training run per side: seed-to-seed training variance is not in it)")
     print(f"speedup {rate['rlxf'] / rate['trl']:.2f} memory_ratio "
-          f"{best['rlxf']['peak_rss_mb'] / best['trl']['peak_rss_mb']:.2f} "
-          f"gold_delta {best['rlxf']['gold'] - best['trl']['gold']:+.3f}")
+          f"{best['rlxf']['peak_rss_mb'] / best['trl']['peak_rss_mb']:.2f} gold_delta {delta:+.3f} gold_delta_se {se:.3f}")
 
 
 if __name__ == "__main__":
