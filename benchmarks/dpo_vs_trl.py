@@ -6,15 +6,19 @@ comparisons, batch size, number of optimiser steps, AdamW with the same learning
 weight decay 0, gradient clipping at 1.0, warm-up then cosine decay to 10%, bf16 off,
 and reference log-probs precomputed once on both sides. Timed: from in-memory text data
 to a trained model (tokenisation, reference precompute and training), model building
-excluded. Peak memory: the subprocess's maximum resident set size.
+excluded. Peak memory: the subprocess's maximum resident set size, and that less the peak of an
+import-only process of the same side (one that imports the side's libraries and stops), so that the
+libraries' own resident memory (torch, transformers, and TRL's datasets and accelerate) does not
+dominate the comparison of what training itself holds.
 
     .venv/bin/python benchmarks/dpo_vs_trl.py [--pairs 512] [--batch 32] [--epochs 2] [--repeats 2]
 
 On a shared machine the sides run alternately ``--repeats`` times and each side's fastest
 run is reported, which is the fairest figure when other work comes and goes.
 
-The last line reads ``speedup X memory_ratio Y`` (rlxf over TRL: X > 1 means rlxf is
-faster, Y < 1 means rlxf used less memory).
+The last line reads ``speedup X memory_ratio Y total_memory_ratio Z`` (rlxf over TRL: X > 1
+means rlxf is faster; Y is the ratio of peak RSS above each side's import-only baseline and Z of
+the whole peak RSS, < 1 meaning rlxf used less memory).
 """
 
 from __future__ import annotations
@@ -53,6 +57,13 @@ def build(seed: int = 0):
     return tok, model
 
 
+def imported() -> dict:
+    """The import-only baseline's result: a side's libraries are loaded (and ``build``'s), nothing runs."""
+    import rlxf.policies.tiny  # noqa: F401
+
+    return {}
+
+
 def run_rlxf(args) -> dict:
     import torch
 
@@ -62,6 +73,8 @@ def run_rlxf(args) -> dict:
     from rlxf.objectives.preference import dpo_loss
     from rlxf.policies.language import LanguagePolicy
 
+    if args.imports_only:
+        return imported()
     torch.set_num_threads(args.threads)
     tok, model = build()
     data = make_data(args.pairs)
@@ -87,6 +100,8 @@ def run_trl(args) -> dict:
     import torch
     from trl import DPOConfig, DPOTrainer
 
+    if args.imports_only:
+        return imported()
     torch.set_num_threads(args.threads)
     tok, model = build()
     ref = build()[1].eval().requires_grad_(False)
@@ -113,8 +128,8 @@ def side(args) -> None:
     sides.report_side((run_rlxf if args.side == "rlxf" else run_trl)(args))
 
 
-def run_side(name: str, args) -> dict:
-    return sides.run_side(__file__, name, args, ("pairs", "batch", "epochs", "lr", "warmup", "threads"))
+def run_side(name: str, args, imports_only: bool = False) -> dict:
+    return sides.run_side(__file__, name, args, ("pairs", "batch", "epochs", "lr", "warmup", "threads"), imports_only)
 
 
 def main() -> None:
@@ -127,28 +142,32 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2, help="runs per side, alternating; the fastest counts")
     p.add_argument("--side", choices=["rlxf", "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--imports-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.side:
         side(args)
         return
+    base = {name: run_side(name, args, imports_only=True)["peak_rss_mb"] for name in ("trl", "rlxf")}
+    print("import-only baseline peak RSS: " + ", ".join(f"{k} {v:.0f} MB" for k, v in base.items()), flush=True)
     results: dict[str, dict] = {}
     for rep in range(args.repeats):  # alternate the sides; keep each side's fastest run
         for name in ("trl", "rlxf"):
             r = run_side(name, args)
             print(f"run {rep + 1}/{args.repeats} {name}: {r['samples'] / r['seconds']:.1f} samples/s, "
-                  f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+                  f"peak RSS {r['peak_rss_mb']:.0f} MB ({r['peak_rss_mb'] - base[name]:.0f} MB above imports)", flush=True)
             if name not in results or r["seconds"] < results[name]["seconds"]:
                 results[name] = r
     for name, r in results.items():
         tail = r["losses"][-4:]
         print(f"{name:>5}: {r['samples'] / r['seconds']:8.1f} samples/s  ({r['samples']} samples in {r['seconds']:.2f} s)  "
-              f"peak RSS {r['peak_rss_mb']:7.1f} MB  first loss {r['losses'][0]:.4f}  "
+              f"peak RSS {r['peak_rss_mb']:7.1f} MB ({r['peak_rss_mb'] - base[name]:.1f} above imports)  first loss {r['losses'][0]:.4f}  "
               f"final loss (mean of last {len(tail)}) {sum(tail) / len(tail):.4f}")
     for name, r in results.items():
         print(f"{name} loss curve: " + " ".join(f"{x:.3f}" for x in r["losses"]))
     speed = (results["rlxf"]["samples"] / results["rlxf"]["seconds"]) / (results["trl"]["samples"] / results["trl"]["seconds"])
-    memory = results["rlxf"]["peak_rss_mb"] / results["trl"]["peak_rss_mb"]
-    print(f"speedup {speed:.2f} memory_ratio {memory:.2f}")
+    total = results["rlxf"]["peak_rss_mb"] / results["trl"]["peak_rss_mb"]
+    memory = (results["rlxf"]["peak_rss_mb"] - base["rlxf"]) / (results["trl"]["peak_rss_mb"] - base["trl"])
+    print(f"speedup {speed:.2f} memory_ratio {memory:.2f} total_memory_ratio {total:.2f}")
 
 
 if __name__ == "__main__":
