@@ -2,12 +2,25 @@
 
 Both learners get a Boltzmann-rational (beta = 1) synthetic labeler on the hidden env reward, the same
 env-step budget for training (CartPole 60k, Pendulum 200k) and the same query budget (CartPole 500,
-Pendulum 1000), and are scored by 20 greedy episodes of the env's true return (rlxf every 4096 env
-steps, imitation after each of its 11 training phases, about every 5.4k steps on CartPole and 18k on
-Pendulum). The target is 90% of the way from a random policy's return to the return of rlxf PPO trained
-on the true reward with the same env-step budget (on CartPole that is about 452). Reported: queries
-asked when the target is first met (a run that never meets it counts as its whole budget, marked
-``*``), the best return seen, and the env steps each used.
+Pendulum 1000), and are scored by 20 greedy episodes of the env's true return. The target is 90% of
+the way from a random policy's return to the return of rlxf PPO trained on the true reward with the
+same env-step budget, measured per seed on both envs (20 greedy episodes after training). Reported:
+queries asked when the target is first met (a run that never meets it counts as its whole budget,
+marked ``*``), the best return seen, and the env steps each used.
+
+Query schedules (``--schedule``):
+
+- ``shared`` (default): both sides ask on rlxf's ``PbRLConfig`` schedule. rlxf asks 50 comparisons on
+  its warm-up experience, then a round of 10 (CartPole) or 20 (Pendulum) every 5 PPO rollouts (1280 or
+  10240 env steps). imitation asks the same 50 before its agent first trains, then the same number in
+  each of its iterations, each iteration training its agent for the same 1280 or 10240 env steps; once
+  the budget is spent its agent keeps training on the learned reward in phases of that length until
+  it has rlxf's env steps. Both are evaluated at the same env steps (every 3840 on CartPole, every
+  10240 on Pendulum), so neither is scored more often than the other.
+- ``own``: each side's default. rlxf as above, evaluated every 4096 env steps; imitation asks 100 up front
+  and the rest on its hyperbolic schedule over 10 iterations, 11 equal training phases (about 5.4k env
+  steps on CartPole, 18k on Pendulum), evaluated after each phase. A different schedule on each side
+  measures the schedules as much as the learners; quote it labelled as such.
 
 `imitation` 1.0.1 pins gymnasium ~0.29 and SB3 ~2.2.1, so it runs in its own virtual environment
 (benchmarks/.venv-imitation, made with pip on first use; torch is shared from this project). It
@@ -30,15 +43,15 @@ settings peaked anywhere from 9 (a constant action) to 331. So CartPole's ratio 
   state. With whole-episode fragments a state-action net fitted the spurious action counts of the first
   comparisons (learned reward uncorrelated with the true one, 0.17 higher for one action), and PPO
   collapsed to that action.
-- imitation asks 100 comparisons before its agent first trains (``IMITATION_FIRST``: 20% of the CartPole
-  budget instead of imitation's default 10%; Pendulum keeps 10%). In one unseeded pair of CartPole seed-0
-  runs, 50 up front never left a constant action and 100 reached 126 before the learned reward was
-  exploited. rlxf asks its own default (``PbRLConfig.first_queries``) on its warm-up experience; the two
-  used to be tied, which would now cut imitation to rlxf's smaller warm-up.
+- With ``--schedule own``, imitation asks 100 comparisons before its agent first trains
+  (``IMITATION_FIRST``: 20% of the CartPole budget instead of imitation's default 10%; Pendulum keeps
+  10%). In one unseeded pair of CartPole seed-0 runs, 50 up front never left a constant action and 100
+  reached 126 before the learned reward was exploited.
 - The learned reward is output-normalised (``NormalizedRewardNet`` with ``RunningNorm``), as imitation's
   own training scripts do by default; the runner used to feed the raw net output to the agent.
-- ``PreferenceComparisons.train`` trains the agent ``num_iterations + 1`` times, so each phase gets
-  1/11 of the env-step budget (rounded to whole SB3 rollouts); it used to get 1/10, 10-12% over budget.
+- ``PreferenceComparisons.train`` trains the agent ``num_iterations + 1`` times, so with ``--schedule own``
+  each phase gets 1/11 of the env-step budget (rounded to whole SB3 rollouts); it used to get 1/10,
+  10-12% over budget. With ``shared`` the iterations are as many as rlxf's query rounds.
 - Pendulum uses the settings of imitation's preference-comparisons tutorial on Pendulum-v1 (PPO with
   its FeedForward32Policy and normalised features, 100-step fragments), and rlxf's PPO (the true-reward
   reference and the PbRL agent) uses the same PPO hyperparameters (8 x 256 steps, minibatch 64, 10
@@ -51,11 +64,12 @@ settings peaked anywhere from 9 (a constant action) to 331. So CartPole's ratio 
   reward (plugged into the same ``AgentTrainer``) it reaches 500 on CartPole-v1 within 60k steps.
 
 imitation draws its fragment pairs from the agent's latest training episodes and tops them up with fresh
-rollouts, ``2 x fragment length`` env steps per query in all (500k on CartPole, mostly fresh); the extra
-steps are printed. rlxf draws its segments from the episodes it trained on and takes no extra
+rollouts, ``2 x fragment length`` env steps per query in all (about 500k on CartPole, mostly fresh); the
+extra steps are printed. rlxf draws its segments from the episodes it trained on and takes no extra
 steps.
 
     .venv/bin/python benchmarks/pbrl_vs_imitation.py --seeds 3
+    .venv/bin/python benchmarks/pbrl_vs_imitation.py --seeds 3 --schedule own
 
 Last line: ``query_ratio X`` (median over every env and seed of rlxf queries / imitation queries).
 """
@@ -87,11 +101,16 @@ from imitation.util.networks import RunningNorm
 from imitation.util.util import make_vec_env
 from stable_baselines3 import PPO
 
-seed, env_name, budget, timesteps, target, first = sys.argv[1:7]
-seed, budget, timesteps, target, first = int(seed), int(budget), int(timesteps), float(target), int(first)
+cfg = json.loads(sys.argv[1])
+seed, env_name, target, first = cfg["seed"], cfg["env"], cfg["target"], cfg["first"]
 train_id = {"cartpole": "seals:seals/CartPole-v0", "pendulum": "Pendulum-v1"}[env_name]
 eval_id = {"cartpole": "CartPole-v1", "pendulum": "Pendulum-v1"}[env_name]
-ITERATIONS = 10
+if cfg["schedule"] == "hyperbolic":  # imitation's own: the rest of the budget over phases - 1 iterations
+    iterations, query_schedule, total = cfg["phases"] - 1, "hyperbolic", cfg["budget"]
+else:  # queries per iteration, given; imitation normalises these weights back into exactly these counts
+    counts = cfg["schedule"]
+    iterations, total = len(counts), first + sum(counts)
+    query_schedule = lambda p: counts[round(p * (len(counts) - 1))]
 
 class CountSteps(gym.Wrapper):  # every env step the learner takes: training and fragment sampling
     n = 0
@@ -120,16 +139,12 @@ else:  # the settings of imitation's preference-comparisons tutorial on Pendulum
 net = NormalizedRewardNet(base, RunningNorm)  # imitation's scripts normalise the learned reward for the agent
 gen = pc.AgentTrainer(agent, net, venv, rng=rng, exploration_frac=0.05)
 trainer = pc.BasicRewardTrainer(pc.PreferenceModel(net), pc.CrossEntropyRewardLoss(), epochs=3, rng=rng)
-algo = pc.PreferenceComparisons(gen, net, num_iterations=ITERATIONS,
+algo = pc.PreferenceComparisons(gen, net, num_iterations=iterations,
                                 fragmenter=pc.RandomFragmenter(rng=rng, warning_threshold=0),
                                 preference_gatherer=pc.SyntheticGatherer(temperature=1.0, rng=rng),
                                 reward_trainer=trainer, fragment_length=fragment_length,
-                                initial_comparison_frac=first / budget,  # as many up front as rlxf asks
-                                initial_epoch_multiplier=4, query_schedule="hyperbolic")
-# train() trains the agent once per iteration plus once after the initial comparisons (ITERATIONS + 1
-# times): give each the budget's share, rounded to whole SB3 rollouts, so training steps match rlxf's
-rollout = agent.n_steps * venv.num_envs
-per_iteration = max(1, round(timesteps / (ITERATIONS + 1) / rollout)) * rollout
+                                initial_comparison_frac=(first + 0.5) / total,  # int() of it is first
+                                initial_epoch_multiplier=4, query_schedule=query_schedule)
 
 def evaluate(n=20):
     env = gym.vector.SyncVectorEnv([lambda: gym.make(eval_id) for _ in range(n)])
@@ -145,8 +160,12 @@ def evaluate(n=20):
 class Reached(Exception):
     pass
 
-history = []
-def callback(it):
+history, next_eval = [], cfg["eval_every"]
+def callback(_it):  # after each training phase; evaluates every eval_every agent steps (every phase if 0)
+    global next_eval
+    if agent.num_timesteps < next_eval:
+        return
+    next_eval += cfg["eval_every"]
     mean = evaluate()
     history.append({"queries": len(algo.dataset), "eval_return": mean, "train_steps": agent.num_timesteps,
                     "env_steps": CountSteps.n})
@@ -154,7 +173,13 @@ def callback(it):
         raise Reached
 
 try:
-    algo.train(total_timesteps=per_iteration * ITERATIONS, total_comparisons=budget, callback=callback)
+    # train() trains the agent once after the initial comparisons and once per iteration, phase_steps
+    # (whole SB3 rollouts) each; phases after the last query iteration train on the learned reward alone
+    algo.train(total_timesteps=cfg["phase_steps"] * iterations, total_comparisons=total, callback=callback)
+    for _ in range(cfg["phases"] - iterations - 1):
+        gen.buffering_wrapper.pop_finished_trajectories()  # train() refuses while sampled steps are buffered
+        gen.train(steps=cfg["phase_steps"])
+        callback(None)
     result = {"queries": None}
 except Reached:
     result = {"queries": history[-1]["queries"]}
@@ -176,8 +201,6 @@ def true_reward_target(env_id: str, seed: int, steps: int) -> tuple[float, float
 
     ppo = PPO(ppo_config(env_id, seed, steps))
     rand = float(evaluate(ppo.policy, env_id, 20, deterministic=False).mean())
-    if env_id == "CartPole-v1":
-        return rand, 500.0  # PPO reaches the maximum (tests/test_control_envs.py)
     ppo.learn()
     return rand, float(ppo.evaluate().mean())
 
@@ -191,11 +214,58 @@ def ppo_config(env_id: str, seed: int, steps: int):
     return PPOConfig(env=env_id, seed=seed, total_steps=steps)
 
 
-def run_rlxf(env_id: str, seed: int, steps: int, budget: int, per_round: int, target: float) -> dict:
-    from rlxf.algorithms.control.pbrl import PbRL, PbRLConfig
+def rlxf_config(env_id: str, seed: int, steps: int, budget: int, per_round: int):
+    from rlxf.algorithms.control.pbrl import PbRLConfig
 
-    cfg = PbRLConfig(ppo=ppo_config(env_id, seed, steps), budget=budget, seed=seed, selection="disagreement",
-                     queries_per_round=per_round)
+    return PbRLConfig(ppo=ppo_config(env_id, seed, steps), budget=budget, seed=seed, selection="disagreement",
+                      queries_per_round=per_round)
+
+
+def shared_schedule(cfg) -> dict:
+    """rlxf's query schedule as imitation's runner takes it: ``first`` up front, then one iteration per
+    rlxf query round (``query_every`` PPO rollouts of training) asking ``queries_per_round`` until the
+    budget is spent, then training phases without queries, as many as cover rlxf's env steps.
+    Both sides are evaluated every ``eval_every`` env steps, a whole number of phases near 4096."""
+    ppo = cfg.ppo
+    rollout = ppo.n_envs * ppo.n_steps
+    phase = cfg.query_every * rollout
+    phases = -(-(-(-ppo.total_steps // rollout) * rollout) // phase)  # rlxf's steps in whole rollouts, then phases
+    counts, left = [], cfg.budget - cfg.first_queries
+    while left > 0 and len(counts) < phases - 1:
+        counts.append(min(cfg.queries_per_round, left))
+        left -= counts[-1]
+    return {"first": cfg.first_queries, "schedule": counts, "phase_steps": phase, "phases": phases,
+            "eval_every": phase * max(1, round(4096 / phase))}
+
+
+def own_schedule(cfg) -> dict:
+    """imitation's own schedule as its runner used to run: ``IMITATION_FIRST`` up front, the rest of the
+    budget over 10 iterations with imitation's hyperbolic schedule, 11 equal training phases of whole
+    SB3 rollouts covering the env-step budget (its PPO's rollout is rlxf's here), evaluated after each."""
+    rollout = cfg.ppo.n_envs * cfg.ppo.n_steps
+    per_phase = max(1, round(cfg.ppo.total_steps / IMITATION_PHASES / rollout)) * rollout
+    return {"first": IMITATION_FIRST, "schedule": "hyperbolic", "phase_steps": per_phase, "phases": IMITATION_PHASES,
+            "eval_every": 0}
+
+
+def schedule_line(env: str, mode: str, cfg, plan: dict) -> str:
+    """Both sides' query schedules and evaluation points, in words."""
+    every = cfg.query_every * cfg.ppo.n_envs * cfg.ppo.n_steps
+    rlxf = f"rlxf asks {cfg.first_queries} up front, then {cfg.queries_per_round} every {every} env steps"
+    if mode == "shared":
+        peer = (f"imitation the same ({plan['first']} up front, then {plan['schedule'][0]} in each of "
+                f"{len(plan['schedule'])} {plan['phase_steps']}-step phases, {plan['phases']} phases in all); "
+                f"both evaluated every {plan['eval_every']} env steps")
+    else:
+        peer = (f"imitation {plan['first']} up front, then the rest over 10 iterations on its hyperbolic schedule "
+                f"({plan['phases']} phases of {plan['phase_steps']} env steps); rlxf evaluated every 4096 env "
+                f"steps, imitation after each phase")
+    return f"{env}, {mode} schedule: {rlxf}; {peer}"
+
+
+def run_rlxf(cfg, target: float, eval_every: int) -> dict:
+    from rlxf.algorithms.control.pbrl import PbRL
+
     pbrl = PbRL(cfg)
     first, best = None, -float("inf")
 
@@ -205,17 +275,17 @@ def run_rlxf(env_id: str, seed: int, steps: int, budget: int, per_round: int, ta
         if first is None and row["eval_return"] >= target:
             first = pbrl.queries
 
-    pbrl.train(eval_every=4096, target=target, log=log)
+    pbrl.train(eval_every=eval_every, target=target, log=log)
     return {"queries": first, "best": best, "steps": pbrl.ppo.steps_done}
 
 
 IMITATION_FIRST = 100  # comparisons imitation asks before its agent first trains (see the module docstring)
+IMITATION_PHASES = 11  # its train() runs 10 query iterations, plus the phase after the first comparisons
 
 
-def run_imitation(python: Path, env: str, seed: int, steps: int, budget: int, target: float) -> dict:
-    first = IMITATION_FIRST
-    out = subprocess.run([str(python), "-c", IMITATION_RUNNER, str(seed), env, str(budget), str(steps), str(target),
-                          str(first)],
+def run_imitation(python: Path, env: str, seed: int, budget: int, target: float, schedule: dict) -> dict:
+    cfg = {"seed": seed, "env": env, "budget": budget, "target": target, **schedule}
+    out = subprocess.run([str(python), "-c", IMITATION_RUNNER, json.dumps(cfg)],
                          capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if out.returncode != 0:
         raise SystemExit(f"imitation run failed ({env}, seed {seed}):\n{out.stderr[-2000:]}")
@@ -226,20 +296,28 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--envs", default="cartpole,pendulum")
+    ap.add_argument("--schedule", choices=["shared", "own"], default="shared",
+                    help="shared: imitation asks on rlxf's query schedule and both are evaluated at the same env "
+                         "steps; own: each side its own default schedule (see the docstring)")
     args = ap.parse_args()
     python = ensure_venv(VENV, "imitation==1.0.1 seals==0.2.1", share_site=True)
-    ratios, peer_misses = [], 0
+    ratios, peer_misses, our_misses = [], 0, 0
     for env in args.envs.split(","):
         env_id, steps, budget, per_round = ENVS[env]
         for seed in range(args.seeds):
             rand, best = true_reward_target(env_id, seed, steps)
             target = rand + 0.9 * (best - rand)
-            ours = run_rlxf(env_id, seed, steps, budget, per_round, target)
-            theirs = run_imitation(python, env, seed, steps, budget, target)
+            cfg = rlxf_config(env_id, seed, steps, budget, per_round)
+            plan = shared_schedule(cfg) if args.schedule == "shared" else own_schedule(cfg)
+            if seed == 0:
+                print(schedule_line(env, args.schedule, cfg, plan), flush=True)
+            ours = run_rlxf(cfg, target, plan["eval_every"] or 4096)
+            theirs = run_imitation(python, env, seed, budget, target, plan)
             q_ours = ours["queries"] if ours["queries"] is not None else budget
             q_theirs = theirs["queries"] if theirs["queries"] is not None else budget
             ratios.append(q_ours / q_theirs)
             peer_misses += theirs["queries"] is None
+            our_misses += ours["queries"] is None
             mark = lambda r: "" if r["queries"] is not None else "*"  # noqa: E731
             their_best = max((h["eval_return"] for h in theirs["history"]), default=float("nan"))
             last = theirs["history"][-1] if theirs["history"] else {"train_steps": 0, "env_steps": 0}
@@ -250,6 +328,8 @@ def main() -> None:
     if peer_misses:
         print(f"imitation missed the target in {peer_misses} of {len(ratios)} runs; a miss counts as its whole "
               f"budget, so the ratio below is an upper bound (imitation would need more queries)")
+    if our_misses:
+        print(f"rlxf missed the target in {our_misses} of {len(ratios)} runs (counted as its whole budget)")
     print(f"query_ratio {statistics.median(ratios):.3f}")
 
 
