@@ -4,19 +4,21 @@ VENV := .venv
 BIN := $(VENV)/bin
 # torch is pinned to the CPU build in the set-up path: a looser spec pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
+# Every install resolves against the locked versions (constraints.txt; CONTRIBUTING.md says how to update it).
+PIP := $(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: quickstart test test-all clean-venv
+.PHONY: quickstart test test-all constraints clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)"
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e .
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) "$(TORCH)"
+	$(PIP) -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test]"
+$(VENV)/.installed-test: pyproject.toml constraints.txt $(VENV)/.installed
+	$(PIP) -e ".[test]"
 	touch $@
 
 quickstart: $(VENV)/.installed
@@ -29,6 +31,11 @@ test: $(VENV)/.installed-test
 # make test-all: everything, including the tests marked slow (each paper's claim, real-model learning).
 test-all: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
+
+# make constraints: rewrite constraints.txt from what .venv has installed now (after adding a dependency).
+constraints: $(VENV)/.installed-test
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/python -m pip freeze --all --exclude-editable | grep -v '^pip==' | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean-venv:
 	rm -rf $(VENV)
