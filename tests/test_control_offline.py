@@ -94,8 +94,8 @@ def test_offline_cpl_is_the_pair_loss_dpo_shares():
 def mixed_dataset():
     """The first 100 episodes to finish from copies of a PPO expert acting with epsilon 0..1.
 
-    100, not 60: the expert is not bit-reproducible across processes, and with 60 the greedy
-    copy's first (500-step) episode sometimes had not finished yet (max return 150, seen once)."""
+    100, not 60: with 60 the greedy copy's first (500-step) episode may not have finished yet (max
+    return 150, seen once while the expert's init still depended on torch's thread count)."""
     ppo, _, _ = solved_cartpole()
     return record_dataset(ppo.policy, "CartPole-v1", 100, eps=(0.0, 0.25, 0.5, 0.75, 1.0, 1.0), seed=1)
 

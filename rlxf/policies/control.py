@@ -19,12 +19,18 @@ from rlxf.core.steps import Steps
 
 
 def mlp(inp: int, out: int, hidden: int, out_gain: float) -> nn.Sequential:
-    """Two tanh hidden layers, orthogonal init, small last layer (the usual PPO recipe)."""
+    """Two tanh hidden layers, orthogonal init, small last layer (the usual PPO recipe).
+
+    The init runs on one thread: the QR behind ``orthogonal_`` gives different bits for a square
+    ``hidden x hidden`` matrix at 1 and at 2+ intra-op threads, so a seed would otherwise give a
+    different network in a process with a different thread count (cores, affinity, OMP_NUM_THREADS).
+    """
     layers = [nn.Linear(inp, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, out)]
-    for layer in layers:
-        if isinstance(layer, nn.Linear):
-            nn.init.orthogonal_(layer.weight, gain=out_gain if layer is layers[-1] else math.sqrt(2))
-            nn.init.zeros_(layer.bias)
+    with single_thread():
+        for layer in layers:
+            if isinstance(layer, nn.Linear):
+                nn.init.orthogonal_(layer.weight, gain=out_gain if layer is layers[-1] else math.sqrt(2))
+                nn.init.zeros_(layer.bias)
     return nn.Sequential(*layers)
 
 
