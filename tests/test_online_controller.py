@@ -243,7 +243,7 @@ def test_online_lab_config_errors_name_the_field(tmp_path):
 
 
 def test_verifier_reward_scores_exact_answers_on_the_arithmetic_task():
-    from rlxf.algorithms.online.rlvr import arithmetic_tokenizer
+    from rlxf.lab.rlvr import arithmetic_tokenizer
     from rlxf.rewards.scoring import verifier_reward
     from rlxf.tasks.arithmetic import check_answer, solve
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from rlxf.policies.tiny import tiny_scorer, tiny_tokenizer
-from rlxf.rewards.process import ArithmeticProver, ProcessRewardModel, progress, rollout_values
-from rlxf.tasks.arithmetic import check_steps, corrupt, solve
+from rlxf.rewards.process import ProcessRewardModel, progress, rollout_values
+from rlxf.tasks.arithmetic import ArithmeticProver, check_steps, corrupt, solve
 
 
 def test_last_step_score_is_the_sequence_score():
@@ -50,7 +50,7 @@ def test_prover_success_rate_matches_hand_computation():
 
 
 def test_process_verifiers_beat_outcome_rm_at_same_budget():
-    from rlxf.lab.best_of_n import verifier_comparison
+    from rlxf.lab.verifiers import verifier_comparison
 
     torch.manual_seed(0)
     r = verifier_comparison(n_train=300, n_test=100, n_candidates=16, steps=80, rollouts=8, seed=0)

@@ -33,8 +33,8 @@ def test_mixed_format_corpus_changes_only_the_last_line_of_about_that_share():
 def prover(tmp_path_factory):
     """The demonstration's SFT prover (40% of demonstrations end ``answer = N``), trained once,
     and its scores on 150 held-out problems."""
-    from rlxf.algorithms.online.rlvr import demo_prover, prover_scores
     from rlxf.core.runs import Run
+    from rlxf.lab.rlvr import demo_prover, prover_scores
 
     task = ArithmeticTask()
     policy = demo_prover(Run(tmp_path_factory.mktemp("prover"), "prover"), task, mixed_format=0.4)
@@ -47,8 +47,9 @@ def test_rlvr_raises_exact_match_by_20_points_over_the_sft_prover(prover, tmp_pa
     100 GRPO steps on the 0/1 verifier reward alone must raise its exact-match accuracy
     (temperature 1, the policy's own distribution) by 20 points on held-out problems, by
     learning the verifier's format, while its arithmetic (lenient match) does not get worse."""
-    from rlxf.algorithms.online.rlvr import prover_scores, rlvr_config, train_rlvr
+    from rlxf.algorithms.online.rlvr import train_rlvr
     from rlxf.core.runs import Run
+    from rlxf.lab.rlvr import prover_scores, rlvr_config
 
     task, sft_policy, test, before = prover
     policy = copy.deepcopy(sft_policy)
@@ -66,8 +67,8 @@ def test_sharpening_raises_exact_match_with_no_reward_at_all(prover, tmp_path):
     the prover's most likely answers are more often right (and in the majority format) than
     its samples (Huang et al. 2025)."""
     from rlxf.algorithms.online.controller import train_online
-    from rlxf.algorithms.online.rlvr import prover_scores, rlvr_config
     from rlxf.core.runs import Run
+    from rlxf.lab.rlvr import prover_scores, rlvr_config
     from rlxf.rewards.scoring import Scorer, verifier_reward
 
     task, sft_policy, test, before = prover

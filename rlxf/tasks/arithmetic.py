@@ -287,3 +287,51 @@ class ArithmeticTask:
 def corpus(n: int, seed: int = 0, **task_kwargs) -> list[dict[str, str]]:
     """``n`` correct worked solutions (prompt/completion dicts) from ``ArithmeticTask(seed, ...)``'s train split."""
     return ArithmeticTask(seed, **task_kwargs).corpus(n)
+
+
+# A worked line the prover follows. Unlike _WORK it takes no negative operands: a prefix line such
+# as "-3+4=1" is skipped (the behaviour the PAV results in docs/reward_models.md were measured with).
+_PROVER_WORK = re.compile(r"^(\d+)([+\-*])(\d+)=(-?\d+)$")
+
+
+class ArithmeticProver:
+    """A prover policy for the arithmetic task: from any prefix it carries on from the expression
+    the prefix's lines lead to (as written, right or wrong), reducing the leftmost ``*`` first and
+    then left to right, and each remaining line (answer included) slips by +-1 with probability
+    ``slip``. So its success probability after a wrong step is ~0 and after right steps is
+    (1 - slip)^(remaining lines): a prover whose progress separates good and bad steps."""
+
+    def __init__(self, problem: str, slip: float = 0.15):
+        self.problem, self.slip = problem, slip
+        self.start = parse_problem(problem)
+
+    def _state(self, prefix: list[str]):
+        nums, ops = list(self.start[0]), list(self.start[1])
+        for line in prefix:
+            m = _PROVER_WORK.match(line.replace(" ", ""))
+            if not m:
+                continue
+            a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+            at = [i for i, o in enumerate(ops) if o == op and nums[i] == a and nums[i + 1] == b]
+            if at:
+                i = at[0]
+                nums, ops = nums[:i] + [c] + nums[i + 2:], ops[:i] + ops[i + 1:]
+        return nums, ops
+
+    def complete(self, prefix: list[str], rng: random.Random) -> list[str]:
+        if prefix and prefix[-1].replace(" ", "").startswith("answer:"):
+            return []
+        nums, ops = self._state(prefix)
+        lines = []
+        while ops:
+            i = ops.index("*") if "*" in ops else 0
+            a, op, b = nums[i], ops[i], nums[i + 1]
+            c = a + b if op == "+" else a - b if op == "-" else a * b
+            c += rng.choice((-1, 1)) if rng.random() < self.slip else 0
+            lines.append(f"{a}{op}{b}={c}")
+            nums, ops = nums[:i] + [c] + nums[i + 2:], ops[:i] + ops[i + 1:]
+        answer = nums[0] + (rng.choice((-1, 1)) if rng.random() < self.slip else 0)
+        return lines + [f"answer: {answer}"]
+
+    def is_correct(self, steps: list[str]) -> bool:
+        return bool(steps) and check_answer(self.problem, "\n".join(steps))

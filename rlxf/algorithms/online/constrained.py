@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
 from rlxf.algorithms.online.controller import Method
-from rlxf.objectives.policy_gradient import ppo_clip_loss, rloo_advantages
+from rlxf.objectives.policy_gradient import rloo_advantages
 
 KINDS = {"equality": (math.tanh, lambda x: 1 - math.tanh(x) ** 2),
          "at_least": (lambda x: 1 / (1 + math.exp(-x)), lambda x: math.exp(-x) / (1 + math.exp(-x)) ** 2)}
@@ -74,12 +73,6 @@ class ConstrainedRLOO(Method):
             batch.stats[f"lambda_{name}"] = lambdas[name]
             batch.stats[f"constraint_{name}"] = value - theta
             self.logits[name] = lagrange_step(self.logits[name], value, theta, self.kind, self.lr)
-
-    def loss(self, batch, groups, reducer, ctx):
-        rows = batch.rows(groups)
-        steps = batch.policy_steps(ctx.policy, rows)
-        loss = reducer(ppo_clip_loss(steps, batch.extra["adv"][rows], self.clip), steps.mask)
-        return loss, {"loss": loss.item()}, steps
 
     def state(self) -> dict:
         return {"lagrange_logits": dict(self.logits)}

@@ -31,6 +31,7 @@ from rlxf.objectives.policy_gradient import (
     adaptive_kl_beta,
     kl_estimate,
     kl_penalized_rewards,
+    ppo_clip_loss,
 )
 from rlxf.policies.language import LanguagePolicy
 from rlxf.rewards.scoring import Samples, Scorer
@@ -204,6 +205,15 @@ def validate(cfg: OnlineConfig, method) -> None:
                           f"updates_per_rollout * minibatches ({per_rollout}) so a resumed run restarts at a rollout")
 
 
+def check_config(cfg: OnlineConfig) -> None:
+    """The checks of :func:`validate` plus the method's name and ``method_args``, with no method
+    object built: what a lab runs on its configs before any stage starts."""
+    unknown = unknown_method_args(cfg.method, cfg.method_args)
+    if unknown:
+        raise OnlineError(f"method_args: {cfg.method} has no parameter {', '.join(unknown)}")
+    validate(cfg, method_class(cfg.method))
+
+
 class RunningMoments:
     """Running mean and variance over every reward seen (Chan et al. parallel update)."""
 
@@ -346,13 +356,22 @@ class Method:
     reduction = "token"
     min_samples = 1
     clip = 0.2
+    clip_high: float | None = None
     uses_reference = True  # reads ref_logps itself (not only through the KL settings)
 
     def prepare(self, batch: Batch, ctx: Context) -> None:
         pass
 
     def loss(self, batch: Batch, groups: list[int], reducer: Reducer, ctx: Context):
-        raise NotImplementedError
+        """The PPO-clipped policy gradient on ``batch.extra["adv"]`` (per sequence ``[B]`` or per
+        token ``[B, T]``, set by ``prepare``), reduced by ``reducer``. At one update per rollout the
+        ratio is 1 and this is REINFORCE's gradient."""
+        rows = batch.rows(groups)
+        steps = batch.policy_steps(ctx.policy, rows)
+        adv = batch.extra["adv"][rows]
+        adv = adv[:, : steps.num_steps] if adv.dim() == 2 else adv
+        loss = reducer(ppo_clip_loss(steps, adv, self.clip, self.clip_high), steps.mask)
+        return loss, {"loss": loss.item()}, steps
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {}

@@ -10,7 +10,7 @@ drops the std division and the per-sequence length normalisation (a constant div
 from __future__ import annotations
 
 from rlxf.algorithms.online.controller import Method
-from rlxf.objectives.policy_gradient import grpo_advantages, ppo_clip_loss
+from rlxf.objectives.policy_gradient import grpo_advantages
 
 
 class GRPO(Method):
@@ -22,16 +22,10 @@ class GRPO(Method):
     def __init__(self, clip: float = 0.2, clip_high: float = 0.0):
         self.clip, self.clip_high = clip, clip_high or None
 
+    # the loss is Method.loss: the clipped ratio on extra["adv"], reduced per sequence
     def prepare(self, batch, ctx) -> None:
         total = batch.token_rewards.sum(-1)
         batch.extra["adv"] = grpo_advantages(total.view(-1, batch.k), scale=self.scale).reshape(-1)
-
-    def loss(self, batch, groups, reducer, ctx):
-        rows = batch.rows(groups)
-        steps = batch.policy_steps(ctx.policy, rows)
-        per_step = ppo_clip_loss(steps, batch.extra["adv"][rows], self.clip, self.clip_high)
-        loss = reducer(per_step, steps.mask)
-        return loss, {"loss": loss.item()}, steps
 
 
 class DrGRPO(GRPO):

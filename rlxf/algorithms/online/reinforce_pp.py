@@ -9,7 +9,7 @@ then optimised with the PPO clipped surrogate averaged over tokens.
 from __future__ import annotations
 
 from rlxf.algorithms.online.controller import Method
-from rlxf.objectives.policy_gradient import ppo_clip_loss, whiten
+from rlxf.objectives.policy_gradient import whiten
 
 
 class ReinforcePP(Method):
@@ -22,10 +22,3 @@ class ReinforcePP(Method):
     def prepare(self, batch, ctx) -> None:
         steps = batch.steps.replace(rewards=batch.token_rewards)
         batch.extra["adv"] = whiten(steps.returns_to_go("rewards"), steps.mask)
-
-    def loss(self, batch, groups, reducer, ctx):
-        rows = batch.rows(groups)
-        steps = batch.policy_steps(ctx.policy, rows)
-        per_step = ppo_clip_loss(steps, batch.extra["adv"][rows, : steps.num_steps], self.clip)
-        loss = reducer(per_step, steps.mask)
-        return loss, {"loss": loss.item()}, steps

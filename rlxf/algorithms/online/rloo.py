@@ -9,7 +9,7 @@ rollout feeds more than one update (at one update per rollout the two are the sa
 from __future__ import annotations
 
 from rlxf.algorithms.online.controller import Method
-from rlxf.objectives.policy_gradient import ppo_clip_loss, rloo_advantages
+from rlxf.objectives.policy_gradient import rloo_advantages
 
 
 class RLOO(Method):
@@ -23,10 +23,3 @@ class RLOO(Method):
     def prepare(self, batch, ctx) -> None:
         total = batch.token_rewards.sum(-1)
         batch.extra["adv"] = rloo_advantages(total.view(-1, batch.k)).reshape(-1)
-
-    def loss(self, batch, groups, reducer, ctx):
-        rows = batch.rows(groups)
-        steps = batch.policy_steps(ctx.policy, rows)
-        per_step = ppo_clip_loss(steps, batch.extra["adv"][rows], self.clip)
-        loss = reducer(per_step, steps.mask)
-        return loss, {"loss": loss.item()}, steps
