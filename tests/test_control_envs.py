@@ -140,6 +140,21 @@ def test_ppo_solves_cartpole():
     assert history[-1]["eval_return"] >= 475, history
 
 
+def test_ppo_updates_a_gaussian_policy_on_a_mujoco_env():
+    """Smoke test of the MuJoCo path (the claim below is in the slow tier): one rollout and one PPO
+    update on InvertedPendulum-v5 under observation normalisation move the parameters, finitely."""
+    pytest.importorskip("mujoco", reason="the optional mujoco extra is not installed (pip install -e '.[mujoco]')")
+    from rlxf.algorithms.control.ppo import PPO, PPOConfig
+
+    ppo = PPO(PPOConfig(env="InvertedPendulum-v5", n_envs=2, n_steps=64, epochs=2, anneal=False, norm_obs=True))
+    before = ppo.flat.param.detach().clone()
+    ro = ppo.collect()
+    stats = ppo.update(ro)
+    assert ro.actions.shape == (2, 64, 1) and ro.raw_obs is not None and ppo.env.obs_rms.count > 64
+    assert all(np.isfinite(v) for v in stats.values()) and not torch.equal(before, ppo.flat.param)
+
+
+@pytest.mark.slow
 def test_ppo_balances_a_mujoco_inverted_pendulum():
     """MuJoCo ids run through the same envs and PPO (the optional ``mujoco`` extra, which the test
     extras install): InvertedPendulum-v5 goes from a greedy return of a few dozen steps to its
