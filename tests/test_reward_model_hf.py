@@ -218,28 +218,3 @@ def test_plackett_luce_and_rating_training_learn_gold(pipeline_run, task, tmp_pa
         train_rating_reward_model(Run(tmp_path / "bad", "x"), "rm", rm, [rows[0], rows[1][:2] + (6,)], (1, 5),
                                   cfg, 0, True)
 
-
-def test_follow_up_likelihood_reward(tmp_path):
-    from rlxf.algorithms.sft import train_sft
-    from rlxf.policies.language import LanguagePolicy
-    from rlxf.policies.tiny import tiny_causal_lm, tiny_tokenizer
-    from rlxf.rewards.follow_up import follow_up_logps, follow_up_reward
-
-    tok = tiny_tokenizer(["q", "good", "bad", "thanks", "wrong", "ok"])
-    lm = LanguagePolicy(tiny_causal_lm(tok, n_layer=1, n_embd=32, n_head=2, seed=0), tok)
-    # by hand, before training: FLR = mean log p(positive follow-up) - mean log p(negative one)
-    steps = lm.score(lm.encode(["q good"]), lm.encode(["thanks ok"]))
-    assert follow_up_logps(lm, ["q"], ["good"], "thanks ok").item() == pytest.approx(steps.mean().item(), abs=1e-5)
-    want = steps.mean() - lm.score(lm.encode(["q good"]), lm.encode(["wrong"])).mean()
-    assert follow_up_reward(lm, ["q"], ["good"], ("thanks ok",), ("wrong",)).item() == pytest.approx(want.item(), abs=1e-5)
-    # users thank good answers and complain about bad ones 90% of the time; FLR learns to tell them apart
-    rng = np.random.default_rng(0)
-    texts = []
-    for _ in range(400):
-        answer = "good" if rng.random() < 0.5 else "bad"
-        happy = (answer == "good") == (rng.random() < 0.9)
-        texts.append(f"{answer} {'thanks' if happy else 'wrong'}")
-    train_sft(Run(tmp_path / "flr", "x"), "sft", lm, lm.encode(["q"] * len(texts)), lm.encode_responses(texts),
-              OptimConfig(steps=60, batch_size=32, lr=1e-2, checkpoint_every=0), 0, True)
-    r = follow_up_reward(lm, ["q", "q"], ["good", "bad"], ("thanks",), ("wrong",))
-    assert r[0] > 1.0 and r[1] < -1.0  # log(0.9 / 0.1) = 2.2 at the optimum
