@@ -6,10 +6,10 @@ comparisons, batch size, number of optimiser steps, AdamW with the same learning
 weight decay 0, gradient clipping at 1.0, warm-up then cosine decay to 10%, bf16 off,
 and reference log-probs precomputed once on both sides. Timed: from in-memory text data
 to a trained model (tokenisation, reference precompute and training), model building
-excluded. Peak memory: the subprocess's maximum resident set size, and that less the peak of an
-import-only process of the same side (one that imports the side's libraries and stops), so that the
-libraries' own resident memory (torch, transformers, and TRL's datasets and accelerate) does not
-dominate the comparison of what training itself holds.
+excluded. Peak memory: the subprocess's maximum resident set size (each side's lowest over its
+runs), and that less the peak of an import-only process of the same side (one that imports the
+side's libraries and stops), so that the libraries' own resident memory (torch, transformers, and
+TRL's datasets and accelerate) does not dominate the comparison of what training itself holds.
 
     .venv/bin/python benchmarks/dpo_vs_trl.py [--pairs 512] [--batch 32] [--epochs 2] [--repeats 2]
 
@@ -150,6 +150,7 @@ def main() -> None:
     base = {name: run_side(name, args, imports_only=True)["peak_rss_mb"] for name in ("trl", "rlxf")}
     print("import-only baseline peak RSS: " + ", ".join(f"{k} {v:.0f} MB" for k, v in base.items()), flush=True)
     results: dict[str, dict] = {}
+    peak = {name: float("inf") for name in base}  # each side's lowest peak RSS over its runs
     for rep in range(args.repeats):  # alternate the sides; keep each side's fastest run
         for name in ("trl", "rlxf"):
             r = run_side(name, args)
@@ -157,6 +158,7 @@ def main() -> None:
                   f"peak RSS {r['peak_rss_mb']:.0f} MB ({r['peak_rss_mb'] - base[name]:.0f} MB above imports)", flush=True)
             if name not in results or r["seconds"] < results[name]["seconds"]:
                 results[name] = r
+            peak[name] = min(peak[name], r["peak_rss_mb"])
     for name, r in results.items():
         tail = r["losses"][-4:]
         print(f"{name:>5}: {r['samples'] / r['seconds']:8.1f} samples/s  ({r['samples']} samples in {r['seconds']:.2f} s)  "
@@ -165,8 +167,11 @@ def main() -> None:
     for name, r in results.items():
         print(f"{name} loss curve: " + " ".join(f"{x:.3f}" for x in r["losses"]))
     speed = (results["rlxf"]["samples"] / results["rlxf"]["seconds"]) / (results["trl"]["samples"] / results["trl"]["seconds"])
-    total = results["rlxf"]["peak_rss_mb"] / results["trl"]["peak_rss_mb"]
-    memory = (results["rlxf"]["peak_rss_mb"] - base["rlxf"]) / (results["trl"]["peak_rss_mb"] - base["trl"])
+    # memory from each side's lowest peak, not its fastest run's: peak RSS varies between runs for other
+    # reasons than speed, and picking by speed made the ratio swing (1.60 against 1.23 on one log)
+    print("lowest peak RSS: " + ", ".join(f"{k} {v:.1f} MB ({v - base[k]:.1f} above imports)" for k, v in peak.items()))
+    total = peak["rlxf"] / peak["trl"]
+    memory = (peak["rlxf"] - base["rlxf"]) / (peak["trl"] - base["trl"])
     print(f"speedup {speed:.2f} memory_ratio {memory:.2f} total_memory_ratio {total:.2f}")
 
 
