@@ -10,14 +10,7 @@ import pytest
 import torch
 
 from rlxf.algorithms.loop import OptimConfig
-from rlxf.algorithms.offline_preference import (
-    evaluate_pairs,
-    fused_activations,
-    packed_pair_logps,
-    packing_works,
-    response_logps,
-    train_pairs,
-)
+from rlxf.algorithms.offline_preference import evaluate_pairs, train_pairs
 from rlxf.algorithms.offline_unpaired import mismatched_partners, train_unpaired
 from rlxf.algorithms.preference_data import (
     PreferenceDataError,
@@ -31,6 +24,7 @@ from rlxf.core.steps import Steps
 from rlxf.data.records import Comparison
 from rlxf.objectives import preference as P
 from rlxf.policies.language import LanguagePolicy
+from rlxf.policies.logprobs import fused_activations, packed_pair_logps, packing_works, response_logps
 from rlxf.policies.tiny import tiny_causal_lm, tiny_tokenizer
 
 WORDS = "a b c d e f g h i j k l m n".split()

@@ -19,7 +19,7 @@ import torch
 pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 
-from rlxf.algorithms.offline_preference import response_logps  # noqa: E402
+from rlxf.policies.logprobs import response_logps  # noqa: E402
 from rlxf.core.steps import Steps  # noqa: E402
 from rlxf.objectives import preference as P  # noqa: E402
 from rlxf.policies.tiny import tiny_causal_lm, tiny_tokenizer  # noqa: E402

@@ -11,7 +11,6 @@ precomputed too, like the matched ones.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Sequence
 
 import numpy as np
@@ -19,12 +18,12 @@ import torch
 
 from rlxf.algorithms.batching import epoch_batches
 from rlxf.algorithms.loop import OptimConfig, train
-from rlxf.algorithms.offline_preference import fused_activations, pad_rows, response_logps
 from rlxf.algorithms.preference_data import Example, check_both_classes
 from rlxf.core.runs import Run
 from rlxf.core.steps import Steps
 from rlxf.objectives.preference import kto_loss, kto_reference_point
 from rlxf.policies.language import LanguagePolicy
+from rlxf.policies.logprobs import chunks, fused_activations, pad_rows, response_logps, unpadded
 
 
 def mismatched_partners(n: int, seed: int) -> list[int]:
@@ -39,11 +38,9 @@ def mismatched_partners(n: int, seed: int) -> list[int]:
 
 
 def _score(model, pad: int, prompts, completions, batch_size: int = 256) -> list[torch.Tensor]:
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        steps, _ = response_logps(model, pad, prompts[i : i + batch_size], completions[i : i + batch_size])
-        out += [steps.logps[k, : len(c)].clone() for k, c in enumerate(completions[i : i + batch_size])]
-    return out
+    """Per-token log-probs of every completion (unpadded), in chunks of ``batch_size``."""
+    return [row for part in chunks(len(prompts), batch_size)
+            for row in unpadded(response_logps(model, pad, prompts[part], completions[part])[0])]
 
 
 def train_unpaired(run: Run, stage: str, policy: LanguagePolicy, ref: LanguagePolicy, examples: Sequence[Example],
@@ -96,5 +93,5 @@ def train_unpaired(run: Run, stage: str, policy: LanguagePolicy, ref: LanguagePo
                        "reward_undesirable": reward[~good].sum().item() / len(batch)}
         return value, metrics
 
-    with fused_activations(policy.model) if fast_kernels else contextlib.nullcontext():
+    with fused_activations(policy.model, fast_kernels):
         train(run, stage, policy.model, cfg, make_batch, loss_fn, quiet=quiet)

@@ -19,6 +19,7 @@ from torch import Tensor
 from rlxf.core.runs import atomic_dir
 from rlxf.core.steps import Steps
 from rlxf.policies.fast_decode import GPT2Decoder, supports
+from rlxf.policies.logprobs import chunks, pad_tokens, token_batch
 
 
 @dataclass
@@ -97,42 +98,19 @@ class LanguagePolicy:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    # -- batching ---------------------------------------------------------
-    def _left_pad(self, seqs: list[list[int]]) -> tuple[Tensor, Tensor]:
-        width = max(len(s) for s in seqs)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        attn = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            if s:
-                ids[i, width - len(s):] = torch.tensor(s)
-                attn[i, width - len(s):] = 1
-        return ids.to(self.device), attn.to(self.device)
-
+    # -- scoring ----------------------------------------------------------
     def logits(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> tuple[Tensor, Tensor, Tensor]:
-        """Logits predicting each response token, the response ids and mask, all ``[B, R(, V)]``."""
-        if len(prompt_ids) != len(response_ids):
-            raise ValueError(f"{len(prompt_ids)} prompts but {len(response_ids)} responses")
-        p_ids, p_attn = self._left_pad(prompt_ids)
-        width = max(1, max(len(r) for r in response_ids))
-        pad = self.tokenizer.pad_token_id
-        r_ids = torch.full((len(response_ids), width), pad, dtype=torch.long)
-        r_mask = torch.zeros((len(response_ids), width))
-        for i, r in enumerate(response_ids):
-            if r:
-                r_ids[i, : len(r)] = torch.tensor(r)
-                r_mask[i, : len(r)] = 1
-        r_ids, r_mask = r_ids.to(self.device), r_mask.to(self.device)
-        ids = torch.cat([p_ids, r_ids], 1)
-        attn = torch.cat([p_attn, r_mask.long()], 1)
-        positions = (attn.cumsum(-1) - 1).clamp(min=0)
-        P = p_ids.shape[1]
+        """Logits predicting each response token, the response ids and mask, all ``[B, R(, V)]``.
+        Rows are in the sampler's (flush) layout, so scores match the sampler's log-probs."""
+        b = token_batch(prompt_ids, response_ids, self.tokenizer.pad_token_id, "flush").to(self.device)
+        width = b.targets.shape[1]
         if self.fast_decode and supports(self.model):
-            logits = GPT2Decoder(self.model).score(ids, attn, positions, P - 1)[:, :width]
+            start = b.ids.shape[1] - width - 1  # the column of the prompts' last token
+            logits = GPT2Decoder(self.model).score(b.ids, b.attn, b.positions, start)[:, :width]
         else:
-            out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=False)
-            logits = out.logits[:, P - 1 : P - 1 + width].float()
-        return logits, r_ids, r_mask
+            out = self.model(input_ids=b.ids, attention_mask=b.attn, position_ids=b.positions, use_cache=False)
+            logits = b.pick(out.logits).float()
+        return logits, b.targets, b.mask
 
     def steps(self, prompt_ids: list[list[int]], response_ids: list[list[int]],
               ref: "LanguagePolicy | None" = None) -> Steps:
@@ -148,11 +126,8 @@ class LanguagePolicy:
     @torch.no_grad()
     def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]], batch_size: int = 256) -> Steps:
         """Per-token log-probs without gradient, in chunks, right-padded to a common width."""
-        parts = [
-            self.steps(prompt_ids[i : i + batch_size], response_ids[i : i + batch_size])
-            for i in range(0, len(prompt_ids), batch_size)
-        ]
-        return Steps.cat(parts)
+        return Steps.cat([self.steps(prompt_ids[part], response_ids[part])
+                          for part in chunks(len(prompt_ids), batch_size)])
 
     # -- sampling ---------------------------------------------------------
     @torch.no_grad()
@@ -180,7 +155,7 @@ class LanguagePolicy:
     def _sample_batch(self, prompts, max_new_tokens, temperature, top_p, generator):
         was_training = self.model.training
         self.model.eval()
-        ids, attn = self._left_pad(prompts)
+        ids, attn = (t.to(self.device) for t in pad_tokens(prompts, self.tokenizer.pad_token_id, left=True))
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
         B = ids.shape[0]
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id

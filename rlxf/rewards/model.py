@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rlxf.core.runs import atomic_dir
+from rlxf.policies.logprobs import chunks, pad_tokens
 
 
 def bradley_terry_loss(r_chosen: Tensor, r_rejected: Tensor) -> Tensor:
@@ -150,14 +151,7 @@ class RewardModel:
 
     def right_padded(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> tuple[Tensor, Tensor]:
         """Prompt+response token ids right-padded into ``[batch, width]``, and the attention mask."""
-        seqs = [p + r for p, r in zip(prompt_ids, response_ids)]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        attn = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            attn[i, : len(s)] = 1
-        return ids, attn
+        return pad_tokens([p + r for p, r in zip(prompt_ids, response_ids)], self.tokenizer.pad_token_id)
 
     def forward(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> Tensor:
         """Scores with gradient, ``[batch]``. Sequences are right-padded, so each is scored
@@ -201,9 +195,7 @@ class RewardModel:
     def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]], batch_size: int = 512) -> Tensor:
         was_training = self.model.training
         self.model.eval()
-        out = torch.cat([
-            self.forward(prompt_ids[i : i + batch_size], response_ids[i : i + batch_size])
-            for i in range(0, len(prompt_ids), batch_size)
-        ])
+        out = torch.cat([self.forward(prompt_ids[part], response_ids[part])
+                         for part in chunks(len(prompt_ids), batch_size)])
         self.model.train(was_training)
         return out

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from rlxf.policies.logprobs import chunks
 from rlxf.rewards.model import RewardModel
 
 
@@ -49,8 +50,7 @@ class ProcessRewardModel(RewardModel):
         was_training = self.model.training
         self.model.eval()
         out = []
-        for i in range(0, len(prompt_ids), batch_size):
-            sl = slice(i, i + batch_size)
+        for sl in chunks(len(prompt_ids), batch_size):
             s, m = self.step_forward(prompt_ids[sl], response_ids[sl], step_ends[sl])
             out += [row[: int(n)].tolist() for row, n in zip(s.cpu(), m.sum(-1).cpu())]
         self.model.train(was_training)

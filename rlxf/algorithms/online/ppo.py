@@ -17,11 +17,13 @@ from torch import Tensor
 
 from rlxf.algorithms.online.controller import Method
 from rlxf.objectives.policy_gradient import gae, ppo_clip_loss, value_loss, whiten
+from rlxf.policies.logprobs import token_batch
 
 
 class Critic(torch.nn.Module):
     """Per-token values ``V(s_t)`` from a sequence-classification model's scalar head applied to
-    every position: the value of the state before response token t, ``[B, T]``."""
+    every position: the value of the state before response token t, ``[B, T]`` (rows in the
+    policy's flush layout, :func:`rlxf.policies.logprobs.token_batch`)."""
 
     def __init__(self, model, pad_token_id: int):
         super().__init__()
@@ -36,20 +38,10 @@ class Critic(torch.nn.Module):
         return cls(model, rm.tokenizer.pad_token_id)
 
     def forward(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> Tensor:
-        P = max(len(p) for p in prompt_ids)
-        T = max(1, max(len(r) for r in response_ids))
-        ids = torch.full((len(prompt_ids), P + T), self.pad, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
-            row = p + r
-            ids[i, P - len(p): P - len(p) + len(row)] = torch.tensor(row)
-            attn[i, P - len(p): P - len(p) + len(row)] = 1
-        device = next(self.model.parameters()).device
-        ids, attn = ids.to(device), attn.to(device)
-        positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        b = token_batch(prompt_ids, response_ids, self.pad, "flush").to(next(self.model.parameters()).device)
         trunk = getattr(self.model, self.model.base_model_prefix)
-        hidden = trunk(input_ids=ids, attention_mask=attn, position_ids=positions).last_hidden_state
-        return self.model.score(hidden)[:, P - 1: P - 1 + T, 0].float()
+        hidden = trunk(input_ids=b.ids, attention_mask=b.attn, position_ids=b.positions).last_hidden_state
+        return b.pick(self.model.score(hidden))[..., 0].float()
 
 
 def explained_variance(pred: Tensor, target: Tensor, mask: Tensor) -> float:
