@@ -233,12 +233,18 @@ def test_online_lab_config_errors_name_the_field(tmp_path):
         lab('online.runs=["x:ppo:gold"]')
     with pytest.raises(PipelineError, match="online.executor"):
         lab('online.executor="dask"')
-    with pytest.raises(PipelineError, match=r"online.method_args.c: constrained has no parameter treshold"):
-        lab('online.runs=["c:constrained:rm"]', 'online.method_args={c = {treshold = 1.0}}')
-    with pytest.raises(PipelineError, match=r"online.kl_estimators.p must be one of"):
-        lab('online.runs=["p:ppo:rm"]', 'online.kl_estimators={p = "k4"}')
-    with pytest.raises(PipelineError, match=r"online.method_args: no run named q"):
-        lab('online.runs=["p:ppo:rm"]', 'online.method_args={q = {}}')
+    with pytest.raises(PipelineError, match=r"online.runs\[c\].method_args: constrained has no parameter treshold"):
+        lab('online.runs=["c:constrained:rm"]', 'online.overrides={c = {method_args = {treshold = 1.0}}}')
+    with pytest.raises(PipelineError, match=r"online.runs\[p\].kl.estimator must be one of"):
+        lab('online.runs=["p:ppo:rm"]', 'online.overrides={p = {kl = {estimator = "k4"}}}')
+    with pytest.raises(PipelineError, match=r"online.overrides.p: unknown key 'optim.lrr'"):
+        lab('online.runs=["p:ppo:rm"]', 'online.overrides={p = {optim = {lrr = 1e-4}}}')
+    with pytest.raises(PipelineError, match=r"online.overrides: no run named q"):
+        lab('online.runs=["p:ppo:rm"]', 'online.overrides={q = {}}')
+    with pytest.raises(PipelineError, match=r"online.max_new_tokens: online stages sample with \[generation\]"):
+        lab('online.max_new_tokens=8')
+    with pytest.raises(PipelineError, match=r"online.method: each run names its method"):
+        lab('online.method="grpo"')
     assert not (tmp_path / "lab").exists()  # nothing written on bad input
 
 
@@ -303,8 +309,8 @@ def test_online_lab_end_to_end_at_a_tiny_budget(tmp_path):
 
     cfg = load_config(OnlineLab.Config, None, [
         f'run.dir="{tmp_path / "lab"}"', "sft.optim.steps=30", "sft.corpus_size=2000", "comparisons.n_pairs=200",
-        "reward_model.optim.steps=10", "reward_model.held_out_pairs=50", "eval.n_prompts=40", "online.steps=2",
-        "online.prompts_per_step=4", 'online.runs=["ppo:ppo:rm","ppo_i:ppo:rm_intransitive","spo:spo:preferences"]'])
+        "reward_model.optim.steps=10", "reward_model.held_out_pairs=50", "eval.n_prompts=40", "online.optim.steps=2",
+        "online.optim.batch_size=4", 'online.runs=["ppo:ppo:rm","ppo_i:ppo:rm_intransitive","spo:spo:preferences"]'])
     lab = OnlineLab(cfg, quiet=True, log=lambda _m: None)
     summary = lab.execute()
     assert set(summary) == {"sft", "ppo", "ppo_i", "spo"}

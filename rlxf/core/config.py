@@ -100,6 +100,12 @@ def _build(cls: type[T], table: dict, source: str, base: T | None = None, prefix
     return dataclasses.replace(current, **changes)
 
 
+def apply_table(base: T, table: dict, source: str) -> T:
+    """``base`` (a config dataclass) with ``table``'s keys applied, nested tables merged into their
+    sections; an unknown key or a wrong type is a :class:`ConfigError` naming ``source`` and the key."""
+    return _build(type(base), table, source, base)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b=3`` -> (["a", "b"], 3). Values are read as TOML, falling back to a bare string."""
     if "=" not in text:

@@ -1,11 +1,12 @@
-"""The config of a pipeline run: one dataclass per TOML section."""
+"""The config of a pipeline run: one dataclass per TOML section (online stages extend OnlineConfig)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from rlxf.algorithms.loop import OptimConfig
+from rlxf.algorithms.online.controller import OnlineConfig
 from rlxf.tasks.hidden_pref import HiddenPrefConfig
 
 
@@ -70,12 +71,30 @@ class DPOSection:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=150, batch_size=64, lr=1e-3, warmup_steps=15))
 
 
+SAMPLING = ("max_new_tokens", "temperature", "top_p")  # OnlineConfig fields a lab takes from [generation]
+
+
 @dataclass
-class RLOOSection:
+class RLOOSection(OnlineConfig):
+    """The RLOO stage: an :class:`OnlineConfig` for ``train_online`` (method ``rloo``, KL folded into
+    the reward as k1 with coefficient ``kl.coef``). Sampling follows ``[generation]``."""
+
     enabled: bool = True
-    samples_per_prompt: int = 4
-    kl_coef: float = 0.05
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=150, batch_size=32, lr=5e-4, warmup_steps=10))
+
+
+def sampling_set_twice(section: OnlineConfig) -> list[str]:
+    """The sampling fields a lab section moved off their defaults: labs sample with [generation],
+    so a value here would be ignored."""
+    default = OnlineConfig()
+    return [k for k in SAMPLING if getattr(section, k) != getattr(default, k)]
+
+
+def online_config(section: OnlineConfig, generation: GenerationSection, **changes) -> OnlineConfig:
+    """A plain :class:`OnlineConfig` from a lab section that extends it: the shared fields,
+    sampling from ``[generation]``, then ``changes``."""
+    shared = {f.name: getattr(section, f.name) for f in fields(OnlineConfig)}
+    return OnlineConfig(**{**shared, **{k: getattr(generation, k) for k in SAMPLING}, **changes})
 
 
 @dataclass

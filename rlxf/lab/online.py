@@ -19,24 +19,16 @@ import numpy as np
 import torch
 
 from rlxf.algorithms.evaluate import mean_se, paired_gain, sampled_kl
-from rlxf.algorithms.loop import OptimConfig
-from rlxf.algorithms.online.controller import (
-    METHODS,
-    KLSettings,
-    OnlineConfig,
-    build_method,
-    train_online,
-    unknown_method_args,
-)
+from rlxf.algorithms.online.controller import METHODS, OnlineConfig, build_method, train_online
 from rlxf.algorithms.online.ppo import Critic
 from rlxf.algorithms.reward_training import train_reward_model
+from rlxf.core.config import ConfigError, apply_table
 from rlxf.core.runs import atomic_write_text
 from rlxf.data.io import read_records
 from rlxf.executors import EXECUTORS, make_executor
-from rlxf.lab.config import PipelineConfig
+from rlxf.lab.config import PipelineConfig, online_config
 from rlxf.lab.pipeline import Pipeline, PipelineError
 from rlxf.labelers.simulated import IntransitiveLabeler
-from rlxf.objectives.policy_gradient import KL_ESTIMATORS
 from rlxf.rewards.model import RewardModel
 from rlxf.rewards.scoring import Samples, Scorer, ensemble_reward, model_reward, text_reward
 
@@ -60,23 +52,22 @@ def parse_run(text: str) -> LabRun:
 
 
 @dataclass
-class OnlineLabSection:
-    steps: int = 60
-    prompts_per_step: int = 16
-    samples_per_prompt: int = 4
+class OnlineLabSection(OnlineConfig):
+    """Every run's :class:`OnlineConfig` starts from these fields (``optim.steps``; ``optim.batch_size``,
+    the prompts per rollout; ``optim.lr``; ``samples_per_prompt``; ``kl.coef``, ...), with sampling from
+    ``[generation]``; the run's method comes from ``runs`` and its own changes from ``overrides``
+    (run name -> a table of OnlineConfig keys). ``updates_per_rollout`` applies to PPO runs; the
+    other methods take one update per rollout unless their override sets it."""
+
     updates_per_rollout: int = 2  # PPO-style reuse of each rollout
     ensemble_size: int = 3
     uwo_lambda: float = 0.5
     labeler_weights: list[float] = field(default_factory=lambda: [0.6, 0.4])  # gold, brevity (intransitive mix)
-    lr: float = 5e-4
-    kl_coef: float = 0.05
-    lr_overrides: dict[str, float] = field(default_factory=dict)  # learning rate per run name
-    method_args: dict[str, dict] = field(default_factory=dict)  # method arguments per run name
-    kl_estimators: dict[str, str] = field(default_factory=dict)  # KL estimator / penalty per run name (else k1)
     executor: str = "local"
     runs: list[str] = field(default_factory=lambda: ["ppo:ppo:rm", "ppo_wco:ppo:ensemble_wco",
                                                      "ppo_uwo:ppo:ensemble_uwo", "grpo:grpo:rm",
                                                      "online_dpo:online_dpo:rm", "spo:spo:preferences"])
+    overrides: dict[str, dict] = field(default_factory=dict)  # e.g. {online_dpo = {optim = {lr = 1e-4}}}
 
     def parsed_runs(self) -> list[LabRun]:
         return [parse_run(r) for r in self.runs]
@@ -111,23 +102,19 @@ class OnlineLab(Pipeline):
         names = [r.name for r in runs]
         if len(set(names)) != len(names):
             raise PipelineError(f"online.runs: run names must be unique, got {names}")
-        for key in ("lr_overrides", "method_args", "kl_estimators"):
-            unknown = sorted(set(getattr(o, key)) - set(names))
-            if unknown:
-                raise PipelineError(f"online.{key}: no run named {', '.join(unknown)} (runs: {', '.join(names)})")
+        unknown = sorted(set(o.overrides) - set(names))
+        if unknown:
+            raise PipelineError(f"online.overrides: no run named {', '.join(unknown)} (runs: {', '.join(names)})")
+        if o.method != OnlineConfig.method:
+            raise PipelineError("online.method: each run names its method in online.runs ('name:method:reward')")
         for r in runs:
             if r.method not in METHODS:
                 raise PipelineError(f"online.runs[{r.name}].method: unknown method {r.method!r}; "
                                     f"known: {', '.join(sorted(METHODS))}")
-            bad = unknown_method_args(r.method, o.method_args.get(r.name, {}))
-            if bad:
-                raise PipelineError(f"online.method_args.{r.name}: {r.method} has no parameter {', '.join(bad)}")
-            est = o.kl_estimators.get(r.name, "k1")
-            if est not in KL_ESTIMATORS:
-                raise PipelineError(f"online.kl_estimators.{r.name} must be one of {', '.join(KL_ESTIMATORS)}, got {est!r}")
             if r.reward not in REWARDS:
                 raise PipelineError(f"online.runs[{r.name}].reward must be one of {', '.join(REWARDS)}, "
                                     f"got {r.reward!r}")
+        self.validate_online("online", o, {f"online.runs[{r.name}]": self.run_config(r) for r in runs})
         if o.executor not in EXECUTORS:
             raise PipelineError(f"online.executor must be one of {', '.join(EXECUTORS)}, got {o.executor!r}")
         if any(r.reward.startswith("ensemble") for r in runs) and o.ensemble_size < 2:
@@ -206,8 +193,19 @@ class OnlineLab(Pipeline):
         return text_reward(policy.decode, lambda p, r, f: self.task.gold(p, r, f))
 
     # -- online runs -----------------------------------------------------------------------
+    def run_config(self, r: LabRun) -> OnlineConfig:
+        """Run ``r``'s config: the [online] section's OnlineConfig fields, sampling from [generation],
+        its method, then its table in ``online.overrides``."""
+        o = self.cfg.online
+        cfg = online_config(o, self.cfg.generation, method=r.method,
+                            updates_per_rollout=o.updates_per_rollout if r.method == "ppo" else 1)
+        try:
+            return apply_table(cfg, o.overrides.get(r.name, {}), f"online.overrides.{r.name}")
+        except ConfigError as e:
+            raise PipelineError(str(e)) from None
+
     def stage_online(self, r: LabRun) -> dict:
-        o, g = self.cfg.online, self.cfg.generation
+        o = self.cfg.online
         policy = self.policy("sft")
         rm = self.reward_model()
         rewards = {"rm": (model_reward(rm), 1.0)}
@@ -221,14 +219,7 @@ class OnlineLab(Pipeline):
         elif r.reward == "preferences":
             rewards = {}
         objects = {"critic": Critic.from_reward_model(critic_from), "preference": self._preference(policy)}
-        cfg = OnlineConfig(method=r.method, method_args=dict(o.method_args.get(r.name, {})),
-                           samples_per_prompt=o.samples_per_prompt,
-                           max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-                           updates_per_rollout=o.updates_per_rollout if r.method == "ppo" else 1,
-                           kl=KLSettings(coef=o.kl_coef, estimator=o.kl_estimators.get(r.name, "k1")),
-                           optim=OptimConfig(steps=o.steps, batch_size=o.prompts_per_step,
-                                             lr=o.lr_overrides.get(r.name, o.lr),
-                                             checkpoint_every=20))
+        cfg = self.run_config(r)
         monitors = {"gold": self._gold_fn(policy)}
         if r.reward != "rm":
             monitors["rm"] = model_reward(rm)

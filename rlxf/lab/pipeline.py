@@ -23,8 +23,8 @@ import torch
 from rlxf.algorithms.batching import step_rng
 from rlxf.algorithms.evaluate import best_of_n_index, best_of_n_kl, mean_se, paired_gain, sampled_kl
 from rlxf.algorithms.offline_preference import train_pairs
+from rlxf.algorithms.online.controller import OnlineConfig, OnlineError, check_config, train_online
 from rlxf.algorithms.reward_training import train_reward_model
-from rlxf.algorithms.rloo import RolloutSettings, train_rloo
 from rlxf.algorithms.sft import train_sft
 from rlxf.core.config import to_toml
 from rlxf.core.runs import Run, atomic_write_text
@@ -32,11 +32,12 @@ from rlxf.data.io import read_records, write_records
 from rlxf.data.label_store import StoreError, read_project_records
 from rlxf.data.records import Comparison
 from rlxf.labelers.simulated import BradleyTerryLabeler, bayes_optimal_accuracy, bradley_terry_prob
-from rlxf.lab.config import PipelineConfig
+from rlxf.lab.config import PipelineConfig, online_config, sampling_set_twice
 from rlxf.objectives.preference import PAIR_LOSSES
 from rlxf.policies.language import LanguagePolicy
 from rlxf.policies.tiny import tiny_causal_lm, tiny_tokenizer
 from rlxf.rewards.model import RewardModel
+from rlxf.rewards.scoring import Scorer, model_reward, text_reward
 from rlxf.tasks.hidden_pref import HiddenPreferenceTask
 
 
@@ -90,9 +91,24 @@ class Pipeline:
         loss_kwargs(PAIR_LOSSES[c.dpo.loss], c.dpo.beta, c.dpo.loss_args)
         if c.reward_model.lm_term and c.reward_model.pooling != "sum":
             raise PipelineError('reward_model.lm_term needs reward_model.pooling = "sum" (the LM term is a sum over tokens)')
-        if c.rloo.samples_per_prompt < 2:
-            raise PipelineError("rloo.samples_per_prompt must be at least 2 (the leave-one-out baseline needs it)")
+        if c.rloo.enabled:
+            if c.rloo.method != "rloo":
+                raise PipelineError(f"rloo.method: the rloo stage trains with method 'rloo', got {c.rloo.method!r}")
+            self.validate_online("rloo", c.rloo, {"rloo": online_config(c.rloo, c.generation)})
         self.validate_inputs()
+
+    def validate_online(self, name: str, section: OnlineConfig, configs: dict[str, OnlineConfig]) -> None:
+        """An online section and the configs built from it (by where they come from), checked as
+        the controller will check them, before any stage runs."""
+        twice = sampling_set_twice(section)
+        if twice:
+            raise PipelineError(f"{name}.{twice[0]}: online stages sample with [generation]; "
+                                f"set generation.{twice[0]} instead")
+        for where, cfg in configs.items():
+            try:
+                check_config(cfg)
+            except OnlineError as e:
+                raise PipelineError(f"{where}.{e}") from None
 
     def validate_model(self) -> None:
         """The starting model: built in-process (``tiny``) or an existing HF directory."""
@@ -310,21 +326,13 @@ class Pipeline:
         return {"final_loss": self.run.metrics("dpo")[-1]["loss"]}
 
     def stage_rloo(self) -> dict:
-        c, g = self.cfg.rloo, self.cfg.generation
         policy = self.policy("sft")
-        ref = policy.reference()
-        rm = self.reward_model()
-        prompts_text = self.task.prompts("train")
-        prompt_ids = policy.encode(prompts_text)
-        text_of = {tuple(p): t for p, t in zip(prompt_ids, prompts_text)}
-
-        def monitor(p_ids, r_ids, finished):  # evaluation only: the learner never sees gold
-            gold = self._gold([text_of[tuple(p)] for p in p_ids], self._texts(policy, r_ids), finished)
-            return {"gold_reward": float(gold.mean())}
-
-        settings = RolloutSettings(c.samples_per_prompt, g.max_new_tokens, g.temperature, g.top_p, c.kl_coef)
-        train_rloo(self.run, "rloo", policy, ref, prompt_ids, rm.score, c.optim, settings, self.seed,
-                   self.quiet, monitor=monitor)
+        prompts = self.task.prompts("train")
+        cfg = online_config(self.cfg.rloo, self.cfg.generation)
+        gold = text_reward(policy.decode, self.task.gold)  # a monitor: logged, never seen by the learner
+        scorer = Scorer({"rm": (model_reward(self.reward_model()), 1.0)}, monitors={"gold": gold})
+        train_online(self.run, "rloo", policy, policy.reference(), policy.encode(prompts), scorer, cfg, self.seed,
+                     quiet=self.quiet)
         policy.save_pretrained(self._model_dir("rloo"))
         return {"final_proxy_reward": self.run.metrics("rloo")[-1]["proxy_reward"]}
 
