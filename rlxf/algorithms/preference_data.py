@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from rlxf.data.io import Source, read_records
 from rlxf.data.records import Comparison, Unpaired
 from rlxf.policies.language import LanguagePolicy
+from rlxf.policies.logprobs import Pair
 
-Pair = tuple[list[int], list[int], list[int]]
 Example = tuple[list[int], list[int], bool]  # prompt_ids, completion_ids, desirable
 
 
@@ -75,11 +75,17 @@ def _check_lengths(dropped: _Dropped, i: int, prompt: list[int], responses: Sequ
 def comparison_pairs(records: Sequence[Comparison], policy: LanguagePolicy, max_length: int | None = None,
                      source: str = "comparisons") -> list[Pair]:
     """Token pairs ``(prompt, chosen + EOS, rejected + EOS)`` of the usable comparisons."""
+    return checked_comparisons(records, policy, max_length, source)[1]
+
+
+def checked_comparisons(records: Sequence[Comparison], policy: LanguagePolicy, max_length: int | None = None,
+                        source: str = "comparisons") -> tuple[list[int], list[Pair]]:
+    """:func:`comparison_pairs`, and the index of the record each pair came from."""
     eos = policy.tokenizer.eos_token_id
     prompts = policy.encode([r.prompt for r in records])
     chosen = policy.encode_responses([r.chosen for r in records])
     rejected = policy.encode_responses([r.rejected for r in records])
-    dropped, pairs = _Dropped(source), []
+    dropped, kept, pairs = _Dropped(source), [], []
     for i, (p, c, r) in enumerate(zip(prompts, chosen, rejected)):
         if not _check_lengths(dropped, i, p, (c, r), eos, max_length):
             continue
@@ -87,9 +93,10 @@ def comparison_pairs(records: Sequence[Comparison], policy: LanguagePolicy, max_
         if c == r:
             dropped.add("chosen equals rejected" + (" after truncation" if chosen[i] != rejected[i] else ""), i)
             continue
+        kept.append(i)
         pairs.append((p, c, r))
     dropped.report(len(records))
-    return pairs
+    return kept, pairs
 
 
 def unpaired_examples(records: Sequence[Unpaired], policy: LanguagePolicy, max_length: int | None = None,
@@ -116,9 +123,9 @@ def check_both_classes(examples: Sequence[Example], source: str = "unpaired feed
             f"(label=true) and undesirable (label=false) examples, so add some with label={missing}")
 
 
-def comparisons_as_unpaired(records: Sequence[Comparison]) -> list[Unpaired]:
-    """Each comparison as two unpaired records: chosen desirable, rejected undesirable (KTO's paired-data setup)."""
-    return [u for r in records for u in (Unpaired(r.prompt, r.chosen, True), Unpaired(r.prompt, r.rejected, False))]
+def pairs_as_unpaired(pairs: Sequence[Pair]) -> list[Example]:
+    """Each token pair as two KTO examples: chosen desirable, rejected undesirable (KTO's paired-data setup)."""
+    return [e for p, c, r in pairs for e in ((p, c, True), (p, r, False))]
 
 
 def load_pairs(path: Source, policy: LanguagePolicy, max_length: int | None = None) -> list[Pair]:

@@ -23,9 +23,8 @@ from rlxf.algorithms.evaluate import mean_se, paired_gain, sampled_kl
 from rlxf.algorithms.loop import OptimConfig
 from rlxf.algorithms.offline_preference import evaluate_pairs, train_pairs
 from rlxf.algorithms.offline_unpaired import train_unpaired
-from rlxf.algorithms.preference_data import comparison_pairs, comparisons_as_unpaired, unpaired_examples
+from rlxf.algorithms.preference_data import pairs_as_unpaired
 from rlxf.core.runs import atomic_write_text
-from rlxf.data.io import read_records
 from rlxf.lab.config import PipelineConfig, RunSection
 from rlxf.lab.pipeline import Pipeline, PipelineError, loss_kwargs
 from rlxf.objectives.preference import ALL_PAIR_LOSSES
@@ -130,11 +129,10 @@ class DirectLab(Pipeline):
         return {"source": path}
 
     def _split(self, policy: LanguagePolicy):
-        """Training and held-out comparisons (the last ``held_out_pairs``), after the data checks."""
-        records = read_records(self.run.stage_dir("comparisons") / "comparisons.jsonl")
-        n_eval = min(self.cfg.direct.held_out_pairs, len(records) // 5)
-        train, held = records[: len(records) - n_eval], records[len(records) - n_eval:]
-        return train, comparison_pairs(held, policy, self.cfg.model.max_positions, "held-out comparisons")
+        """Training and held-out pairs (the last ``held_out_pairs``, at most a fifth) of the run's comparisons."""
+        pairs = self._pairs(policy)
+        n_eval = min(self.cfg.direct.held_out_pairs, len(pairs) // 5)
+        return pairs[: len(pairs) - n_eval], pairs[len(pairs) - n_eval:]
 
     def stage_objective(self, name: str) -> dict:
         d = self.cfg.direct
@@ -144,16 +142,14 @@ class DirectLab(Pipeline):
         args = self.objective_args(name)
         if name == "kto":
             # a comparison is two KTO examples; twice the batch keeps the sequences per step equal
-            examples = unpaired_examples(comparisons_as_unpaired(train), policy, self.cfg.model.max_positions, stage)
             optim = replace(d.optim, batch_size=2 * d.optim.batch_size)
-            train_unpaired(self.run, stage, policy, ref, examples, optim, self.seed, quiet=self.quiet,
+            train_unpaired(self.run, stage, policy, ref, pairs_as_unpaired(train), optim, self.seed, quiet=self.quiet,
                            precompute_ref=d.precompute_ref, **args)
             metrics = evaluate_pairs(policy, ref, held, args.get("beta", 0.1)) if held else {}
         else:
             loss = ALL_PAIR_LOSSES[name]
             kwargs = loss_kwargs(loss, 0.1, args)  # beta = 0.1 unless args set it
-            pairs = comparison_pairs(train, policy, self.cfg.model.max_positions, stage)
-            metrics = train_pairs(self.run, stage, policy, ref, pairs, loss, kwargs, d.optim, self.seed, self.quiet,
+            metrics = train_pairs(self.run, stage, policy, ref, train, loss, kwargs, d.optim, self.seed, self.quiet,
                                   precompute_ref=d.precompute_ref, eval_pairs=held or None)
         policy.save_pretrained(self._model_dir(stage))
         last = self.run.metrics(stage)[-1]

@@ -24,7 +24,6 @@ from rlxf.algorithms.online.ppo import Critic
 from rlxf.algorithms.reward_training import train_reward_model
 from rlxf.core.config import ConfigError, apply_table
 from rlxf.core.runs import atomic_write_text
-from rlxf.data.io import read_records
 from rlxf.executors import EXECUTORS, make_executor
 from rlxf.lab.config import PipelineConfig, online_config
 from rlxf.lab.pipeline import Pipeline, PipelineError
@@ -146,13 +145,12 @@ class OnlineLab(Pipeline):
     def stage_reward_model_intransitive(self) -> dict:
         """A reward model fit to the intransitive labeler's answers on the same pairs: what RM-based
         PPO learns from the labels SPO plays on."""
-        sft = self.policy("sft")
-        records = read_records(self.run.stage_dir("comparisons") / "comparisons.jsonl")
+        records, pairs = self.comparisons(self.policy("sft"))  # aligned: the usable comparisons only
         crit = lambda side: self._text_criteria([(r.prompt, getattr(r, side)) for r in records])  # noqa: E731
         labeler = IntransitiveLabeler(self.cfg.online.labeler_weights, beta=self.cfg.comparisons.labeler_beta,
                                       seed=self.seed + 17)
         first = labeler.prefers_first(crit("chosen"), crit("rejected"))
-        pairs = [(p, c, r) if keep else (p, r, c) for (p, c, r), keep in zip(self._pairs(sft), first)]
+        pairs = [(p, c, r) if keep else (p, r, c) for (p, c, r), keep in zip(pairs, first)]
         rm = RewardModel.from_pretrained(self._model_dir("sft"))
         train_reward_model(self.run, "reward_model_intransitive", rm, pairs, self.cfg.reward_model.optim,
                            self.seed, self.quiet)

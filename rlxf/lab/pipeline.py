@@ -23,6 +23,7 @@ import torch
 from rlxf.algorithms.batching import step_rng
 from rlxf.algorithms.evaluate import best_of_n_index, best_of_n_kl, mean_se, paired_gain, sampled_kl
 from rlxf.algorithms.offline_preference import train_pairs
+from rlxf.algorithms.preference_data import checked_comparisons
 from rlxf.algorithms.online.controller import OnlineConfig, OnlineError, check_config, train_online
 from rlxf.algorithms.reward_training import train_reward_model
 from rlxf.algorithms.sft import train_sft
@@ -35,6 +36,7 @@ from rlxf.labelers.simulated import BradleyTerryLabeler, bayes_optimal_accuracy,
 from rlxf.lab.config import PipelineConfig, online_config, sampling_set_twice
 from rlxf.objectives.preference import PAIR_LOSSES
 from rlxf.policies.language import LanguagePolicy
+from rlxf.policies.logprobs import Pair
 from rlxf.policies.tiny import tiny_causal_lm, tiny_tokenizer
 from rlxf.rewards.model import RewardModel
 from rlxf.rewards.scoring import Scorer, model_reward, text_reward
@@ -282,12 +284,22 @@ class Pipeline:
         return {"n_pairs": len(records), "labeler_agreement_with_gold": float(np.mean(agree)),
                 "bayes_optimal_accuracy": bayes_optimal_accuracy(gold[0::2], gold[1::2], c.labeler_beta)}
 
-    def _pairs(self, policy: LanguagePolicy) -> list[tuple[list[int], list[int], list[int]]]:
-        records = read_records(self.run.stage_dir("comparisons") / "comparisons.jsonl")
-        prompts = policy.encode([r.prompt for r in records])
-        chosen = policy.encode_responses([r.chosen for r in records])
-        rejected = policy.encode_responses([r.rejected for r in records])
-        return list(zip(prompts, chosen, rejected))
+    def comparisons(self, policy: LanguagePolicy) -> tuple[list[Comparison], list[Pair]]:
+        """The run's usable comparisons and their token pairs, aligned. Rows without a learning
+        signal are dropped with one warning (:func:`checked_comparisons`). Tokenized once per run:
+        every stage reads them with the SFT tokenizer, so the result is kept for the next stage."""
+        path = self.run.stage_dir("comparisons") / "comparisons.jsonl"
+        cfg, stat = policy.model.config, path.stat()
+        max_length = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        key = (stat.st_mtime_ns, stat.st_size, policy.tokenizer.name_or_path, len(policy.tokenizer), max_length)
+        if getattr(self, "_comparisons", (None,))[0] != key:
+            records = read_records(path)
+            kept, pairs = checked_comparisons(records, policy, max_length, str(path))
+            self._comparisons = (key, [records[i] for i in kept], pairs)
+        return self._comparisons[1], self._comparisons[2]
+
+    def _pairs(self, policy: LanguagePolicy) -> list[Pair]:
+        return self.comparisons(policy)[1]
 
     def stage_reward_model(self) -> dict:
         c = self.cfg
