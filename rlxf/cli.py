@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from importlib import resources
 from pathlib import Path
@@ -18,13 +17,16 @@ def _parser() -> argparse.ArgumentParser:
                         help="override a config value (repeatable), e.g. --set dpo.beta=0.2")
         sp.add_argument("--fresh", action="store_true", help="delete the run directory first instead of resuming")
         sp.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
+        sp.add_argument("--report-to", dest="report_to", action="append", default=[], metavar="TRACKER",
+                        choices=["tensorboard", "wandb", "trackio", "none"],
+                        help="also log metrics to tensorboard, wandb or trackio (repeatable; sets run.report_to)")
 
     run = sub.add_parser("run", help="run (or resume) the pipeline of a TOML config")
     run.add_argument("config", help="path to a TOML config")
     common(run)
     quick = sub.add_parser("quickstart", help="SFT -> comparisons -> reward model -> DPO/RLOO/best-of-N -> report")
     common(quick)
-    rep = sub.add_parser("report", help="rewrite report.html of a finished run and print its table")
+    rep = sub.add_parser("report", help="rewrite report.html of a finished run (of any lab) and print its table")
     rep.add_argument("run_dir")
     from rlxf.app.cli import add_label_commands
 
@@ -41,7 +43,8 @@ def _run(config_path: str | Path, args) -> int:
     from rlxf.lab.registry import lab_class, lab_of
 
     lab = lab_class(lab_of(config_path))
-    cfg = load_config(lab.Config, config_path, args.overrides)
+    report_to = [f"run.report_to={args.report_to!r}".replace("'", '"')] if args.report_to else []
+    cfg = load_config(lab.Config, config_path, [*args.overrides, *report_to])
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     runner = lab(cfg, fresh=args.fresh, quiet=args.quiet, log=log)
     summary = runner.execute()
@@ -52,14 +55,16 @@ def _run(config_path: str | Path, args) -> int:
 
 
 def _report(run_dir: str) -> int:
-    from rlxf.lab.pipeline import format_table
-    from rlxf.lab.report import write_report
+    from rlxf.core.runs import RunError
+    from rlxf.lab.registry import reopen
 
-    path = Path(run_dir)
-    if not (path / "stages" / "evaluate" / "done.json").is_file():
-        raise FileNotFoundError(f"{path} is not a finished run directory (no stages/evaluate/done.json)")
-    report = write_report(path)
-    print(format_table(json.loads((path / "summary.json").read_text())))
+    lab = reopen(run_dir)
+    unfinished = lab.unfinished()
+    if unfinished:
+        raise RunError(f"{run_dir} is not a finished run: stage(s) {', '.join(unfinished)} have not finished "
+                       "(run its config again with 'rlxf run' to finish them)")
+    report = lab.write_report()
+    print(lab.format_table(lab.summary()))
     print(f"report: {report}")
     return 0
 
@@ -72,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_label_command(args)
     from rlxf.core.config import ConfigError
     from rlxf.core.runs import RunError
+    from rlxf.core.trackers import TrackerError
     from rlxf.data.io import DataError
     from rlxf.lab.pipeline import PipelineError
 
@@ -81,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "quickstart":
             return _run(quickstart_config_path(), args)
         return _report(args.run_dir)
-    except (ConfigError, DataError, PipelineError, RunError, FileNotFoundError) as e:
+    except (ConfigError, DataError, PipelineError, RunError, TrackerError, FileNotFoundError) as e:
         print(f"rlxf: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -23,7 +23,7 @@ def test_control_lab_runs_and_resumes(tmp_path):
     assert "pbrl_uniform" in table and "TQ" in table
     again = []
     assert ControlLab(load_config(ControlLab.Config, "configs/lab_control.toml", small), log=again.append).execute() == summary
-    assert again == []  # every stage was already done
+    assert again == [f"[{s}] done already, skipping" for s in summary]  # every stage was already done
     run_dir = tmp_path / "lab"
     assert json.loads((run_dir / "summary.json").read_text()) == summary
     assert table in (run_dir / "report.html").read_text().replace("&gt;", ">")
@@ -39,3 +39,25 @@ def test_control_lab_runs_and_resumes(tmp_path):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     keys = [(r["stage"], r["step"]) for r in rows]
     assert len(keys) == len(set(keys)) and ("pbrl_uniform", 2048) in keys
+
+
+def test_report_command_rewrites_any_labs_report_and_refuses_an_unfinished_run(tmp_path, capsys):
+    """``rlxf report`` reads the lab from the run's config.toml: a control run's report comes back
+    with its own table and plot; a run with a stage not done is refused, naming the stage."""
+    from rlxf.cli import main
+
+    small = ["--set", f'run.dir="{tmp_path / "lab"}"', "--set", "ppo.total_steps=1024", "--set", "eval_every=1024",
+             "--set", 'pbrl.selections=["uniform"]', "--set", "pbrl.budget=10", "--set", "offline.enabled=false"]
+    assert main(["run", "configs/lab_control.toml", "--quiet", *small]) == 0
+    run_dir = tmp_path / "lab"
+    (run_dir / "report.html").unlink()
+    (run_dir / "control_curves.png").unlink()
+    capsys.readouterr()
+    assert main(["report", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "pbrl_uniform" in out and "eval return" in out
+    page = (run_dir / "report.html").read_text()
+    assert "control_curves.png" in page and "pbrl_uniform" in page and (run_dir / "control_curves.png").is_file()
+    (run_dir / "stages" / "pbrl_uniform" / "done.json").unlink()
+    assert main(["report", str(run_dir)]) == 2
+    assert "pbrl_uniform" in capsys.readouterr().err

@@ -14,7 +14,6 @@ and ``report.html`` with the curves.
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -28,6 +27,7 @@ from rlxf.algorithms.evaluate import best_of_n_kl
 from rlxf.algorithms.loop import OptimConfig
 from rlxf.algorithms.reward_training import train_reward_model
 from rlxf.core.runs import atomic_write_text, torch_save_atomic
+from rlxf.lab import report
 from rlxf.lab.config import ComparisonsSection, GenerationSection, ModelSection, RunSection, SFTSection
 from rlxf.lab.pipeline import Pipeline, PipelineError
 from rlxf.rewards.ensemble import aggregate, member_indices
@@ -108,6 +108,7 @@ class BestOfNLab(Pipeline):
     """Runs the over-optimisation lab in ``cfg.run.dir`` (resumable, stage by stage)."""
 
     Config = BestOfNLabConfig
+    title = "Best-of-N over-optimisation"
 
     def validate(self) -> None:
         c = self.cfg
@@ -131,6 +132,20 @@ class BestOfNLab(Pipeline):
     def format_table(summary: dict) -> str:
         return format_table(summary)
 
+    def report_sections(self, summary: dict) -> list[str]:
+        """The headline sentences, the curves, the gold table and each member's accuracy."""
+        ev = self.run.result("evaluate")
+        plot_curves(summary, self.run.dir / "best_of_n.png")
+        return [report.paragraph("Best-of-N from the SFT policy on held-out prompts, picking by a learned proxy "
+                                 "reward; gold is the task's hidden reward. x-axis: the analytic KL of best-of-N "
+                                 "from the SFT policy, log N - (N-1)/N."),
+                report.bullets(headline(ev["analysis"])), report.image("best_of_n.png", "gold and proxy against KL"),
+                report.heading("Gold reward of the pick"), report.pre(format_table(summary)),
+                report.heading("Held-out pairwise accuracy against gold of each ensemble member"),
+                report.table([[b, ", ".join(f"{a:.3f}" for a in accs)] for b, accs in ev["rm_accuracy"].items()],
+                             header=["budget", "members"]),
+                report.heading("Analysis"), report.pre(json.dumps(ev["analysis"], indent=1))]
+
     # -- stages -----------------------------------------------------------
     def stages(self) -> list[tuple[str, Callable[[], dict]]]:
         out = [("sft", self.stage_sft), ("comparisons", self.stage_comparisons), ("samples", self.stage_samples)]
@@ -138,11 +153,6 @@ class BestOfNLab(Pipeline):
             for k in range(self.cfg.ensemble.members):
                 out.append((f"rm_{budget}_{k}", lambda b=budget, k=k: self.stage_member(b, k)))
         return out + [("evaluate", self.stage_evaluate)]
-
-    def execute(self) -> dict:
-        self.run_stages()
-        write_report(self.run.dir)
-        return json.loads((self.run.dir / "summary.json").read_text())
 
     def _samples_path(self) -> Path:
         return self.run.stage_dir("samples") / "samples.pt"
@@ -247,10 +257,8 @@ def format_table(summary: dict) -> str:
 
 def plot_curves(summary: dict, path: Path) -> None:
     """Gold (top row) and proxy (bottom row) against best-of-N KL, one column per budget."""
-    from rlxf.lab.report import _save, plt
-
     budgets = list(next(iter(summary.values())))
-    fig, axes = plt.subplots(2, len(budgets), figsize=(4.6 * len(budgets), 7.0), squeeze=False)
+    fig, axes = report.plt.subplots(2, len(budgets), figsize=(4.6 * len(budgets), 7.0), squeeze=False)
     for j, budget in enumerate(budgets):
         for i, t in enumerate(summary):
             curve = summary[t][budget]
@@ -267,7 +275,7 @@ def plot_curves(summary: dict, path: Path) -> None:
     axes[1, 0].set_ylabel("proxy score of the pick")
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    report.save_figure(fig, path)
 
 
 def _pm(a: dict, key: str) -> str:
@@ -292,29 +300,3 @@ def headline(analysis: dict) -> list[str]:
                 others.append(text + ")")
         lines.append(s + ("; at N=" + str(a["n_max"]) + " " + ", ".join(others) if others else "") + ".")
     return lines
-
-
-def write_report(run_dir: str | Path) -> Path:
-    """(Re)write ``report.html`` and its plot from a finished lab run."""
-    run_dir = Path(run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    ev = json.loads((run_dir / "stages" / "evaluate" / "done.json").read_text())
-    plot_curves(summary, run_dir / "best_of_n.png")
-    acc = "".join(f"<tr><td>{b}</td><td>{', '.join(f'{a:.3f}' for a in accs)}</td></tr>"
-                  for b, accs in ev["rm_accuracy"].items())
-    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>best-of-N lab {html.escape(run_dir.name)}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}}
-pre{{background:#f5f5f5;padding:1em}} td{{padding:2px 8px}} img{{max-width:100%}}</style></head><body>
-<h1>Best-of-N over-optimisation: {html.escape(str(run_dir))}</h1>
-<p>Best-of-N from the SFT policy on held-out prompts, picking by a learned proxy reward; gold is the task's
-hidden reward. x-axis: the analytic KL of best-of-N from the SFT policy, log N - (N-1)/N.</p>
-<ul>{''.join(f'<li>{html.escape(s)}</li>' for s in headline(ev['analysis']))}</ul>
-<img src="best_of_n.png" alt="gold and proxy against KL">
-<h2>Gold reward of the pick</h2><pre>{html.escape(format_table(summary))}</pre>
-<h2>Held-out pairwise accuracy against gold of each ensemble member</h2><table>
-<tr><th>budget</th><th>members</th></tr>{acc}</table>
-<h2>Analysis</h2><pre>{html.escape(json.dumps(ev['analysis'], indent=1))}</pre>
-<h2>Config</h2><pre>{html.escape((run_dir / 'config.toml').read_text())}</pre></body></html>"""
-    path = run_dir / "report.html"
-    atomic_write_text(path, body)
-    return path

@@ -11,11 +11,9 @@ cloning against CPL from segment comparisons, compared on the env's return).
 
 from __future__ import annotations
 
-import html
 import json
 import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -25,10 +23,12 @@ from rlxf.algorithms.control.pbrl import SELECTIONS, PbRL, PbRLConfig
 from rlxf.algorithms.control.ppo import PPO, PPOConfig
 from rlxf.algorithms.control.rollout import evaluate
 from rlxf.algorithms.loop import OptimConfig
-from rlxf.core.config import ConfigError, to_toml
+from rlxf.core.config import ConfigError
 from rlxf.core.runs import Run, atomic_write_text, torch_save_atomic
 from rlxf.data.transitions import state_action_coverage, trajectory_quality
+from rlxf.lab import report
 from rlxf.lab.config import RunSection
+from rlxf.lab.stages import StagedLab
 
 
 @dataclass
@@ -63,27 +63,23 @@ class ControlLabConfig:
     offline: OfflineSection = field(default_factory=OfflineSection)
 
 
-class ControlLab:
+class ControlLab(StagedLab):
     Config = ControlLabConfig
+    title = "Control lab"
 
     def __init__(self, cfg: ControlLabConfig, fresh: bool = False, quiet: bool = False,
                  log: Callable[[str], None] = print):
-        bad = [s for s in cfg.pbrl.selections if s not in SELECTIONS]
+        cfg.ppo.seed = cfg.run.seed
+        super().__init__(cfg, fresh, quiet, log)
+
+    def validate(self) -> None:
+        bad = [s for s in self.cfg.pbrl.selections if s not in SELECTIONS]
         if bad:
             raise ConfigError(f"pbrl.selections: unknown rule(s) {bad}; expected some of {list(SELECTIONS)}")
-        self.cfg, self.quiet, self.log = cfg, quiet, log
-        cfg.ppo.seed = cfg.run.seed
-        self.run = Run(cfg.run.dir, to_toml(asdict(cfg)), fresh=fresh)
 
-    def _stage(self, name: str, fn: Callable[[], dict]) -> dict:
-        if self.run.is_done(name):
-            return self.run.result(name)
-        self.log(f"[control] {name} ...")
-        self.run.reset_stage(name)  # a stage killed midway starts over: drop the metrics it logged
-        result = fn()
-        self.run.mark_done(name, result)
-        self.log(f"[control] {name}: {result}")
-        return result
+    def stages(self) -> list[tuple[str, Callable[[], dict]]]:
+        out = [("ppo", self._ppo)] + [(f"pbrl_{rule}", lambda r=rule: self._pbrl(r)) for rule in self.cfg.pbrl.selections]
+        return out + ([("offline", self._offline)] if self.cfg.offline.enabled else [])
 
     def _ppo(self) -> dict:
         ppo = PPO(self.cfg.ppo)
@@ -122,25 +118,30 @@ class ControlLab:
             "cpl_return": float(evaluate(cpl, env, 20, deterministic=False).mean()),
         }
 
+    def summary(self) -> dict:
+        """Every stage's result, by stage name."""
+        return {name: self.run.result(name) for name, _ in self.stages()}
+
     def execute(self) -> dict:
-        summary = {"ppo": self._stage("ppo", self._ppo)}
-        for rule in self.cfg.pbrl.selections:
-            summary[f"pbrl_{rule}"] = self._stage(f"pbrl_{rule}", lambda r=rule: self._pbrl(r))
-        if self.cfg.offline.enabled:
-            summary["offline"] = self._stage("offline", self._offline)
+        summary = super().execute()
         atomic_write_text(self.run.dir / "summary.json", json.dumps(summary, indent=2))
-        self.write_report(summary)
         return summary
 
-    def write_report(self, summary: dict) -> Path:
-        """``report.html``: the table, and the greedy eval return of every online stage against env
-        steps and (preference-based stages) against queries asked, in ``control_curves.png``."""
-        import matplotlib.pyplot as plt
+    def report_sections(self, summary: dict) -> list[str]:
+        """The table, and the greedy eval return of every online stage against env steps and
+        (preference-based stages) against queries asked, in ``control_curves.png``."""
+        self._plot_curves(summary)
+        return [report.paragraph(
+            f"PPO on the env's reward, then PPO on a reward learned from a beta = {PbRLConfig.rationality:g} labeler's "
+            f"preferences under each query rule (at most {self.cfg.pbrl.budget} queries), each stopped once its greedy "
+            f"20-episode mean reaches {self.cfg.target:g}; then behaviour cloning against offline CPL on a "
+            "mixed-quality dataset recorded from the PPO policy (its trajectory quality TQ and state-action coverage "
+            "SACo beside them)."),
+            report.pre(self.format_table(summary)),
+            report.heading("Learning curves"), report.image("control_curves.png", "eval return against env steps and queries")]
 
-        from rlxf.lab.report import _save
-
-        d = self.run.dir
-        fig, (by_steps, by_queries) = plt.subplots(1, 2, figsize=(11, 4))
+    def _plot_curves(self, summary: dict) -> None:
+        fig, (by_steps, by_queries) = report.plt.subplots(1, 2, figsize=(11, 4))
         logged = self.run.metrics()  # read metrics.jsonl once, not once per stage
         for i, name in enumerate(summary):
             rows = [r for r in logged if r["stage"] == name]
@@ -159,21 +160,7 @@ class ControlLab:
             ax.legend(fontsize=8)
         by_steps.set_title(f"{self.cfg.ppo.env}: learning curves")
         by_queries.set_title("preference-based RL: return against queries")
-        _save(fig, d / "control_curves.png")
-        body = f"""<!doctype html><html><head><meta charset="utf-8"><title>rlxf control lab {html.escape(d.name)}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
-pre{{background:#f5f5f5;padding:1em}} img{{max-width:100%}}</style></head><body>
-<h1>Control lab: {html.escape(str(d))}</h1>
-<p>PPO on the env's reward, then PPO on a reward learned from a beta = {PbRLConfig.rationality:g} labeler's preferences under each
-query rule (at most {self.cfg.pbrl.budget} queries), each stopped once its greedy 20-episode mean reaches
-{self.cfg.target:g}; then behaviour cloning against offline CPL on a mixed-quality dataset recorded from the
-PPO policy (its trajectory quality TQ and state-action coverage SACo beside them).</p>
-<pre>{html.escape(self.format_table(summary))}</pre>
-<h2>Learning curves</h2><img src="control_curves.png" alt="eval return against env steps and queries">
-<h2>Config</h2><pre>{html.escape((d / 'config.toml').read_text())}</pre>
-</body></html>"""
-        atomic_write_text(d / "report.html", body)
-        return d / "report.html"
+        report.save_figure(fig, self.run.dir / "control_curves.png")
 
     @staticmethod
     def format_table(summary: dict) -> str:

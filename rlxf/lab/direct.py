@@ -11,7 +11,6 @@ error, and the paired gain over SFT) and the sampled KL from the SFT policy. Out
 
 from __future__ import annotations
 
-import html
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +24,7 @@ from rlxf.algorithms.offline_preference import evaluate_pairs, train_pairs
 from rlxf.algorithms.offline_unpaired import train_unpaired
 from rlxf.algorithms.preference_data import pairs_as_unpaired
 from rlxf.core.runs import atomic_write_text
+from rlxf.lab import report
 from rlxf.lab.config import PipelineConfig, RunSection
 from rlxf.lab.pipeline import Pipeline, PipelineError, loss_kwargs
 from rlxf.objectives.preference import ALL_PAIR_LOSSES
@@ -76,6 +76,7 @@ class DirectLab(Pipeline):
     """Runs the direct-objective comparison in ``cfg.run.dir`` (resumable, stage by stage)."""
 
     Config = DirectLabConfig
+    title = "Direct preference objectives"
 
     def validate(self) -> None:
         super().validate()
@@ -110,16 +111,26 @@ class DirectLab(Pipeline):
     def format_table(summary: dict) -> str:
         return format_table(summary)
 
+    def report_sections(self, summary: dict) -> list[str]:
+        """The table, gold against KL, and each objective's training reward accuracy."""
+        o = self.cfg.direct.optim
+        plot_gold_vs_kl(summary, self.run.dir / "gold_vs_kl.png")
+        plot_curves(self, self.run.dir / "reward_accuracy.png")
+        return [report.paragraph(
+            f"Every objective trained a copy of the same SFT policy on the same comparisons for {o.steps} steps of "
+            f"{o.batch_size} pairs (KTO: twice as many single responses). Gold reward is the task's hidden objective, "
+            "measured on held-out prompts (mean ± standard error; gains are paired differences against SFT on the "
+            "same prompts). KL is the sampled KL from the SFT policy. Held-out accuracy: share of held-out "
+            "comparisons whose implicit reward orders the pair as labelled."),
+            report.pre(format_table(summary)),
+            report.heading("Gold reward against KL from SFT"), report.image("gold_vs_kl.png", "gold vs KL"),
+            report.heading("Training reward accuracy"), report.image("reward_accuracy.png", "reward accuracy curves")]
+
     # -- stages -----------------------------------------------------------
     def stages(self) -> list[tuple[str, Callable[[], dict]]]:
         out = [("sft", self.stage_sft), ("comparisons", self.stage_comparisons)]
         out += [(f"direct_{name}", lambda n=name: self.stage_objective(n)) for name in self.cfg.direct.objectives]
         return out + [("evaluate", self.stage_evaluate)]
-
-    def execute(self) -> dict:
-        self.run_stages()
-        write_report(self)
-        return json.loads((self.run.dir / "summary.json").read_text())
 
     def stage_sft(self) -> dict:
         path = self.cfg.direct.sft_model
@@ -197,26 +208,22 @@ def format_table(summary: dict) -> str:
 
 def plot_curves(lab: DirectLab, path) -> None:
     """Training reward accuracy of every objective, smoothed, on one axis."""
-    from rlxf.lab.report import _save, _smooth, plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = report.plt.subplots(figsize=(7.5, 4.5))
     for i, name in enumerate(lab.cfg.direct.objectives):
         rows = [r for r in lab.run.metrics(f"direct_{name}") if "reward_accuracy" in r]
         if rows:
-            ax.plot([r["step"] for r in rows], _smooth([r["reward_accuracy"] for r in rows]), color=f"C{i % 10}",
+            ax.plot([r["step"] for r in rows], report.smooth([r["reward_accuracy"] for r in rows]), color=f"C{i % 10}",
                     linestyle="-" if i < 10 else "--", label=name)
     ax.set_xlabel("step")
     ax.set_ylabel("training reward accuracy (moving average of 10)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    _save(fig, path)
+    report.save_figure(fig, path)
 
 
 def plot_gold_vs_kl(summary: dict, path) -> None:
     """Gold reward (± s.e.) against sampled KL from SFT (± s.e.), each point named."""
-    from rlxf.lab.report import _save, plt
-
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = report.plt.subplots(figsize=(8, 5.5))
     for i, (name, r) in enumerate(summary.items()):
         ax.errorbar(r["kl"], r["gold_mean"], xerr=r["kl_se"], yerr=r["gold_se"], fmt="os^Dv<>p"[i % 8],
                     color=f"C{i % 10}", capsize=2, alpha=0.8)
@@ -226,26 +233,4 @@ def plot_gold_vs_kl(summary: dict, path) -> None:
     ax.set_ylabel("gold reward (held-out prompts)")
     ax.set_title("Direct objectives: gold reward against KL from SFT")
     ax.grid(alpha=0.3)
-    _save(fig, path)
-
-
-def write_report(lab: DirectLab) -> None:
-    d = lab.run.dir
-    summary = json.loads((d / "summary.json").read_text())
-    plot_gold_vs_kl(summary, d / "gold_vs_kl.png")
-    plot_curves(lab, d / "reward_accuracy.png")
-    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>rlxf direct lab {html.escape(d.name)}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
-pre{{background:#f5f5f5;padding:1em}} img{{max-width:100%}}</style></head><body>
-<h1>Direct preference objectives: {html.escape(str(d))}</h1>
-<p>Every objective trained a copy of the same SFT policy on the same comparisons for
-{lab.cfg.direct.optim.steps} steps of {lab.cfg.direct.optim.batch_size} pairs (KTO: twice as many single
-responses). Gold reward is the task's hidden objective, measured on held-out prompts (mean ± standard error;
-gains are paired differences against SFT on the same prompts). KL is the sampled KL from the SFT policy.
-Held-out accuracy: share of held-out comparisons whose implicit reward orders the pair as labelled.</p>
-<pre>{html.escape(format_table(summary))}</pre>
-<h2>Gold reward against KL from SFT</h2><img src="gold_vs_kl.png" alt="gold vs KL">
-<h2>Training reward accuracy</h2><img src="reward_accuracy.png" alt="reward accuracy curves">
-<h2>Config</h2><pre>{html.escape((d / 'config.toml').read_text())}</pre>
-</body></html>"""
-    atomic_write_text(d / "report.html", body)
+    report.save_figure(fig, path)

@@ -25,6 +25,7 @@ from rlxf.algorithms.reward_training import train_reward_model
 from rlxf.core.config import ConfigError, apply_table
 from rlxf.core.runs import atomic_write_text
 from rlxf.executors import EXECUTORS, make_executor
+from rlxf.lab import report
 from rlxf.lab.config import PipelineConfig, online_config
 from rlxf.lab.pipeline import Pipeline, PipelineError
 from rlxf.labelers.simulated import IntransitiveLabeler
@@ -268,11 +269,6 @@ class OnlineLab(Pipeline):
         atomic_write_text(self.run.dir / "summary.json", json.dumps(summary, indent=2))
         return {"summary": table, "online_summary": summary, "n_prompts": len(prompts)}
 
-    def execute(self) -> dict:
-        super().execute()
-        self._plot_curves()
-        return json.loads((self.run.dir / "summary.json").read_text())
-
     @staticmethod
     def format_table(summary: dict) -> str:
         head = (f"{'run':<16} {'gold':>8} {'proxy':>8} {'KL':>8} {'win vs SFT':>11} "
@@ -283,27 +279,24 @@ class OnlineLab(Pipeline):
                   f"{_num(r.get('ppo_gold_at_same_kl')):>20}" for n, r in summary.items()]
         return "\n".join(lines)
 
+    def report_sections(self, summary: dict) -> list[str]:
+        """The pipeline's sections, then gold and proxy against KL over training."""
+        self._plot_curves()
+        return [*super().report_sections(summary), report.heading("Online runs: reward against KL"),
+                report.image("online_curves.png", "online curves")]
+
     def _plot_curves(self) -> None:
-        """Gold and proxy reward against KL over training, one colour per run; linked from the report."""
-        import matplotlib.pyplot as plt
-
-        from rlxf.lab.report import _save, _smooth
-
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        """Gold and proxy reward against KL over training, one colour per run."""
+        fig, axes = report.plt.subplots(1, 2, figsize=(12, 4.5))
         for i, r in enumerate(self.cfg.online.parsed_runs()):
             rows = self.run.metrics(f"online_{r.name}")
-            kl = _smooth([m["kl"] for m in rows])
-            axes[0].plot(kl, _smooth([m["gold_reward"] for m in rows]), color=f"C{i}", label=r.name)
+            kl = report.smooth([m["kl"] for m in rows])
+            axes[0].plot(kl, report.smooth([m["gold_reward"] for m in rows]), color=f"C{i}", label=r.name)
             proxy = [m.get("rm_reward", m["proxy_reward"]) for m in rows]
-            axes[1].plot(kl, _smooth(proxy), color=f"C{i}", label=r.name)
+            axes[1].plot(kl, report.smooth(proxy), color=f"C{i}", label=r.name)
         for ax, title in zip(axes, ("gold reward", "proxy (single reward model)")):
             ax.set_xlabel("KL from SFT (nats, sampled, moving average)")
             ax.set_title(f"{title} against KL over training")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-        _save(fig, self.run.dir / "online_curves.png")
-        report = self.run.dir / "report.html"
-        html = report.read_text()
-        if "online_curves.png" not in html:
-            section = '<h2>Online runs: reward against KL</h2><img src="online_curves.png" alt="online curves">\n'
-            atomic_write_text(report, html.replace("<h2>Stages</h2>", section + "<h2>Stages</h2>", 1))
+        report.save_figure(fig, self.run.dir / "online_curves.png")

@@ -11,7 +11,6 @@ import hashlib
 import inspect
 import json
 import math
-import time
 from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
@@ -27,13 +26,14 @@ from rlxf.algorithms.preference_data import checked_comparisons
 from rlxf.algorithms.online.controller import OnlineConfig, OnlineError, check_config, train_online
 from rlxf.algorithms.reward_training import train_reward_model
 from rlxf.algorithms.sft import train_sft
-from rlxf.core.config import to_toml
-from rlxf.core.runs import Run, atomic_write_text
+from rlxf.core.runs import atomic_write_text
 from rlxf.data.io import read_records, write_records
 from rlxf.data.label_store import StoreError, read_project_records
 from rlxf.data.records import Comparison
 from rlxf.labelers.simulated import BradleyTerryLabeler, bayes_optimal_accuracy, bradley_terry_prob
+from rlxf.lab import report
 from rlxf.lab.config import PipelineConfig, online_config, sampling_set_twice
+from rlxf.lab.stages import StagedLab
 from rlxf.objectives.preference import PAIR_LOSSES
 from rlxf.policies.language import LanguagePolicy
 from rlxf.policies.logprobs import Pair
@@ -65,21 +65,34 @@ class PipelineError(ValueError):
     """A config or input that the pipeline cannot run with; raised before any stage starts."""
 
 
-class Pipeline:
+class Pipeline(StagedLab):
     """Runs the stages of ``cfg`` in the run directory ``cfg.run.dir``."""
 
     Config = PipelineConfig
-
-    def __init__(self, cfg: PipelineConfig, fresh: bool = False, quiet: bool = False,
-                 log: Callable[[str], None] = print):
-        self.cfg, self.quiet, self.log = cfg, quiet, log
-        self.validate()
-        self.run = Run(cfg.run.dir, to_toml(asdict(cfg)), fresh=fresh)
-        self.seed = cfg.run.seed
+    # (stage, metric) pairs worth a learning curve in the report, in display order
+    CURVES = [
+        ("sft", "loss"), ("reward_model", "loss"), ("reward_model", "accuracy"), ("dpo", "loss"),
+        ("dpo", "reward_accuracy"), ("rloo", "proxy_reward"), ("rloo", "gold_reward"), ("rloo", "kl"),
+    ]
 
     @staticmethod
     def format_table(summary: dict) -> str:
         return format_table(summary)
+
+    def report_sections(self, summary: dict) -> list[str]:
+        """The results table, gold against KL, and the learning curves of :attr:`CURVES`."""
+        ev = self.run.result("evaluate")
+        d = self.run.dir
+        plot_gold_vs_kl(ev["summary"], ev.get("best_of_n_curve", {}), d / "gold_vs_kl.png")
+        out = [report.heading("Results on held-out prompts"),
+               report.paragraph("Gold reward is the task's hidden objective (never seen by the learners); proxy is "
+                                "the learned reward model. Gains are paired differences against the SFT policy on "
+                                "the same prompts (mean ± standard error)."),
+               report.pre(format_table(ev["summary"])),
+               report.heading("Gold reward against KL"), report.image("gold_vs_kl.png", "gold vs KL")]
+        if report.plot_metric_panels(self.run, self.CURVES, d / "learning_curves.png"):
+            out += [report.heading("Learning curves"), report.image("learning_curves.png", "learning curves")]
+        return out
 
     # -- up-front checks --------------------------------------------------
     def validate(self) -> None:
@@ -190,51 +203,6 @@ class Pipeline:
             out.append(("rloo", self.stage_rloo))
         out.append(("evaluate", self.stage_evaluate))
         return out
-
-    def run_stages(self, until: str | None = None) -> None:
-        """Run every unfinished stage of :meth:`stages` in order, each seeded from its name;
-        with ``until``, stop after that stage."""
-        stages = self.stages()
-        names = [name for name, _ in stages]
-        if until is not None and until not in names:
-            raise ValueError(f"until: no stage {until!r} in this run (stages: {', '.join(names)})")
-        self._reset_stale_stages()
-        for name, fn in stages[: names.index(until) + 1 if until else None]:
-            if self.run.is_done(name):
-                self.log(f"[{name}] done already, skipping")
-                continue
-            t0 = time.time()
-            self.log(f"[{name}] running")
-            self._seed_stage(name)
-            result = fn()
-            result["seconds"] = round(time.time() - t0, 1)
-            self.run.mark_done(name, result)
-            self.log(f"[{name}] finished in {result['seconds']}s")
-
-    def _reset_stale_stages(self) -> None:
-        names = [name for name, _ in self.stages()]
-        for name, digest in self.source_digests().items():
-            if not self.run.is_done(name) or self.run.result(name).get("source_digest") == digest:
-                continue
-            later = names[names.index(name):]
-            self.log(f"[{name}] its input changed since it ran: running {', '.join(later)} again")
-            for stale in reversed(later):  # last first: a kill midway leaves a consistent prefix done
-                self.run.reset_stage(stale)
-
-    def execute(self) -> dict:
-        """Run the stages, then write the report; returns the summary."""
-        from rlxf.lab.report import write_report
-
-        self.run_stages()
-        write_report(self.run.dir)
-        return self.run.result("evaluate")["summary"]
-
-    def _seed_stage(self, name: str) -> None:
-        """Seed the global generators from (run seed, stage name), so a stage is reproducible
-        whether or not earlier stages ran in this process (new heads, dropout, ...)."""
-        salt = sum(ord(ch) * 31**i for i, ch in enumerate(name)) % 2**31
-        torch.manual_seed(int(step_rng(self.seed, 0, salt).integers(2**62)))
-        np.random.seed(salt)
 
     def stage_sft(self) -> dict:
         c = self.cfg
@@ -404,3 +372,27 @@ def format_table(summary: dict) -> str:
         lines.append(f"{name:<12} {r['gold_mean']:>8.3f} ± {r['gold_se']:.3f} {gain:>16} {r['proxy_mean']:>8.3f} "
                      f"{r['kl']:>7.3f}  {r['kl_kind']}")
     return "\n".join(lines)
+
+
+def plot_gold_vs_kl(summary: dict, bon_curve: dict, path: Path) -> None:
+    """Gold reward (± s.e.) of each trained policy against its KL from SFT, and the best-of-N
+    curve (gold and proxy) against its analytic KL."""
+    fig, ax = report.plt.subplots(figsize=(6.5, 4.5))
+    if bon_curve:
+        ns = sorted(bon_curve, key=int)
+        kls = [bon_curve[n]["kl"] for n in ns]
+        ax.plot(kls, [bon_curve[n]["gold"] for n in ns], "o-", color="C2", label="best-of-N gold")
+        ax.plot(kls, [bon_curve[n]["proxy"] for n in ns], "o--", color="C2", alpha=0.5, label="best-of-N proxy")
+        for n, x in zip(ns, kls):
+            ax.annotate(f"N={n}", (x, bon_curve[n]["gold"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    for i, (name, r) in enumerate(summary.items()):
+        if name.startswith("best_of_"):
+            continue
+        ax.errorbar(r["kl"], r["gold_mean"], yerr=r["gold_se"], fmt="s", color=f"C{(i + 3) % 10}", capsize=3,
+                    label=f"{name} gold")
+    ax.set_xlabel("KL from the SFT policy (nats; best-of-N analytic, others sampled)")
+    ax.set_ylabel("reward")
+    ax.set_title("Gold reward against KL from SFT")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    report.save_figure(fig, path)

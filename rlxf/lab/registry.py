@@ -1,9 +1,8 @@
 """Labs that ``rlxf run`` can execute, chosen by the config's top-level ``lab`` key.
 
-A lab is a class with a ``Config`` dataclass attribute (which has a ``lab: str`` field),
-a constructor ``(cfg, fresh=False, quiet=False, log=print)`` that validates its input and
-opens ``self.run``, ``execute() -> summary dict``, and ``format_table(summary) -> str``.
-Entries are import paths so a lab's dependencies load only when it runs.
+A lab is a :class:`rlxf.lab.stages.StagedLab`: a ``Config`` dataclass attribute (which has
+a ``lab: str`` field), its stages, its table and its report sections. Entries are import
+paths so a lab's dependencies load only when it runs.
 """
 
 from __future__ import annotations
@@ -28,6 +27,15 @@ def lab_class(name: str):
         raise ConfigError(f"lab: unknown lab {name!r}; known labs: {', '.join(sorted(LABS))}")
     module, attr = LABS[name].split(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def reopen(run_dir: str | Path):
+    """The lab of an existing run directory, read back from its ``config.toml`` (to rewrite
+    its report; see :meth:`rlxf.lab.stages.StagedLab.reopen`)."""
+    config = Path(run_dir) / "config.toml"
+    if not config.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.toml)")
+    return lab_class(lab_of(config)).reopen(run_dir)
 
 
 def lab_of(config_path: str | Path | None) -> str:

@@ -1,8 +1,13 @@
-"""``report.html`` for a run: the results table, learning curves and a gold-vs-KL plot."""
+"""The report shell every lab fills: ``report.html`` with the lab's sections, each stage's
+result and the run's config, plus the helpers the labs draw their plots and tables with.
+
+Every file is written atomically, so a report is whole or absent, never half of one.
+"""
 
 from __future__ import annotations
 
 import html
+import io
 import json
 from pathlib import Path
 
@@ -13,23 +18,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from rlxf.core.runs import Run, atomic_write_bytes, atomic_write_text  # noqa: E402
 
-# (stage, metric) pairs worth a curve, in display order
-CURVES = [
-    ("sft", "loss"), ("reward_model", "loss"), ("reward_model", "accuracy"), ("dpo", "loss"),
-    ("dpo", "reward_accuracy"), ("rloo", "proxy_reward"), ("rloo", "gold_reward"), ("rloo", "kl"),
-]
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}
+pre{background:#f5f5f5;padding:1em} td,th{padding:2px 8px;vertical-align:top;text-align:left} img{max-width:100%}"""
 
 
-def _save(fig, path: Path) -> None:
-    import io
-
+def save_figure(fig, path: Path) -> None:
+    """Write ``fig`` as a PNG at ``path`` and close it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _smooth(ys: list[float], k: int = 10) -> list[float]:
+def smooth(ys: list[float], k: int = 10) -> list[float]:
+    """Trailing moving average over ``k`` points (fewer at the start)."""
     out, acc = [], 0.0
     for i, y in enumerate(ys):
         acc += y
@@ -39,9 +41,11 @@ def _smooth(ys: list[float], k: int = 10) -> list[float]:
     return out
 
 
-def plot_learning_curves(run: Run, path: Path) -> bool:
+def plot_metric_panels(run: Run, curves: list[tuple[str, str]], path: Path) -> bool:
+    """One panel per (stage, metric) of ``curves`` that the run logged, against step; False
+    (and no file) when it logged none of them."""
     rows = run.metrics()
-    panels = [(s, m) for s, m in CURVES if any(r["stage"] == s and m in r for r in rows)]
+    panels = [(s, m) for s, m in curves if any(r["stage"] == s and m in r for r in rows)]
     if not panels:
         return False
     cols = 3
@@ -51,69 +55,63 @@ def plot_learning_curves(run: Run, path: Path) -> bool:
         pts = [(r["step"], r[metric]) for r in rows if r["stage"] == stage and metric in r]
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
         ax.plot(xs, ys, alpha=0.3, color="C0")
-        ax.plot(xs, _smooth(ys), color="C0")
+        ax.plot(xs, smooth(ys), color="C0")
         ax.set_title(f"{stage}: {metric}")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle("Learning curves (faint: per step; solid: moving average of 10)")
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
-def plot_gold_vs_kl(summary: dict, bon_curve: dict, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    if bon_curve:
-        ns = sorted(bon_curve, key=int)
-        kls = [bon_curve[n]["kl"] for n in ns]
-        ax.plot(kls, [bon_curve[n]["gold"] for n in ns], "o-", color="C2", label="best-of-N gold")
-        ax.plot(kls, [bon_curve[n]["proxy"] for n in ns], "o--", color="C2", alpha=0.5, label="best-of-N proxy")
-        for n, x in zip(ns, kls):
-            ax.annotate(f"N={n}", (x, bon_curve[n]["gold"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
-    for i, (name, r) in enumerate(summary.items()):
-        if name.startswith("best_of_"):
-            continue
-        ax.errorbar(r["kl"], r["gold_mean"], yerr=r["gold_se"], fmt="s", color=f"C{(i + 3) % 10}", capsize=3,
-                    label=f"{name} gold")
-    ax.set_xlabel("KL from the SFT policy (nats; best-of-N analytic, others sampled)")
-    ax.set_ylabel("reward")
-    ax.set_title("Gold reward against KL from SFT")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, path)
+# -- pieces of a page: each returns HTML, with every text escaped --------------------------
+def heading(text: str) -> str:
+    return f"<h2>{html.escape(text)}</h2>"
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """(Re)write ``report.html`` and its PNGs from what the run directory holds."""
-    run_dir = Path(run_dir)
-    run = Run.__new__(Run)  # read-only view: no config check, no repair
-    run.dir, run.metrics_path = run_dir, run_dir / "metrics.jsonl"
-    ev = json.loads((run_dir / "stages" / "evaluate" / "done.json").read_text())
-    summary, bon = ev["summary"], ev.get("best_of_n_curve", {})
-    has_curves = plot_learning_curves(run, run_dir / "learning_curves.png")
-    plot_gold_vs_kl(summary, bon, run_dir / "gold_vs_kl.png")
-    from rlxf.lab.pipeline import format_table
+def paragraph(text: str) -> str:
+    return f"<p>{html.escape(text)}</p>"
 
-    stage_rows = []
-    for done in sorted((run_dir / "stages").glob("*/done.json")):
-        result = json.loads(done.read_text())
-        result.pop("summary", None)
-        result.pop("best_of_n_curve", None)
-        stage_rows.append(f"<tr><td>{done.parent.name}</td><td><code>{html.escape(json.dumps(result))}</code></td></tr>")
-    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>rlxf run {html.escape(run_dir.name)}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
-pre{{background:#f5f5f5;padding:1em}} td{{padding:2px 8px;vertical-align:top}} img{{max-width:100%}}</style></head><body>
-<h1>rlxf run: {html.escape(str(run_dir))}</h1>
-<h2>Results on held-out prompts</h2>
-<p>Gold reward is the task's hidden objective (never seen by the learners); proxy is the learned reward model.
-Gains are paired differences against the SFT policy on the same prompts (mean ± standard error).</p>
-<pre>{html.escape(format_table(summary))}</pre>
-<h2>Gold reward against KL</h2><img src="gold_vs_kl.png" alt="gold vs KL">
-{'<h2>Learning curves</h2><img src="learning_curves.png" alt="learning curves">' if has_curves else ''}
-<h2>Stages</h2><table>{''.join(stage_rows)}</table>
-<h2>Config</h2><pre>{html.escape((run_dir / 'config.toml').read_text())}</pre>
-</body></html>"""
-    path = run_dir / "report.html"
+
+def pre(text: str) -> str:
+    return f"<pre>{html.escape(text)}</pre>"
+
+
+def image(src: str, alt: str) -> str:
+    return f'<img src="{html.escape(src)}" alt="{html.escape(alt)}">'
+
+
+def bullets(items: list[str]) -> str:
+    return "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in items) + "</ul>"
+
+
+def table(rows: list[list], header: list[str] | None = None, code: bool = False) -> str:
+    """An HTML table of ``rows`` (cells shown with ``str``); ``code`` sets the cells in monospace."""
+    wrap = "<td><code>{}</code></td>" if code else "<td>{}</td>"
+    head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" if header else ""
+    return "<table>" + head + "".join("<tr>" + "".join(wrap.format(html.escape(str(v))) for v in r) + "</tr>" for r in rows) + "</table>"
+
+
+def stage_results(run: Run, leave_out: tuple[str, ...] = ("summary", "best_of_n_curve", "online_summary")) -> str:
+    """Each finished stage's ``done.json``, less the bulky keys already shown as the summary."""
+    rows = []
+    for done in sorted((run.dir / "stages").glob("*/done.json")):
+        result = {k: v for k, v in json.loads(done.read_text()).items() if k not in leave_out}
+        rows.append([done.parent.name, json.dumps(result)])
+    return table(rows, code=True)
+
+
+def write_page(run: Run, title: str, sections: list[str]) -> Path:
+    """``report.html`` of ``run``: ``title``, the lab's ``sections`` (HTML), each stage's result
+    and the config the run was made with."""
+    body = "\n".join([
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>',
+        f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>", *sections,
+        heading("Stages"), stage_results(run),
+        heading("Config"), pre((run.dir / "config.toml").read_text()), "</body></html>",
+    ])
+    path = run.dir / "report.html"
     atomic_write_text(path, body)
     return path
