@@ -3,13 +3,15 @@ margin / label-smoothed / soft-label variants), rankings (Plackett-Luce) and rat
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from rlxf.algorithms.batching import epoch_batches
+from rlxf.algorithms.batching import epoch_batches, step_rng
 from rlxf.algorithms.loop import OptimConfig, train
 from rlxf.core.runs import Run
 from rlxf.rewards.losses import (
@@ -75,6 +77,37 @@ def train_reward_model(run: Run, stage: str, rm: RewardModel, pairs: list[tuple[
         return total, {"loss": total.item(), "accuracy": right.sum().item() / len(batch)}
 
     train(run, stage, rm.model, cfg, make_batch, loss_fn, quiet=quiet)
+
+
+def out_of_fold_strength(run: Run, stage: str, new_rm: Callable[[], RewardModel],
+                         pairs: list[tuple[list[int], list[int], list[int]]], members: int, cfg: OptimConfig,
+                         seed: int, quiet: bool = False) -> torch.Tensor:
+    """Preference strength r(chosen) - r(rejected) of every pair, ``[n]``, measured by reward models
+    that never trained on it: ``members`` models, model m trained on every fold but fold m.
+
+    Secrets of RLHF Part II measures strength with an ensemble trained on all the data; scoring
+    held-out folds instead keeps a model from vouching for a wrong label it memorised. Each member's
+    strengths are kept as the stage ``{stage}_{m}``'s result, so an interrupted run resumes by member.
+    """
+    if members < 2:
+        raise ValueError(f"preference strength needs at least 2 members (folds), got {members}")
+    digest = hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
+    order = step_rng(seed, 0, salt=24).permutation(len(pairs))
+    strength = torch.zeros(len(pairs))
+    for m in range(members):
+        name, held = f"{stage}_{m}", np.sort(order[m::members])
+        if run.is_done(name) and run.result(name).get("pairs_digest") != digest:
+            run.reset_stage(name)  # the comparisons changed since this member ran
+        if not run.is_done(name):
+            rm, rest = new_rm(), set(held.tolist())
+            train_reward_model(run, name, rm, [p for i, p in enumerate(pairs) if i not in rest], cfg, seed + 1 + m,
+                               quiet)
+            with torch.no_grad():
+                prompts = [pairs[i][0] for i in held]
+                diff = rm.score(prompts, [pairs[i][1] for i in held]) - rm.score(prompts, [pairs[i][2] for i in held])
+            run.mark_done(name, {"pairs_digest": digest, "strength": diff.tolist()})
+        strength[held] = torch.tensor(run.result(name)["strength"])
+    return strength
 
 
 def train_ranking_reward_model(run: Run, stage: str, rm: RewardModel,

@@ -55,6 +55,7 @@ class ComparisonsSection:
 
 
 @dataclass
+    flip_fraction: float = 0.0  # simulated labeler only: flip this share of its labels (seeded label noise)
 class RewardModelSection:
     held_out_pairs: int = 1000
     pooling: Literal["last", "sum"] = "last"  # "last" (HF's last-token head) or "sum" (the head summed over tokens)
@@ -62,6 +63,15 @@ class RewardModelSection:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=200, batch_size=64, lr=1e-3, warmup_steps=20))
 
 
+    # Pair loss: "bt" (Bradley-Terry), "smoothed" (label-smoothed BT) or "margin" (BT with Secrets of
+    # RLHF II's adaptive margin, scale * max(strength, 0); needs strength_ensemble).
+    loss: str = "bt"
+    label_smoothing: float = 0.1  # "smoothed": trust each label 1 - label_smoothing
+    margin_scale: float = 1.0  # "margin": the margin per unit of preference strength
+    # Preference strength (Secrets of RLHF II): 0 = off, N >= 2 = N reward models, each trained on all
+    # but one N-th of the pairs, give the strength of the pairs they did not see.
+    strength_ensemble: int = 0
+    flip_fraction: float = 0.0  # flip the labels of this share of pairs with the lowest (negative) strength
 @dataclass
 class DPOSection:
     enabled: bool = True

@@ -24,7 +24,8 @@ from rlxf.algorithms.evaluate import best_of_n_index, best_of_n_kl, mean_se, pai
 from rlxf.algorithms.offline_preference import train_pairs
 from rlxf.algorithms.preference_data import checked_comparisons
 from rlxf.algorithms.online.controller import OnlineConfig, OnlineError, check_config, train_online
-from rlxf.algorithms.reward_training import train_reward_model
+from rlxf.algorithms.reward_training import PAIR_LOSSES as RM_LOSSES
+from rlxf.algorithms.reward_training import out_of_fold_strength, train_reward_model
 from rlxf.algorithms.sft import train_sft
 from rlxf.core.runs import atomic_write_text
 from rlxf.data.io import read_records, write_records
@@ -38,6 +39,7 @@ from rlxf.objectives.preference import PAIR_LOSSES
 from rlxf.policies.language import LanguagePolicy
 from rlxf.policies.logprobs import Pair
 from rlxf.policies.tiny import tiny_causal_lm, tiny_tokenizer
+from rlxf.rewards.losses import adaptive_margin, flip_low_strength
 from rlxf.rewards.model import RewardModel
 from rlxf.rewards.scoring import Scorer, model_reward, text_reward
 from rlxf.tasks.hidden_pref import HiddenPreferenceTask
@@ -106,11 +108,40 @@ class Pipeline(StagedLab):
         loss_kwargs(PAIR_LOSSES[c.dpo.loss], c.dpo.beta, c.dpo.loss_args)
         if c.reward_model.lm_term and c.reward_model.pooling != "sum":
             raise PipelineError('reward_model.lm_term needs reward_model.pooling = "sum" (the LM term is a sum over tokens)')
+        self.validate_reward_model()
         if c.rloo.enabled:
             if c.rloo.method != "rloo":
                 raise PipelineError(f"rloo.method: the rloo stage trains with method 'rloo', got {c.rloo.method!r}")
             self.validate_online("rloo", c.rloo, {"rloo": online_config(c.rloo, c.generation)})
         self.validate_inputs()
+
+    def validate_reward_model(self) -> None:
+        """The reward-model loss and Secrets of RLHF II options, and simulated label noise."""
+        r, comp = self.cfg.reward_model, self.cfg.comparisons
+        if r.loss not in RM_LOSSES:
+            raise PipelineError(f"reward_model.loss: unknown loss {r.loss!r}; known: {', '.join(RM_LOSSES)}")
+        if not 0 <= r.label_smoothing < 0.5:
+            raise PipelineError(f"reward_model.label_smoothing must be in [0, 0.5), got {r.label_smoothing}")
+        if r.margin_scale < 0:
+            raise PipelineError(f"reward_model.margin_scale must be >= 0, got {r.margin_scale}")
+        if r.strength_ensemble == 1 or r.strength_ensemble < 0:
+            raise PipelineError(f"reward_model.strength_ensemble must be 0 (off) or at least 2 members, "
+                                f"got {r.strength_ensemble}")
+        if not 0 <= r.flip_fraction < 1:
+            raise PipelineError(f"reward_model.flip_fraction must be in [0, 1), got {r.flip_fraction}")
+        uses = [name for name, on in (("reward_model.flip_fraction > 0", r.flip_fraction > 0),
+                                      ('reward_model.loss = "margin"', r.loss == "margin")) if on]
+        if uses and not r.strength_ensemble:
+            raise PipelineError(f"{' and '.join(uses)} need(s) preference strength: set "
+                                f"reward_model.strength_ensemble to the number of members (e.g. 4)")
+        if r.strength_ensemble and not uses:
+            raise PipelineError('reward_model.strength_ensemble is only used by reward_model.flip_fraction or '
+                                'reward_model.loss = "margin"; set one of them or strength_ensemble = 0')
+        if not 0 <= comp.flip_fraction <= 1:
+            raise PipelineError(f"comparisons.flip_fraction must be in [0, 1], got {comp.flip_fraction}")
+        if comp.flip_fraction and (comp.path or comp.project):
+            raise PipelineError("comparisons.flip_fraction adds noise to the simulated labeler only; it cannot "
+                                "be combined with comparisons.path or comparisons.project")
 
     def validate_online(self, name: str, section: OnlineConfig, configs: dict[str, OnlineConfig]) -> None:
         """An online section and the configs built from it (by where they come from), checked as
@@ -239,17 +270,21 @@ class Pipeline(StagedLab):
         gold = self._gold([p for p in prompts for _ in range(2)], texts, ro.finished)
         labeler = BradleyTerryLabeler(c.labeler_beta, seed=self.seed)
         first = labeler.prefers_first(gold[0::2], gold[1::2])
+        # unfinished, empty or identical responses carry no usable preference
+        usable = [i for i in range(len(prompts)) if ro.finished[2 * i] and ro.finished[2 * i + 1]
+                  and texts[2 * i] != texts[2 * i + 1] and texts[2 * i] and texts[2 * i + 1]]
+        flipped = step_rng(self.seed, 0, salt=23).choice(usable, round(c.flip_fraction * len(usable)), replace=False)
+        first[flipped] = ~first[flipped]  # simulated label noise on top of the labeler's own
         records, agree = [], []
-        for i, prompt in enumerate(prompts):
-            a, b = texts[2 * i], texts[2 * i + 1]
-            if not (ro.finished[2 * i] and ro.finished[2 * i + 1]) or a == b or not a or not b:
-                continue  # unfinished, empty or identical responses carry no usable preference
+        for i in usable:
+            prompt, a, b = prompts[i], texts[2 * i], texts[2 * i + 1]
             chosen, rejected = (a, b) if first[i] else (b, a)
             records.append(Comparison(prompt, chosen, rejected))
             if gold[2 * i] != gold[2 * i + 1]:
                 agree.append(bool(first[i]) == bool(gold[2 * i] > gold[2 * i + 1]))
         write_records(records, path)
         return {"n_pairs": len(records), "labeler_agreement_with_gold": float(np.mean(agree)),
+                "flipped_labels": len(flipped),
                 "bayes_optimal_accuracy": bayes_optimal_accuracy(gold[0::2], gold[1::2], c.labeler_beta)}
 
     def comparisons(self, policy: LanguagePolicy) -> tuple[list[Comparison], list[Pair]]:
@@ -269,12 +304,43 @@ class Pipeline(StagedLab):
     def _pairs(self, policy: LanguagePolicy) -> list[Pair]:
         return self.comparisons(policy)[1]
 
+    def _new_reward_model(self) -> RewardModel:
+        r = self.cfg.reward_model
+        return RewardModel.from_pretrained(self._model_dir("sft"), pooling=r.pooling, lm_term=r.lm_term)
+
+    def _secrets_ii(self, records: list[Comparison], pairs: list) -> tuple[list, list[float] | None, dict]:
+        """Secrets of RLHF II on the training pairs: measure each pair's preference strength with
+        ``strength_ensemble`` held-out members, flip the lowest-strength labels, and turn strength
+        into margins for the "margin" loss. Returns (pairs, margins, what it did)."""
+        r = self.cfg.reward_model
+        if not r.strength_ensemble:
+            return pairs, None, {}
+        strength = out_of_fold_strength(self.run, "reward_model_strength", self._new_reward_model, pairs,
+                                        r.strength_ensemble, r.optim, self.seed, self.quiet)
+        flip = flip_low_strength(strength, r.flip_fraction)
+        info = {"strength_mean": float(strength.mean()), "strength_negative": float((strength < 0).float().mean()),
+                "strength_flips": int(flip.sum())}
+        if not (self.cfg.comparisons.path or self.cfg.comparisons.project):  # simulated: gold can grade the flips
+            gc = self._gold([x.prompt for x in records], [x.chosen for x in records], [True] * len(records))
+            gr = self._gold([x.prompt for x in records], [x.rejected for x in records], [True] * len(records))
+            decided, wrong = torch.from_numpy(gc != gr), torch.from_numpy(gc < gr)
+            info["label_agreement_with_gold_before_flips"] = float((~wrong)[decided].float().mean())
+            info["label_agreement_with_gold_after_flips"] = float((wrong == flip)[decided].float().mean())
+            # the share of flipped labels that were wrong (NaN when nothing was flipped)
+            info["flipped_labels_wrong_before"] = float(wrong[flip & decided].float().mean())
+        pairs = [(p, rj, ch) if f else (p, ch, rj) for (p, ch, rj), f in zip(pairs, flip.tolist())]
+        strength = torch.where(flip, -strength, strength)
+        margins = adaptive_margin(strength, r.margin_scale).tolist() if r.loss == "margin" else None
+        return pairs, margins, info
+
     def stage_reward_model(self) -> dict:
         c = self.cfg
-        rm = RewardModel.from_pretrained(self._model_dir("sft"), pooling=c.reward_model.pooling,
-                                         lm_term=c.reward_model.lm_term)
+        rm = self._new_reward_model()
         sft = self.policy("sft")
-        train_reward_model(self.run, "reward_model", rm, self._pairs(sft), c.reward_model.optim, self.seed, self.quiet)
+        pairs, margins, secrets = self._secrets_ii(*self.comparisons(sft))
+        r = c.reward_model
+        train_reward_model(self.run, "reward_model", rm, pairs, r.optim, self.seed, self.quiet, loss=r.loss,
+                           eps=r.label_smoothing, margins=margins)
         rm.save_pretrained(self._model_dir("reward_model"))
         # held-out pairs of SFT samples on test prompts, ordered by gold
         prompts = self.task.sample_prompts(c.reward_model.held_out_pairs, "test", step_rng(self.seed, 0, salt=22))
@@ -291,9 +357,9 @@ class Pipeline(StagedLab):
         p_first = bradley_terry_prob(ga, gb, beta)
         # expected agreement with a fresh beta-labeler's answer, to set against the Bayes-optimal rate
         vs_labeler = float(np.mean(np.where(rm_first.numpy(), p_first, 1 - p_first)))
-        return {"held_out_accuracy_vs_gold": float((rm_first == gold_first).float().mean()),
-                "held_out_accuracy_vs_labeler": vs_labeler, "held_out_pairs": len(keep),
-                "bayes_optimal_accuracy": bayes_optimal_accuracy(ga, gb, beta)}
+        return secrets | {"held_out_accuracy_vs_gold": float((rm_first == gold_first).float().mean()),
+                          "held_out_accuracy_vs_labeler": vs_labeler, "held_out_pairs": len(keep),
+                          "bayes_optimal_accuracy": bayes_optimal_accuracy(ga, gb, beta)}
 
     def stage_dpo(self) -> dict:
         c = self.cfg.dpo

@@ -6,10 +6,11 @@ labeler), pair the best with the worst ("max_min") and take DPO steps (label smo
 conservative variant) against the fixed reference. DNO (Rosset et al., "Direct Nash
 Optimization", 2024) uses the previous iterate as the reference (the rollout's behaviour
 log-probs) and regresses on soft labels from win rates (``dno_loss``); its practical variant
-DNO-Prct (``hard_labels=True``) takes DPO steps, and ``min_margin`` keeps only large-margin pairs. INPO (Zhang et al., "Iterative Nash Policy
-Optimization", ICLR 2025) takes the same pairs, ranked by a preference oracle's win rates
-within the group when one is given, and regresses its mirror-descent target (``inpo_loss``)
-with the rollout policy as pi_t and the SFT policy as mu.
+DNO-Prct (``hard_labels=True``) takes DPO steps, and ``min_margin`` keeps only large-margin
+pairs. INPO (Zhang et al., "Iterative Nash Policy Optimization", ICLR 2025) takes the same
+pairs, ranked by a preference oracle's win rates within the group when one is given, and
+regresses its mirror-descent target (``inpo_loss``) with the rollout policy as pi_t and the SFT
+policy as mu.
 """
 
 from __future__ import annotations
