@@ -6,14 +6,16 @@ the single reward model, an ensemble aggregated by mean / WCO / UWO, or preferen
 labeler for SPO) from the SFT policy with the online controller, and evaluates every policy on
 held-out prompts. Writes ``summary.json`` shaped ``{run: {"gold", "proxy", "kl",
 "win_rate_vs_sft", "labeler_win_rate_vs_sft"}}`` (win rates by gold, and under the
-intransitive labeler) beside ``report.html`` and an ``online_curves.png`` of gold and proxy
-against KL over training.
+intransitive labeler, and each run's training gold and proxy at its peak-gold window and its
+last window) beside ``report.html`` and an ``online_curves.png`` of gold and proxy against KL and
+against the training step.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -88,6 +90,53 @@ def gold_at_kl(curve: list[dict], kl: float, width: float = 0.25) -> float | Non
     where a baseline stood at the KL another run ended at. None when no step came that close."""
     near = [m["gold_reward"] for m in curve if abs(m["kl"] - kl) <= width * max(abs(kl), 1e-3)]
     return float(np.mean(near)) if near else None
+
+
+CURVE_WINDOW = 20  # training steps per window when finding where gold peaked and where it ended
+
+
+def turn_down(curve: list[dict], window: int = CURVE_WINDOW) -> dict:
+    """Where a run's training gold peaked and where it ended: means over consecutive ``window``-step
+    windows of the batch gold and of the single reward model's score (the proxy); one window when
+    the run is shorter than ``window``."""
+    window = max(1, min(window, len(curve)))
+    gold = np.array([m["gold_reward"] for m in curve])
+    proxy = np.array([m.get("rm_reward", m["proxy_reward"]) for m in curve])
+    starts = range(0, len(curve) - window + 1, window)
+    g = [gold[s: s + window].mean() for s in starts]
+    p = [proxy[s: s + window].mean() for s in starts]
+    peak = int(np.argmax(g))
+    return {"train_peak_step": peak * window, "train_peak_gold": float(g[peak]), "train_peak_proxy": float(p[peak]),
+            "train_end_gold": float(g[-1]), "train_end_proxy": float(p[-1])}
+
+
+def seed_comparison(summaries: list[dict], baseline: str = "ppo") -> dict:
+    """Paired over seeds (one lab summary per seed), each as ``(mean, standard error)``: the
+    baseline's training gold drop from its peak window to its last one and its proxy rise over the
+    same windows, and every run's final held-out gold and its gain over the baseline."""
+    def over(f):
+        return mean_se([f(s) for s in summaries])
+
+    base = lambda s: s[baseline]  # noqa: E731
+    return {"gold_drop": over(lambda s: base(s)["train_peak_gold"] - base(s)["train_end_gold"]),
+            "proxy_rise": over(lambda s: base(s)["train_end_proxy"] - base(s)["train_peak_proxy"]),
+            "gold": {n: over(lambda s, n=n: s[n]["gold"]) for n in summaries[0]},
+            "kl": {n: over(lambda s, n=n: s[n]["kl"]) for n in summaries[0]},
+            "gain_vs_baseline": {n: over(lambda s, n=n: s[n]["gold"] - s[baseline]["gold"])
+                                 for n in summaries[0] if n not in ("sft", baseline)}}
+
+
+def compare_runs(run_dirs: list[str], baseline: str = "ppo") -> str:
+    """The :func:`seed_comparison` of finished lab runs (one per seed) as a text table."""
+    c = seed_comparison([json.loads((Path(d) / "summary.json").read_text()) for d in run_dirs], baseline)
+    pm = lambda x: f"{x[0]:+.3f} ± {x[1]:.3f}"  # noqa: E731
+    lines = [f"{len(run_dirs)} seeds; {baseline}: training gold falls {pm(c['gold_drop'])} from its peak window "
+             f"to its last while its proxy rises {pm(c['proxy_rise'])}",
+             f"{'run':<14} {'final gold':>16} {'KL':>16} {'gold - ' + baseline:>18}"]
+    for n, (g, se) in c["gold"].items():
+        gain = pm(c["gain_vs_baseline"][n]) if n in c["gain_vs_baseline"] else "-"
+        lines.append(f"{n:<14} {g:>8.3f} ± {se:.3f} {c['kl'][n][0]:>8.2f} ± {c['kl'][n][1]:.2f} {gain:>18}")
+    return "\n".join(lines)
 
 
 class OnlineLab(Pipeline):
@@ -266,6 +315,8 @@ class OnlineLab(Pipeline):
             for name, row in summary.items():
                 if name not in ("sft", "ppo"):
                     row["ppo_gold_at_same_kl"] = gold_at_kl(curve, row["kl"])
+        for r in self.cfg.online.parsed_runs():
+            summary[r.name].update(turn_down(self.run.metrics(f"online_{r.name}")))
         atomic_write_text(self.run.dir / "summary.json", json.dumps(summary, indent=2))
         return {"summary": table, "online_summary": summary, "n_prompts": len(prompts)}
 
@@ -280,23 +331,27 @@ class OnlineLab(Pipeline):
         return "\n".join(lines)
 
     def report_sections(self, summary: dict) -> list[str]:
-        """The pipeline's sections, then gold and proxy against KL over training."""
+        """The pipeline's sections, then gold and proxy against KL and against the step over training."""
         self._plot_curves()
-        return [*super().report_sections(summary), report.heading("Online runs: reward against KL"),
+        return [*super().report_sections(summary),
+                report.heading("Online runs: reward against KL and against the training step"),
                 report.image("online_curves.png", "online curves")]
 
     def _plot_curves(self) -> None:
-        """Gold and proxy reward against KL over training, one colour per run."""
-        fig, axes = report.plt.subplots(1, 2, figsize=(12, 4.5))
+        """Gold and proxy reward against KL and against the training step, one colour per run."""
+        fig, axes = report.plt.subplots(2, 2, figsize=(12, 9))
         for i, r in enumerate(self.cfg.online.parsed_runs()):
             rows = self.run.metrics(f"online_{r.name}")
             kl = report.smooth([m["kl"] for m in rows])
-            axes[0].plot(kl, report.smooth([m["gold_reward"] for m in rows]), color=f"C{i}", label=r.name)
-            proxy = [m.get("rm_reward", m["proxy_reward"]) for m in rows]
-            axes[1].plot(kl, report.smooth(proxy), color=f"C{i}", label=r.name)
-        for ax, title in zip(axes, ("gold reward", "proxy (single reward model)")):
-            ax.set_xlabel("KL from SFT (nats, sampled, moving average)")
-            ax.set_title(f"{title} against KL over training")
+            gold = report.smooth([m["gold_reward"] for m in rows])
+            proxy = report.smooth([m.get("rm_reward", m["proxy_reward"]) for m in rows])
+            for row, x in ((0, kl), (1, [m["step"] for m in rows])):  # by KL, then by step
+                axes[row, 0].plot(x, gold, color=f"C{i}", label=r.name)
+                axes[row, 1].plot(x, proxy, color=f"C{i}", label=r.name)
+        for ax, title, x in zip(axes.flat, ("gold reward", "proxy (single reward model)") * 2,
+                                ["KL from SFT (nats, sampled, moving average)"] * 2 + ["training step"] * 2):
+            ax.set_xlabel(x)
+            ax.set_title(f"{title} against {'KL' if x.startswith('KL') else 'step'} over training")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         report.save_figure(fig, self.run.dir / "online_curves.png")
