@@ -52,17 +52,14 @@ class ComparisonsSection:
     project: str = ""
     n_pairs: int = 3000
     labeler_beta: float = 1.0
+    flip_fraction: float = 0.0  # simulated labeler only: flip this share of its labels (seeded label noise)
 
 
 @dataclass
-    flip_fraction: float = 0.0  # simulated labeler only: flip this share of its labels (seeded label noise)
 class RewardModelSection:
     held_out_pairs: int = 1000
     pooling: Literal["last", "sum"] = "last"  # "last" (HF's last-token head) or "sum" (the head summed over tokens)
     lm_term: bool = False  # "sum" only: add a learned multiple of the SFT backbone's log-likelihood
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=200, batch_size=64, lr=1e-3, warmup_steps=20))
-
-
     # Pair loss: "bt" (Bradley-Terry), "smoothed" (label-smoothed BT) or "margin" (BT with Secrets of
     # RLHF II's adaptive margin, scale * max(strength, 0); needs strength_ensemble).
     loss: str = "bt"
@@ -72,6 +69,9 @@ class RewardModelSection:
     # but one N-th of the pairs, give the strength of the pairs they did not see.
     strength_ensemble: int = 0
     flip_fraction: float = 0.0  # flip the labels of this share of pairs with the lowest (negative) strength
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=200, batch_size=64, lr=1e-3, warmup_steps=20))
+
+
 @dataclass
 class DPOSection:
     enabled: bool = True
