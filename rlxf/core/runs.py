@@ -15,10 +15,13 @@ import json
 import os
 import shutil
 import tempfile
+import tomllib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
+
+from rlxf.core.trackers import Trackers
 
 
 def _fsync_dir(path: Path) -> None:
@@ -80,15 +83,25 @@ def torch_save_atomic(obj: Any, path: str | Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _as_dict(config_text: str) -> dict:
+    try:
+        return tomllib.loads(config_text)
+    except tomllib.TOMLDecodeError:
+        return {"config": config_text}
+
+
 class RunError(RuntimeError):
     """A run directory that cannot be used as asked (e.g. it holds a different config)."""
 
 
 class Run:
-    """The directory of one run. ``config_text`` is the resolved config as TOML."""
+    """The directory of one run. ``config_text`` is the resolved config as TOML.
+    ``report_to`` names trackers (:mod:`rlxf.core.trackers`) that get every metrics line too."""
 
-    def __init__(self, directory: str | Path, config_text: str, fresh: bool = False):
+    def __init__(self, directory: str | Path, config_text: str, fresh: bool = False,
+                 report_to: Sequence[str] = ()):
         self.dir = Path(directory)
+        self.trackers = Trackers(report_to, self.dir, _as_dict(config_text), self.dir.name)  # checks first
         cfg_path = self.dir / "config.toml"
         if fresh and self.dir.exists():
             shutil.rmtree(self.dir)
@@ -164,6 +177,7 @@ class Run:
             f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
+        self.trackers.log(stage, step, values)
 
     def metrics(self, stage: str | None = None) -> list[dict]:
         if not self.metrics_path.exists():

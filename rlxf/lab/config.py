@@ -12,8 +12,11 @@ from rlxf.tasks.hidden_pref import HiddenPrefConfig
 
 @dataclass
 class RunSection:
+    """``report_to``: trackers that also get every metrics line ("tensorboard", "wandb", "trackio")."""
+
     dir: str = "runs/quickstart"
     seed: int = 0
+    report_to: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -50,7 +50,9 @@ class StagedLab:
         self.cfg, self.quiet, self.log = cfg, quiet, log
         self.seed = cfg.run.seed
         self.validate()
-        self.run = Run(cfg.run.dir, to_toml(asdict(cfg)), fresh=fresh, report_to=cfg.run.report_to)
+        table = asdict(cfg)
+        table["run"].pop("report_to")  # where metrics also go is not part of what ran: resuming may change it
+        self.run = Run(cfg.run.dir, to_toml(table), fresh=fresh, report_to=cfg.run.report_to)
 
     @classmethod
     def reopen(cls, run_dir: str | Path) -> StagedLab:
