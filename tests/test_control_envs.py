@@ -134,6 +134,7 @@ def test_rollouts_and_recorded_episodes_keep_the_env_observations_under_normalis
     assert torch.allclose(cos**2 + sin**2, torch.ones(()), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_ppo_solves_cartpole():
     ppo, start, history = solved_cartpole()
     assert start < 100 and ppo.steps_done <= 60_000

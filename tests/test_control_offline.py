@@ -100,6 +100,7 @@ def mixed_dataset():
     return record_dataset(ppo.policy, "CartPole-v1", 100, eps=(0.0, 0.25, 0.5, 0.75, 1.0, 1.0), seed=1)
 
 
+@pytest.mark.slow
 def test_offline_cpl_from_2000_comparisons_beats_bc_on_gold_return(mixed_dataset, tmp_path):
     returns = [e.ret for e in mixed_dataset.episodes]
     assert min(returns) < 30 and max(returns) > 150  # mixed quality
