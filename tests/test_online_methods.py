@@ -70,6 +70,7 @@ def assert_beats_sft(gain: np.ndarray, min_gain: float = 0.1):
     assert gain.mean() > max(3 * se, min_gain), f"gold gain {gain.mean():+.3f} ± {se:.3f}"
 
 
+@pytest.mark.slow
 def test_rloo_beats_sft_on_gold(lab, tmp_path):
     gain, _ = train_method(lab, tmp_path, "rloo")
     assert_beats_sft(gain)
