@@ -136,6 +136,7 @@ def test_nash_md_beats_sft_on_gold_from_preferences_alone(lab, tmp_path):
     assert metrics[0]["win_rate_vs_mixture"] == pytest.approx(0.5, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_constrained_rlhf_steers_the_reward_model_score_to_its_threshold(lab, tmp_path):
     """An equality constraint (xi-PPO) on the reward-model component moves its score toward a
     threshold above the SFT policy's (a positive multiplier; gold rises with it) and toward one
@@ -159,6 +160,7 @@ def test_constrained_rlhf_steers_the_reward_model_score_to_its_threshold(lab, tm
             assert last - first < -0.25 and min(lambdas) < -0.5
 
 
+@pytest.mark.slow
 def test_occupancy_chi2_penalty_keeps_rloo_closer_to_the_reference(lab, tmp_path):
     free, m_free = train_method(lab, tmp_path / "free", "rloo", kl=KLSettings(mode="none"))
     reg, m_reg = train_method(lab, tmp_path / "chi2", "rloo", kl=KLSettings(estimator="chi2_occupancy", coef=0.05))
@@ -175,11 +177,13 @@ def test_spo_beats_sft_on_gold_from_preferences_alone(lab, tmp_path):
     assert metrics[0]["win_rate_in_group"] == pytest.approx(0.5, abs=1e-6)  # P(a>b) + P(b>a) = 1
 
 
+@pytest.mark.slow
 def test_p3o_beats_sft_on_gold(lab, tmp_path):
     gain, _ = train_method(lab, tmp_path, "p3o")
     assert_beats_sft(gain)
 
 
+@pytest.mark.slow
 def test_fdpg_beats_sft_on_gold(lab, tmp_path):
     gain, _ = train_method(lab, tmp_path, "fdpg", kl=KLSettings(mode="none"))
     assert_beats_sft(gain)
@@ -192,6 +196,7 @@ def _base_loglik(base, policy, prompts) -> np.ndarray:
     return base.score(ro.prompt_ids, ro.response_ids).sum().numpy().reshape(-1, 4).mean(1)
 
 
+@pytest.mark.slow
 def test_sharpening_raises_the_base_models_likelihood_of_its_samples(lab, tmp_path):
     """SFT-sharpening has no external reward: what it must improve is its self-reward, the base
     model's log-likelihood of what it generates (Huang et al. 2025), measured on test prompts."""
