@@ -436,7 +436,7 @@ def format_table(summary: dict) -> str:
     for name, r in summary.items():
         gain = "" if name == "sft" else f"{r['gain_vs_sft']:+.3f} ± {r['gain_se']:.3f}"
         lines.append(f"{name:<12} {r['gold_mean']:>8.3f} ± {r['gold_se']:.3f} {gain:>16} {r['proxy_mean']:>8.3f} "
-                     f"{r['kl']:>7.3f}  {r['kl_kind']}")
+                     f"{r['kl'] + 0.0 if abs(r['kl']) >= 5e-4 else 0.0:>7.3f}  {r['kl_kind']}")  # no "-0.000"
     return "\n".join(lines)
 
 
