@@ -85,7 +85,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ppo_vs_sb3 import ensure_venv  # noqa: E402
+from ppo_vs_sb3 import GREEDY_RETURN, ensure_venv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv-imitation"
@@ -146,16 +146,10 @@ algo = pc.PreferenceComparisons(gen, net, num_iterations=iterations,
                                 initial_comparison_frac=(first + 0.5) / total,  # int() of it is first
                                 initial_epoch_multiplier=4, query_schedule=query_schedule)
 
-def evaluate(n=20):
-    env = gym.vector.SyncVectorEnv([lambda: gym.make(eval_id) for _ in range(n)])
-    obs, _ = env.reset(seed=10_000)
-    ret, alive = np.zeros(n), np.ones(n, bool)
-    while alive.any():
-        act, _ = agent.predict(obs, deterministic=True)
-        obs, r, term, trunc, _ = env.step(act)
-        ret += r * alive
-        alive &= ~(term | trunc)
-    return float(ret.mean())
+#@greedy_return
+
+def evaluate():
+    return greedy_return(lambda: gym.make(eval_id), lambda obs: agent.predict(obs, deterministic=True)[0])
 
 class Reached(Exception):
     pass
@@ -185,6 +179,7 @@ except Reached:
     result = {"queries": history[-1]["queries"]}
 print(json.dumps({**result, "history": history}))
 """
+IMITATION_RUNNER = IMITATION_RUNNER.replace("#@greedy_return\n", GREEDY_RETURN)
 
 ENVS = {
     # env: (env id, env-step budget, query budget, rlxf queries per round)

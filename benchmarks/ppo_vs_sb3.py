@@ -42,6 +42,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv-sb3"
 
+# Greedy evaluation for the peers' runners, which run in their own venvs (so it is source text). No
+# autoreset_mode: imitation's venv has gymnasium 0.29; steps after an episode ends are masked anyway.
+GREEDY_RETURN = r"""
+def greedy_return(make_env, predict, n=20, seed=10_000):
+    env = gym.vector.SyncVectorEnv([make_env for _ in range(n)])
+    obs, _ = env.reset(seed=seed)
+    ret, alive = np.zeros(n), np.ones(n, bool)
+    while alive.any():
+        obs, r, term, trunc, _ = env.step(predict(obs))
+        ret += r * alive
+        alive &= ~(term | trunc)
+    return float(ret.mean())
+"""
+
 SB3_RUNNER = r"""
 import json, sys, time
 import numpy as np, torch
@@ -53,17 +67,10 @@ import gymnasium as gym
 
 seed, budget, every, target = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
 
-def evaluate(model, n=20):
-    env = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1") for _ in range(n)],
-                                   autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    obs, _ = env.reset(seed=10_000)
-    ret, alive = np.zeros(n), np.ones(n, bool)
-    while alive.any():
-        act, _ = model.predict(obs, deterministic=True)
-        obs, r, term, trunc, _ = env.step(act)
-        ret += r * alive
-        alive &= ~(term | trunc)
-    return ret.mean()
+#@greedy_return
+
+def evaluate(model):
+    return greedy_return(lambda: gym.make("CartPole-v1"), lambda obs: model.predict(obs, deterministic=True)[0])
 
 class Eval(BaseCallback):
     # evaluated after the update, as rlxf is: a rollout starts (and training ends) right after train()
@@ -94,6 +101,7 @@ cb = Eval()
 model.learn(total_timesteps=budget, callback=cb)
 print(json.dumps(cb.result or {"steps": None, "train_s": None}))
 """
+SB3_RUNNER = SB3_RUNNER.replace("#@greedy_return\n", GREEDY_RETURN)
 
 
 def ensure_venv(path: Path, requirement: str, share_site: bool = True) -> Path:

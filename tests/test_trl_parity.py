@@ -171,18 +171,23 @@ def paired_from_labels(batch, n):
     return out
 
 
-def test_orpo_matches(tok):
-    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
-
-    trainer = quiet_trainer(ORPOTrainer, model=lm(tok), args=ORPOConfig(**common(beta=0.25)),
-                            train_dataset=datasets.Dataset.from_list(ROWS), processing_class=tok)
+def trl_loss_and_our_scores(trainer, tok):
+    """TRL's loss and gradients on ROWS, the pairs as token ids, and our chosen+rejected scores."""
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(ROWS))])
     trl_loss, _ = trainer.get_batch_loss_metrics(trainer.model, batch)
     trl_loss.backward()
     trl_grads = grads(trainer.model)
     t = paired_from_labels(batch, len(ROWS))
     prompts = t["chosen_prompt"]
-    both = score(trainer.model, tok, prompts + prompts, t["chosen"] + t["rejected"])
+    return trl_loss, trl_grads, t, score(trainer.model, tok, prompts + prompts, t["chosen"] + t["rejected"])
+
+
+def test_orpo_matches(tok):
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    trainer = quiet_trainer(ORPOTrainer, model=lm(tok), args=ORPOConfig(**common(beta=0.25)),
+                            train_dataset=datasets.Dataset.from_list(ROWS), processing_class=tok)
+    trl_loss, trl_grads, t, both = trl_loss_and_our_scores(trainer, tok)
     full = t["chosen_full"]
     nll = score(trainer.model, tok, [f[:1] for f in full], [f[1:] for f in full])
     ours = P.orpo_trl_loss(both[: len(ROWS)], both[len(ROWS):], lam=0.25, nll_steps=nll).mean()
@@ -195,13 +200,7 @@ def test_simpo_matches_cpo_trainer(tok):
     args = CPOConfig(**common(beta=2.0, loss_type="simpo", cpo_alpha=0.0, simpo_gamma=0.6))
     trainer = quiet_trainer(CPOTrainer, model=lm(tok), args=args, train_dataset=datasets.Dataset.from_list(ROWS),
                             processing_class=tok)
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(ROWS))])
-    trl_loss, _ = trainer.get_batch_loss_metrics(trainer.model, batch)
-    trl_loss.backward()
-    trl_grads = grads(trainer.model)
-    t = paired_from_labels(batch, len(ROWS))
-    prompts = t["chosen_prompt"]
-    both = score(trainer.model, tok, prompts + prompts, t["chosen"] + t["rejected"])
+    trl_loss, trl_grads, t, both = trl_loss_and_our_scores(trainer, tok)
     ours = P.simpo_loss(both[: len(ROWS)], both[len(ROWS):], beta=2.0, gamma=0.6).mean()
     assert_same(trl_loss.detach(), trl_grads, ours, trainer.model)
 
