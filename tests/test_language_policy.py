@@ -84,6 +84,32 @@ def test_lean_gpt2_decoder_samples_what_the_hf_forward_samples(policy):
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads[True], grads[False]))
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_shared_prefill_samples_what_one_prefill_per_sample_samples(policy, fast):
+    """Prefilling each prompt once and copying its cache to its n samples draws, with the same seed,
+    the tokens that prefilling every copy draws, with the same log-probs (1e-5), which equal a fresh
+    scoring pass; batch_size chunks by prompts (4 // 4 = one prompt's group per chunk here)."""
+    policy.model.eval()
+    policy.fast_decode = fast
+    runs = {}
+    for share in (True, False):
+        policy.share_prefill = share
+        for batch_size in (512, 4):
+            runs[share, batch_size] = policy.sample(PROMPTS, n=4, max_new_tokens=12, batch_size=batch_size,
+                                                    generator=torch.Generator().manual_seed(11))
+    policy.share_prefill, policy.fast_decode = True, True
+    for batch_size in (512, 4):
+        shared, alone = runs[True, batch_size], runs[False, batch_size]
+        assert shared.prompt_ids == alone.prompt_ids == [p for p in PROMPTS for _ in range(4)]
+        assert shared.response_ids == alone.response_ids
+        assert shared.finished == alone.finished
+        assert torch.allclose(shared.steps.logps, alone.steps.logps, atol=1e-5)
+        assert torch.equal(shared.steps.mask, alone.steps.mask)
+        scored = policy.score(shared.prompt_ids, shared.response_ids)
+        assert ((shared.steps.logps - scored.logps) * scored.mask).abs().max() <= 1e-5
+    assert len({tuple(r) for r in runs[True, 512].response_ids[:4]}) > 1  # a group's samples differ
+
+
 def test_sampling_is_seeded_and_tiny_top_p_is_greedy(policy):
     a = policy.sample(PROMPTS, n=2, generator=torch.Generator().manual_seed(1)).response_ids
     b = policy.sample(PROMPTS, n=2, generator=torch.Generator().manual_seed(1)).response_ids

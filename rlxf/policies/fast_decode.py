@@ -83,7 +83,9 @@ class GPT2Decoder:
         return ((causal & attn.bool()[:, None, :]) | eye)[:, None]
 
     @torch.no_grad()
-    def prefill(self, ids: Tensor, attn: Tensor, positions: Tensor, max_new: int) -> Tensor:
+    def prefill(self, ids: Tensor, attn: Tensor, positions: Tensor, max_new: int, copies: int = 1) -> Tensor:
+        """Run the prompts once, then give each ``copies`` rows of cache (row i -> rows i*copies..) to decode
+        from; returns the last prompt position's logits, ``[B, V]`` (one row per prompt, not per copy)."""
         B, P = ids.shape
         L = P + max_new
         shape = (B, self.n_head, L, self.head_dim)
@@ -93,7 +95,11 @@ class GPT2Decoder:
         self.keep = torch.zeros((B, L), dtype=torch.bool, device=ids.device)
         self.keep[:, :P] = attn.bool()
         self.length = P
-        return self._run(ids, positions, self._padded_causal_mask(attn), 0)
+        logits = self._run(ids, positions, self._padded_causal_mask(attn), 0)
+        if copies > 1:
+            self.k, self.v = ([c.repeat_interleave(copies, 0) for c in cache] for cache in (self.k, self.v))
+            self.keep = self.keep.repeat_interleave(copies, 0)
+        return logits
 
     @torch.no_grad()
     def step(self, tokens: Tensor, positions: Tensor) -> Tensor:

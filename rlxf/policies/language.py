@@ -33,13 +33,27 @@ class Rollout:
     steps: Steps
 
 
+def _forward_params(model):
+    """The parameters of the forward that does the work (a peft wrapper's base model's)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inspect.signature(base.forward).parameters
+
+
 def _cache_kwarg(model) -> str:
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+    return "cache" if "cache" in _forward_params(model) else "past_key_values"
 
 
 def _cache_out(out):
     return out.cache if hasattr(out, "cache") and out.cache is not None else out.past_key_values
+
+
+def _repeat_cache(cache, copies: int) -> None:
+    """Repeat each row of a prefill's key/value cache ``copies`` times in place (row i -> rows i*copies..)."""
+    if hasattr(cache, "batch_repeat_interleave"):
+        cache.batch_repeat_interleave(copies)
+    else:
+        raise TypeError(f"cannot share a prefill across samples with a {type(cache).__name__} cache; "
+                        "set policy.share_prefill = False")
 
 
 class LanguagePolicy:
@@ -52,6 +66,10 @@ class LanguagePolicy:
         self._cache_kw = _cache_kwarg(model)
         # sample GPT-2 models with the lean decoder (rlxf.policies.fast_decode); False: the HF forward
         self.fast_decode = True
+        # prefill each distinct prompt once and copy its cache to its n samples; False: prefill every copy
+        self.share_prefill = True
+        # prefill computes logits at the last position only, where the model's forward offers it
+        self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(model) else {}
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token first")
         if tokenizer.eos_token_id is None:
@@ -136,36 +154,47 @@ class LanguagePolicy:
                batch_size: int = 512) -> Rollout:
         """Sample ``n`` responses per prompt (grouped: prompt i's samples are rows i*n..i*n+n-1).
 
-        Stops a sequence at EOS (kept as its last token) or after ``max_new_tokens``.
+        Stops a sequence at EOS (kept as its last token) or after ``max_new_tokens``. Each distinct
+        prompt is prefilled once and its key/value cache copied to its ``n`` samples; a chunk holds
+        ``batch_size // n`` prompts (at least one), so up to ``max(batch_size, n)`` sequences decode at once.
         """
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         expanded = [p for p in prompt_ids for _ in range(n)]
-        parts = [
-            self._sample_batch(expanded[i : i + batch_size], max_new_tokens, temperature, top_p, generator)
-            for i in range(0, len(expanded), batch_size)
-        ]
+        if self.share_prefill:  # chunk by prompts, so each prompt's group shares one prefill
+            per = max(1, batch_size // n)
+            groups = [(prompt_ids[i : i + per], n) for i in range(0, len(prompt_ids), per)]
+        else:
+            groups = [(expanded[i : i + batch_size], 1) for i in range(0, len(expanded), batch_size)]
+        parts = [self._sample_batch(part, copies, max_new_tokens, temperature, top_p, generator)
+                 for part, copies in groups]
         responses = [r for part in parts for r in part[0]]
         finished = [f for part in parts for f in part[1]]
         steps = Steps.cat([part[2] for part in parts])
         return Rollout(prompt_ids=expanded, response_ids=responses, finished=finished, steps=steps)
 
-    def _sample_batch(self, prompts, max_new_tokens, temperature, top_p, generator):
+    def _sample_batch(self, prompts, copies, max_new_tokens, temperature, top_p, generator):
+        """Sample ``copies`` responses for each of ``prompts`` (rows grouped per prompt), prefilling each prompt once."""
         was_training = self.model.training
         self.model.eval()
         ids, attn = (t.to(self.device) for t in pad_tokens(prompts, self.tokenizer.pad_token_id, left=True))
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
-        B = ids.shape[0]
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         decoder = GPT2Decoder(self.model) if self.fast_decode and supports(self.model) else None
         if decoder is not None:
-            logits = decoder.prefill(ids, attn, positions, max_new_tokens)
+            logits = decoder.prefill(ids, attn, positions, max_new_tokens, copies)
         else:
-            out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True)
+            out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True,
+                             **self._last_logits_only)
             cache = _cache_out(out)
             logits = out.logits[:, -1].float()
+            if copies > 1:
+                _repeat_cache(cache, copies)
+        if copies > 1:
+            logits, attn, positions = (t.repeat_interleave(copies, 0) for t in (logits, attn, positions))
+        B = logits.shape[0]
         next_pos = positions[:, -1:] + 1
         tokens = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=self.device)
         logps = torch.zeros((B, max_new_tokens), device=self.device)
