@@ -27,31 +27,8 @@ from rlxf.core.runs import atomic_write_text
 from rlxf.lab import report
 from rlxf.lab.config import PipelineConfig, RunSection
 from rlxf.lab.pipeline import Pipeline, PipelineError, loss_kwargs
-from rlxf.objectives.preference import ALL_PAIR_LOSSES
+from rlxf.objectives.preference import ALL_PAIR_LOSSES, DEFAULT_ARGS, KTO_ARGS
 from rlxf.policies.language import LanguagePolicy
-
-KTO_ARGS = ("beta", "lambda_d", "lambda_u")
-
-# Hyperparameters per objective: the papers' defaults where they suit a tiny model, else noted.
-DEFAULT_ARGS: dict[str, dict[str, float]] = {
-    "dpo": {"beta": 0.1},
-    "cdpo": {"beta": 0.1, "eps": 0.1},
-    "robust_dpo": {"beta": 0.1, "eps": 0.1},
-    "ipo": {"tau": 0.1},
-    "ipo_mean": {"tau": 0.5},  # a per-token target margin of 1 nat (TRL's beta = 0.1 asks for 5)
-    "rpo": {"beta": 0.1, "eta": 0.5},
-    "dpo_sft": {"beta": 0.1, "sft_weight": 1.0},
-    "fdpo_forward_kl": {"beta": 0.1},
-    "fdpo_js": {"beta": 0.1},
-    "fdpo_alpha": {"beta": 0.1, "alpha": 0.5},
-    "slic": {"delta": 1.0, "lam": 0.1},
-    "hinge": {"beta": 0.1},
-    "simpo": {"beta": 2.0, "gamma": 1.0},
-    "orpo": {"lam": 0.1},
-    "cpl": {"alpha": 0.1, "lam": 0.5},
-    "kto": {"beta": 0.1},
-}
-
 
 @dataclass
 class DirectSection:

@@ -334,3 +334,27 @@ functions in ``PAIR_LOSSES``: sigmoid -> ``dpo``, ipo -> ``ipo_mean``, robust ->
 hinge -> ``hinge``, CPO simpo -> ``simpo``, CPO sigmoid with label smoothing -> ``cdpo`` form."""
 
 ALL_PAIR_LOSSES: dict[str, PairLoss] = {**PAIR_LOSSES, **TRL_FORM_LOSSES}
+
+KTO_ARGS = ("beta", "lambda_d", "lambda_u")
+"""The hyperparameters KTO (:func:`kto_loss` through ``train_unpaired``) takes."""
+
+DEFAULT_ARGS: dict[str, dict[str, float]] = {
+    "dpo": {"beta": 0.1},
+    "cdpo": {"beta": 0.1, "eps": 0.1},
+    "robust_dpo": {"beta": 0.1, "eps": 0.1},
+    "ipo": {"tau": 0.1},
+    "ipo_mean": {"tau": 0.5},  # a per-token target margin of 1 nat (TRL's beta = 0.1 asks for 5)
+    "rpo": {"beta": 0.1, "eta": 0.5},
+    "dpo_sft": {"beta": 0.1, "sft_weight": 1.0},
+    "fdpo_forward_kl": {"beta": 0.1},
+    "fdpo_js": {"beta": 0.1},
+    "fdpo_alpha": {"beta": 0.1, "alpha": 0.5},
+    "slic": {"delta": 1.0, "lam": 0.1},
+    "hinge": {"beta": 0.1},
+    "simpo": {"beta": 2.0, "gamma": 1.0},
+    "orpo": {"lam": 0.1},
+    "cpl": {"alpha": 0.1, "lam": 0.5},
+    "kto": {"beta": 0.1},
+}
+"""Default hyperparameters per objective (pair losses and ``kto``): the papers' defaults where they
+suit a small model, else noted. Labs and ``rlxf train`` apply a run's own values over these."""
