@@ -21,7 +21,7 @@ def supports(model) -> bool:
     eval mode, or in train mode when every dropout probability is zero."""
     from transformers import GPT2LMHeadModel
 
-    if type(model) is not GPT2LMHeadModel:
+    if type(model) is not GPT2LMHeadModel or getattr(model, "peft_config", None) is not None:  # LoRA layers: HF forward
         return False
     c = model.config
     no_dropout = not model.training or (c.resid_pdrop == 0 and c.embd_pdrop == 0 and c.attn_pdrop == 0)

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rlxf.core.runs import atomic_dir
 from rlxf.core.steps import Steps
 from rlxf.policies.fast_decode import GPT2Decoder, supports
 from rlxf.policies.logprobs import chunks, pad_tokens, token_batch
@@ -78,30 +77,36 @@ class LanguagePolicy:
     # -- construction -----------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu") -> "LanguagePolicy":
-        """Load a model directory written by ``save_pretrained`` (local only, no download)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        """Load, in float32, any model spec :func:`rlxf.policies.loading.load_policy` takes: a model
+        directory (as ``save_pretrained`` writes), an adapter directory, a ``.gguf`` file or ``smollm2``."""
+        from rlxf.policies.loading import SMOLLM2, ModelSettings, load_policy
 
         path = Path(path)
-        if not (path / "config.json").is_file():
+        if str(path) != SMOLLM2 and path.suffix != ".gguf" and not any(
+                (path / f).is_file() for f in ("config.json", "adapter_config.json")):
             raise FileNotFoundError(f"model directory {path} does not exist or has no config.json")
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
-        return cls(model, tok, device)
+        return load_policy(ModelSettings(path=str(path), dtype="float32", device=str(device)))
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Write model and tokenizer in HF format, atomically."""
-        with atomic_dir(path) as tmp:
-            self.model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
+        """Write model and tokenizer in HF format, atomically (a LoRA model with its adapters merged)."""
+        from rlxf.policies.loading import save_policy
+
+        save_policy(self, path)
 
     def reference(self) -> "LanguagePolicy":
-        """A frozen copy (eval mode, no gradients) to serve as pi_ref."""
+        """pi_ref, frozen (eval mode, no gradients): a copy of the model, or for a LoRA model the same
+        model with its adapters switched off (:class:`rlxf.policies.loading.AdaptersOff`, no copy)."""
+        from rlxf.policies.loading import AdaptersOff, is_lora
+
+        if is_lora(self.model):
+            return LanguagePolicy(AdaptersOff(self.model), self.tokenizer, self.device)
         ref = LanguagePolicy(copy.deepcopy(self.model), self.tokenizer, self.device)
         ref.model.eval()
         ref.model.requires_grad_(False)
         return ref
 
     def copy(self) -> "LanguagePolicy":
+        """An independent copy (a LoRA model is copied with its adapters, still trainable)."""
         return LanguagePolicy(copy.deepcopy(self.model), self.tokenizer, self.device)
 
     # -- tokenization -----------------------------------------------------
