@@ -2,9 +2,11 @@
 
 The format follows the path: ``*.jsonl`` (one JSON object a line), ``*.json`` (an array of
 objects, an object holding one such array, columns as arrays, or JSON lines as
-``Dataset.to_json`` writes them), ``*.parquet``, or a directory written by
-``datasets.Dataset.save_to_disk``; an in-memory ``datasets.Dataset`` may stand in for a path
-when reading. Rows use TRL's conventions (standard, implicit
+``Dataset.to_json`` writes them), ``*.parquet``, a directory written by
+``datasets.Dataset.save_to_disk``, or the name of a dataset already in the local Hugging Face
+cache (read offline: nothing is downloaded); an in-memory ``datasets.Dataset`` may stand in for
+a path when reading. ``columns`` (a rename map, ``{"question": "prompt"}``) maps a dataset's own
+column names onto the ones rlxf reads. Rows use TRL's conventions (standard, implicit
 prompt, and conversational), so datasets built for TRL load as they are. Every error
 names the file, the line (1-based, JSONL) or row (0-based, as ``dataset[i]``), and the
 field at fault.
@@ -33,6 +35,9 @@ Row = dict[str, Any]
 
 _BATCH = 1024
 _FORMATS = "a .jsonl, .json or .parquet file, or a directory written by Dataset.save_to_disk"
+_SUFFIXES = (".jsonl", ".json", ".parquet")
+# The columns that hold a prompt's responses (or a whole conversation) rather than extra data.
+RESPONSE_FIELDS = ("chosen", "rejected", "completion", "completions", "messages", "corrected")
 
 
 class DataError(ValueError):
@@ -47,16 +52,19 @@ class DataError(ValueError):
 # -- reading --------------------------------------------------------------------------
 
 
-def read_records(path: Source, kind: str = "comparison", tokenizer: Any = None) -> list[Record]:
+def read_records(path: Source, kind: str = "comparison", tokenizer: Any = None,
+                 columns: dict[str, str] | None = None) -> list[Record]:
     """Read and validate every row of ``path`` as records of ``kind``.
 
     Nothing is returned unless every row is valid, so a training run never starts on
-    half a dataset. ``tokenizer`` (with a chat template) renders conversational rows.
+    half a dataset. ``tokenizer`` (with a chat template) renders conversational rows;
+    ``columns`` renames the dataset's columns first.
     """
-    return list(iter_records(path, kind, tokenizer))
+    return list(iter_records(path, kind, tokenizer, columns))
 
 
-def iter_records(path: Source, kind: str = "comparison", tokenizer: Any = None) -> Iterator[Record]:
+def iter_records(path: Source, kind: str = "comparison", tokenizer: Any = None,
+                 columns: dict[str, str] | None = None) -> Iterator[Record]:
     """Stream records from ``path`` one row at a time, for files too big to hold twice.
 
     Unlike ``read_records`` it yields rows before later ones are checked, so a bad row
@@ -64,16 +72,29 @@ def iter_records(path: Source, kind: str = "comparison", tokenizer: Any = None) 
     """
     if kind not in KINDS:
         raise ValueError(f"unknown record kind {kind!r} (expected one of {', '.join(KINDS)})")
+    source, rows = open_rows(path, columns)
+    return (to_record(kind, row, tokenizer, source, where) for where, row in rows)
+
+
+def open_rows(path: Source, columns: dict[str, str] | None = None) -> tuple[str, Iterator[tuple[str, Row]]]:
+    """The name errors should show for ``path``, and its raw rows as ``(where, row)`` with the
+    ``columns`` renames applied (a rename of a column the first row lacks is an error)."""
     source, rows = _open_rows(path)
-    return (_to_record(KINDS[kind], row, tokenizer, source, where) for where, row in rows)
+    return source, (_renamed(rows, columns, source) if columns else rows)
 
 
-def detect_kind(path: Source) -> str:
+def to_record(kind: str, row: Row, tokenizer: Any, source: str, where: str) -> Record:
+    """One raw row as a record of ``kind``; a field problem becomes a ``DataError`` naming
+    ``source``, ``where`` and the field."""
+    return _to_record(KINDS[kind], row, tokenizer, source, where)
+
+
+def detect_kind(path: Source, columns: dict[str, str] | None = None) -> str:
     """The record kind ``path`` holds, read from the columns of its first row: "comparison"
     (chosen/rejected), "ranking" (completions/order), "rating", "critique", "correction",
     "unpaired" (completion + a true/false label), "demonstration" (completion, or chat
     ``messages``) or "prompt" (a prompt alone, extra columns allowed)."""
-    source, rows = _open_rows(path)
+    source, rows = open_rows(path, columns)
     first = next(rows, None)
     if first is None:
         raise DataError(source, None, "holds no rows (expected at least one)")
@@ -97,9 +118,11 @@ def _open_rows(path: Source) -> tuple[str, Iterator[tuple[str, Row]]]:
     if isinstance(path, (datasets.Dataset, datasets.DatasetDict)):
         name = f"in-memory {type(path).__name__}"
         return name, _dataset_rows(path, name)
-    path = Path(path)
+    name, path = str(path), Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory (expected {_FORMATS})")
+        if path.suffix in _SUFFIXES or not name or os.path.isabs(name) or name.startswith("."):
+            raise DataError(path, None, f"no such file or directory (expected {_FORMATS})")
+        return name, _dataset_rows(_load_cached(name), name)
     if path.is_dir():
         return str(path), _dataset_rows(_load_dir(path), path)
     if path.suffix == ".jsonl":
@@ -109,6 +132,45 @@ def _open_rows(path: Source) -> tuple[str, Iterator[tuple[str, Row]]]:
     if path.suffix == ".parquet":
         return str(path), _parquet_rows(path)
     raise DataError(path, None, f"unknown format '{path.suffix}' (expected {_FORMATS})")
+
+
+def _load_cached(name: str) -> Any:
+    """A dataset by name from the local Hugging Face cache, offline; its "train" split when it has
+    several. Not cached is an error: a run never downloads."""
+    import huggingface_hub.constants as hub
+    from unittest import mock
+
+    offline = [mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True),
+               mock.patch.object(datasets.config, "HF_DATASETS_OFFLINE", True),
+               mock.patch.object(hub, "HF_HUB_OFFLINE", True)]
+    try:
+        for patch in offline:
+            patch.start()
+        ds = datasets.load_dataset(name, download_mode="reuse_dataset_if_exists")
+    except Exception as e:  # noqa: BLE001 - offline misses surface as several exception types
+        raise DataError(name, None, f"is not a file or directory, nor a dataset in the local Hugging Face cache "
+                                    f"({type(e).__name__}; nothing is downloaded) (expected {_FORMATS}, or the "
+                                    "name of a cached dataset)") from None
+    finally:
+        for patch in offline:
+            patch.stop()
+    if isinstance(ds, datasets.DatasetDict) and "train" in ds:
+        return ds["train"]
+    return ds
+
+
+def _renamed(rows: Iterator[tuple[str, Row]], columns: dict[str, str], source: str) -> Iterator[tuple[str, Row]]:
+    for i, (where, row) in enumerate(rows):
+        if i == 0:
+            have = ", ".join(sorted(row)) or "(none)"
+            for old, new in columns.items():
+                if old not in row:
+                    raise DataError(source, where, f"has no column '{old}' to rename to '{new}' (data.columns; "
+                                                   f"the columns are: {have})", field=old)
+                if new in row and new not in columns:
+                    raise DataError(source, where, f"has both '{old}' and '{new}'; renaming '{old}' to '{new}' "
+                                                   f"would hide one (data.columns)", field=new)
+        yield where, {columns.get(k, k): v for k, v in row.items()}
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, Row]]:
@@ -238,9 +300,26 @@ def _as_text(cls: type, row: Row, tokenizer: Any) -> Row:
         raise RecordError(
             chat[0],
             "holds chat messages but no tokenizer with a chat template was given",
-            "tokenizer= a tokenizer whose chat_template is set, to render them",
+            "a chat template to render them: give one with --chat-template FILE (a Jinja file; "
+            "model.chat_template in a config), or a tokenizer whose chat_template is set",
         )
     return {**row, **_render(tokenizer, row, chat)}
+
+
+def prompt_row(row: Row, kind: str) -> Row:
+    """A row of any ``kind`` as a prompt-only row: its prompt (TRL's implicit prompt or the
+    messages before the last assistant reply when it has no ``prompt``) and its extra columns.
+    Raises ``RecordError`` naming the field when there is no prompt to take."""
+    if row.get("prompt") is None and kind == "comparison":
+        row = _split_implicit_prompt(row)
+    if row.get("prompt") is None and row.get("messages") is not None:
+        row = _split_messages(row)
+    return {k: v for k, v in row.items() if k not in RESPONSE_FIELDS}
+
+
+def is_conversational(row: Row) -> bool:
+    """Whether ``row``'s prompt or responses are chat messages (TRL's conversational format)."""
+    return any(_is_chat(c, row.get(c)) for c in ("prompt", *RESPONSE_FIELDS) if row.get(c) is not None)
 
 
 def _split_implicit_prompt(row: Row) -> Row:
