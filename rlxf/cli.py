@@ -1,4 +1,5 @@
-"""The ``rlxf`` command: run a pipeline config, run the quickstart, rebuild a report."""
+"""The ``rlxf`` command: train a method on one's own model and data, sample from the result, run a
+pipeline config, run the quickstart, rebuild a report."""
 
 from __future__ import annotations
 
@@ -21,6 +22,39 @@ def _parser() -> argparse.ArgumentParser:
                         choices=["tensorboard", "wandb", "trackio", "none"],
                         help="also log metrics to tensorboard, wandb or trackio (repeatable; sets run.report_to)")
 
+    train = sub.add_parser("train", add_help=False, help="train METHOD on your own model, data and rewards",
+                           usage="rlxf train METHOD --model M --data D [options]",
+                           description="Train a method on your own model and data (rlxf train --help lists the "
+                                       "methods; rlxf train METHOD --help lists a method's settings).")
+    train.add_argument("method", nargs="?", default="", metavar="METHOD")
+    train.add_argument("-h", "--help", action="store_true", help="show this help, or METHOD's settings, and exit")
+    train.add_argument("--model", help="a Hugging Face model directory, a .gguf file, or smollm2")
+    train.add_argument("--data", help="training data: .jsonl, .json, .parquet, a save_to_disk directory or a "
+                                      "cached datasets name")
+    train.add_argument("--eval-data", dest="eval_data", help="held-out data (default: a split of --data)")
+    train.add_argument("--reward", dest="rewards", action="append", default=[], metavar="SPEC",
+                       help="a reward for online methods (repeatable): file.py:fn, module:fn, a reward-model "
+                            "directory, judge:..., answer_match, regex:PATTERN, length_penalty:N; weight as 0.5*SPEC")
+    train.add_argument("--monitor", dest="monitors", action="append", default=[], metavar="SPEC",
+                       help="a reward that is only logged and reported, never learned from (repeatable)")
+    train.add_argument("--output", metavar="DIR", help="the run directory; the trained model goes to DIR/model "
+                                                       "(default: runs/train_METHOD)")
+    train.add_argument("--config", metavar="FILE.toml", help='a TOML config with lab = "train" (flags override it)')
+    train.add_argument("--chat-template", dest="chat_template", metavar="FILE",
+                       help="a Jinja chat template, for a tokenizer without one")
+    train.add_argument("--dry-run", dest="dry_run", action="store_true",
+                       help="load and check the model, data and rewards, say what would run, write nothing")
+    common(train)
+    sample = sub.add_parser("sample", help="generate from a trained model (a rlxf train run or a model directory)")
+    sample.add_argument("model", metavar="RUN_OR_MODEL")
+    which = sample.add_mutually_exclusive_group(required=True)
+    which.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    which.add_argument("--prompts", metavar="FILE", help="a file of prompts: one per line, or .jsonl with a prompt field")
+    sample.add_argument("--n", type=int, default=1, help="samples per prompt (default 1)")
+    sample.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=128)
+    sample.add_argument("--temperature", type=float, default=1.0)
+    sample.add_argument("--top-p", dest="top_p", type=float, default=1.0)
+    sample.add_argument("--seed", type=int, default=0)
     run = sub.add_parser("run", help="run (or resume) the pipeline of a TOML config")
     run.add_argument("config", help="path to a TOML config")
     common(run)
@@ -45,12 +79,61 @@ def _run(config_path: str | Path, args) -> int:
     lab = lab_class(lab_of(config_path))
     report_to = [f"run.report_to={args.report_to!r}".replace("'", '"')] if args.report_to else []
     cfg = load_config(lab.Config, config_path, [*args.overrides, *report_to])
-    log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    runner = lab(cfg, fresh=args.fresh, quiet=args.quiet, log=log)
+    return _execute(lab(cfg, fresh=args.fresh, quiet=args.quiet, log=_log(args)))
+
+
+def _execute(runner) -> int:
+    """Run (or resume) a lab's stages, then print its table, its report's path and, last, where the
+    result is: the trained model of a train run, else the run directory."""
     summary = runner.execute()
     print(runner.format_table(summary))
     print(f"report: {runner.run.dir / 'report.html'}")
-    print(runner.run.dir.resolve())
+    print(Path(getattr(runner, "output_dir", runner.run.dir)).resolve())
+    return 0
+
+
+def _log(args):
+    return (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+
+def _train(args, parser: argparse.ArgumentParser) -> int:
+    from rlxf.core.config import load_config
+    from rlxf.lab import train
+
+    if args.help:
+        sub = parser._subparsers._group_actions[0].choices["train"]  # noqa: SLF001 - argparse keeps them here
+        print(sub.format_help())
+        print(train.method_options(args.method) if args.method else train.methods_help())
+        return 0
+    flags: dict = {"method": args.method} if args.method else {}
+    for key, section, name in (("model", "model", "path"), ("chat_template", "model", "chat_template"),
+                               ("data", "data", "path"), ("eval_data", "data", "eval_path"), ("output", "run", "dir")):
+        if getattr(args, key):
+            flags.setdefault(section, {})[name] = getattr(args, key)
+    if args.report_to:
+        flags.setdefault("run", {})["report_to"] = args.report_to
+    for key in ("rewards", "monitors"):
+        if getattr(args, key):
+            flags[key] = getattr(args, key)
+    cfg = load_config(train.TrainConfig, args.config, args.overrides, flags=flags)
+    if cfg.lab != "train":
+        raise train.TrainError(f'{args.config}: lab = "{cfg.lab}", but rlxf train runs configs with lab = "train"')
+    if args.dry_run:
+        print(train.dry_run(cfg))
+        return 0
+    return _execute(train.TrainLab(cfg, fresh=args.fresh, quiet=args.quiet, log=_log(args)))
+
+
+def _sample(args) -> int:
+    from rlxf.lab.train import read_prompts, sample_texts
+
+    prompts = read_prompts(args.prompts) if args.prompts else args.prompt
+    outputs = sample_texts(args.model, prompts, args.n, args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    for i, (prompt, completions) in enumerate(zip(prompts, outputs)):
+        for j, text in enumerate(completions):
+            if len(prompts) > 1 or args.n > 1:
+                print(f"=== prompt {i + 1}, sample {j + 1}: {prompt}")
+            print(text)
     return 0
 
 
@@ -70,7 +153,8 @@ def _report(run_dir: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.command == "label":
         from rlxf.app.cli import run_label_command
 
@@ -80,14 +164,19 @@ def main(argv: list[str] | None = None) -> int:
     from rlxf.core.trackers import TrackerError
     from rlxf.data.io import DataError
     from rlxf.lab.pipeline import PipelineError
+    from rlxf.lab.train import USER_ERRORS
 
     try:
+        if args.command == "train":
+            return _train(args, parser)
+        if args.command == "sample":
+            return _sample(args)
         if args.command == "run":
             return _run(args.config, args)
         if args.command == "quickstart":
             return _run(quickstart_config_path(), args)
         return _report(args.run_dir)
-    except (ConfigError, DataError, PipelineError, RunError, TrackerError, FileNotFoundError) as e:
+    except (ConfigError, DataError, PipelineError, RunError, TrackerError, FileNotFoundError, *USER_ERRORS) as e:
         print(f"rlxf: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -121,8 +121,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
-    """Build ``cls`` from its defaults, then the TOML file at ``path``, then ``overrides``."""
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = (),
+                flags: dict | None = None, flags_source: str = "the command line") -> T:
+    """Build ``cls`` from its defaults, then the TOML file at ``path``, then ``flags`` (a nested
+    table, e.g. from a command's options), then ``overrides``."""
     cfg = cls()
     if path is not None:
         path = Path(path)
@@ -133,6 +135,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML ({e})") from None
         cfg = _build(cls, table, str(path), cfg)
+    if flags:
+        cfg = _build(cls, flags, flags_source, cfg)
     for text in overrides:
         keys, value = parse_override(text)
         nested: Any = value

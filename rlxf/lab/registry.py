@@ -19,6 +19,7 @@ LABS: dict[str, str] = {
     "online": "rlxf.lab.online:OnlineLab",
     "best_of_n": "rlxf.lab.best_of_n:BestOfNLab",
     "direct": "rlxf.lab.direct:DirectLab",
+    "train": "rlxf.lab.train:TrainLab",
 }
 
 
