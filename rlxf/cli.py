@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--temperature", type=float, default=1.0)
     sample.add_argument("--top-p", dest="top_p", type=float, default=1.0)
     sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--raw", action="store_true",
+                        help="give the prompts as written, not as a user turn of the chat template (the default for "
+                             "a run trained on chat data, or a model directory whose tokenizer has a template)")
     run = sub.add_parser("run", help="run (or resume) the pipeline of a TOML config")
     run.add_argument("config", help="path to a TOML config")
     common(run)
@@ -128,7 +131,8 @@ def _sample(args) -> int:
     from rlxf.lab.train import read_prompts, sample_texts
 
     prompts = read_prompts(args.prompts) if args.prompts else args.prompt
-    outputs = sample_texts(args.model, prompts, args.n, args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    outputs = sample_texts(args.model, prompts, args.n, args.max_new_tokens, args.temperature, args.top_p, args.seed,
+                           chat=False if args.raw else None)
     for i, (prompt, completions) in enumerate(zip(prompts, outputs)):
         for j, text in enumerate(completions):
             if len(prompts) > 1 or args.n > 1:

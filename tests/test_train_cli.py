@@ -219,3 +219,39 @@ def test_a_toml_with_lab_train_runs_through_rlxf_run(capsys, model_dir, data, tm
     assert main(["run", str(config), "--quiet"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str((run / "model").resolve())
     assert _summary(run)["method"] == "ipo"
+
+
+def test_lora_adapters_are_saved_and_evaluated_after_a_restart(capsys, model_dir, data, tmp_path, monkeypatch):
+    """A run stopped after its train stage evaluates the adapters it reads back from the output directory."""
+    from rlxf.lab.train import TrainLab
+
+    run = tmp_path / "run"
+    args = [*OFFLINE, "--set", "lora.r=4", "--set", 'lora.save="adapters"']
+    real = TrainLab.stage_evaluate
+
+    def stop(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrainLab, "stage_evaluate", stop)
+    assert _train(capsys, "dpo", model_dir, data["prefs"], run, *args)[0] == 130
+    assert (run / "model" / "adapter_config.json").is_file() and not (run / "summary.json").exists()
+    monkeypatch.setattr(TrainLab, "stage_evaluate", real)
+    rc, _, err = _train(capsys, "dpo", model_dir, data["prefs"], run, *args)
+    assert rc == 0, err
+    metrics = _summary(run)["metrics"]
+    assert metrics["reward_accuracy"]["trained"] == 1.0 and metrics["kl"]["trained"] > 0
+    assert main(["sample", str(run), "--prompt", "a e", "--max-new-tokens", "2", "--raw"]) == 0
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("ppo", ["--set", "online.updates_per_rollout=2"]),  # a critic from the model's own trunk
+    ("spo", []),  # a preference: Bradley-Terry on the reward
+    ("sharpening", []),  # no reward at all
+])
+def test_online_methods_that_need_more_than_a_reward(capsys, model_dir, data, tmp_path, method, extra):
+    reward = ["--reward", "regex:yes"] if method != "sharpening" else ["--monitor", "regex:yes"]
+    rc, _, err = _train(capsys, method, model_dir, data["prompts"], tmp_path / "run", *reward, *extra,
+                        "--set", "online.optim.steps=2", "--set", "online.optim.batch_size=2",
+                        "--set", "online.max_new_tokens=3", "--set", "online.optim.checkpoint_every=2")
+    assert rc == 0, err
+    assert "kl to start" in _summary(tmp_path / "run")["metrics"]

@@ -334,6 +334,12 @@ def load_inputs(cfg: TrainConfig) -> Inputs:
             cfg, policy.tokenizer, data.train_rows, data.prompt_texts, data.conversational)
         if needs_preference(cfg.method) and inputs.judge is None:
             inputs.judge = bradley_terry_preference(total_reward(inputs.rewards))
+        thresholds = cfg.online.method_args.get("thresholds")
+        missing = sorted(set(thresholds) - set(inputs.rewards) - set(inputs.monitors)) \
+            if isinstance(thresholds, dict) else []
+        if missing:
+            raise TrainError(f"online.method_args.thresholds: {', '.join(missing)} is not a reward or monitor of "
+                             f"this run (they are: {', '.join([*inputs.rewards, *inputs.monitors])})")
     return inputs
 
 
@@ -604,15 +610,16 @@ def format_table(summary: dict) -> str:
 
 
 # -- rlxf sample ----------------------------------------------------------------------------------
-def model_of(run_or_model: str | Path) -> Path:
-    """The model directory of a ``rlxf train`` run directory, or ``run_or_model`` itself."""
+def model_of(run_or_model: str | Path) -> tuple[Path, bool | None]:
+    """The model directory of a ``rlxf train`` run directory (and whether its data was chat), or
+    ``run_or_model`` itself (and None: not known)."""
     from rlxf.core.config import load_config
     from rlxf.lab.registry import lab_of
 
     path = Path(run_or_model)
     config = path / "config.toml"
     if not config.is_file():
-        return path
+        return path, None
     if lab_of(config) != "train":
         raise TrainError(f"{path} is a {lab_of(config)} run, not a rlxf train run: give a model directory")
     cfg = load_config(TrainConfig, config)
@@ -622,12 +629,15 @@ def model_of(run_or_model: str | Path) -> Path:
     if not out.exists():
         raise TrainError(f"{path}: the run has not written its model ({out}) yet; run the same rlxf train again "
                          "to finish it")
-    return out
+    done = path / "stages" / "train" / "done.json"
+    chat = json.loads(done.read_text())["data"].get("conversational") if done.is_file() else None
+    return out, chat
 
 
-def render_prompt(tokenizer, text: str) -> str:
-    """A user turn in the tokenizer's chat template, ready for the answer; the text itself without one."""
-    if not getattr(tokenizer, "chat_template", None):
+def render_prompt(tokenizer, text: str, chat: bool = True) -> str:
+    """A user turn in the tokenizer's chat template, ready for the answer; the text itself without a
+    template or with ``chat`` False."""
+    if not chat or not getattr(tokenizer, "chat_template", None):
         return text
     return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                          add_generation_prompt=True)
@@ -651,16 +661,20 @@ def read_prompts(path: str | Path) -> list[str]:
 
 
 def sample_texts(run_or_model: str | Path, prompts: list[str], n: int = 1, max_new_tokens: int = 128,
-                 temperature: float = 1.0, top_p: float = 1.0, seed: int = 0) -> list[list[str]]:
-    """``n`` completions of each prompt (rendered with the model's chat template) from a trained model."""
+                 temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+                 chat: bool | None = None) -> list[list[str]]:
+    """``n`` completions of each prompt from a trained model. Prompts are rendered as a user turn of
+    the model's chat template when ``chat`` is True; None: as the run's training data was (a model
+    directory: whenever the tokenizer has a template)."""
     if n < 1 or max_new_tokens < 1:
         raise TrainError(f"--n and --max-new-tokens must be at least 1, got {n} and {max_new_tokens}")
     if temperature <= 0 or not 0 < top_p <= 1:
         raise TrainError(f"--temperature must be > 0 and --top-p in (0, 1], got {temperature} and {top_p}")
-    settings = ModelSettings(path=str(model_of(run_or_model)))
-    check_model(settings)
-    policy = load_policy(settings)
-    ids = [policy.tokenizer(render_prompt(policy.tokenizer, p), add_special_tokens=False).input_ids for p in prompts]
+    model, run_chat = model_of(run_or_model)
+    chat = chat if chat is not None else run_chat is not False
+    policy = load_policy(ModelSettings(path=str(model)))
+    ids = [policy.tokenizer(render_prompt(policy.tokenizer, p, chat), add_special_tokens=False).input_ids
+           for p in prompts]
     ro = policy.sample(ids, n, max_new_tokens, temperature, top_p, generator=torch.Generator().manual_seed(seed))
     texts = [policy.decode(r) for r in ro.response_ids]
     return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
