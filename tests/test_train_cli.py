@@ -255,3 +255,22 @@ def test_online_methods_that_need_more_than_a_reward(capsys, model_dir, data, tm
                         "--set", "online.max_new_tokens=3", "--set", "online.optim.checkpoint_every=2")
     assert rc == 0, err
     assert "kl to start" in _summary(tmp_path / "run")["metrics"]
+
+
+def test_a_saved_reward_model_and_a_judge_as_specs(capsys, model_dir, data, tmp_path):
+    """online_dpo learns from a pairwise judge in a Python file and monitors a reward model trained by
+    rlxf train; the held-out table gives the monitor for both models and the judge's verdict between them."""
+    rm = tmp_path / "rm"
+    assert _train(capsys, "reward-model", model_dir, data["prefs"], rm, "--set", "reward_model.optim.steps=2")[0] == 0
+    judge = tmp_path / "judge.py"
+    judge.write_text("def prefer(prompts, a, b):\n    return [0.5 + 0.4 * (('yes' in x) - ('yes' in y)) "
+                     "for x, y in zip(a, b)]\n")
+    run = tmp_path / "run"
+    rc, _, err = _train(capsys, "online_dpo", model_dir, data["prompts"], run, "--reward", f"judge:{judge}:prefer",
+                        "--monitor", str(rm / "model"), "--set", "online.optim.steps=2",
+                        "--set", "online.optim.batch_size=2", "--set", "online.max_new_tokens=3",
+                        "--set", "online.optim.checkpoint_every=2")
+    assert rc == 0, err
+    metrics = _summary(run)["metrics"]
+    assert metrics[f"monitor {rm / 'model'}"]["start"] is not None
+    assert 0 <= metrics[f"judge:{judge}:prefer win rate vs start"]["trained"] <= 1

@@ -265,26 +265,17 @@ def is_judge(spec: str) -> bool:
     return (rest if star else spec).strip().startswith("judge:")
 
 
-def load_rewards(cfg: TrainConfig, tokenizer, rows, prompts_text, conversational) -> tuple[dict, dict, Callable | None]:
-    """(rewards, monitors, judge) for ``rows``: a judge goes to a method that takes a preference,
-    else it becomes a reward (each sample's win rate against its group)."""
+def load_rewards(cfg: TrainConfig, tokenizer, rows, prompts_text, conversational) -> tuple[dict, dict, dict]:
+    """``(rewards, monitors, judges)`` of ``cfg`` on ``rows``: name -> (component, weight), name ->
+    component, and name -> (preference, weight) for the (at most one) ``judge:`` spec."""
     plain = [s for s in cfg.rewards if not is_judge(s)]
-    judges = [s for s in cfg.rewards if is_judge(s)]
-    rewards = reward_components(plain, tokenizer, rows, prompts_text, conversational) if plain else {}
-    judge = None
-    if judges:
-        if len(judges) > 1:
-            raise TrainError(f"--reward: at most one judge, got {', '.join(judges)}")
-        (name, (pref, weight)), = reward_components(judges, tokenizer, rows, prompts_text, conversational,
-                                                    judge=True).items()
-        if takes_preference(cfg.method):
-            judge = pref
-        else:
-            rewards[name] = (group_win_rate(pref), weight)
-    monitors = {name: fn for name, (fn, _w) in
-                (reward_components(cfg.monitors, tokenizer, rows, prompts_text, conversational) if cfg.monitors
-                 else {}).items()}
-    return rewards, monitors, judge
+    judge_specs = [s for s in cfg.rewards if is_judge(s)]
+    if len(judge_specs) > 1:
+        raise TrainError(f"--reward: at most one judge, got {', '.join(judge_specs)}")
+    load = lambda specs, judge=False: (  # noqa: E731
+        reward_components(specs, tokenizer, rows, prompts_text, conversational, judge=judge) if specs else {})
+    monitors = {name: fn for name, (fn, _w) in load(cfg.monitors).items()}
+    return load(plain), monitors, load(judge_specs, judge=True)
 
 
 def check_settings(cfg: TrainConfig) -> str:
@@ -330,8 +321,14 @@ def load_inputs(cfg: TrainConfig) -> Inputs:
     data = prepare_data(cfg.data, DATA_KIND[fam], policy.tokenizer, cfg.run.seed)
     inputs = Inputs(policy, data)
     if fam == ONLINE:
-        inputs.rewards, inputs.monitors, inputs.judge = load_rewards(
+        inputs.rewards, inputs.monitors, judges = load_rewards(
             cfg, policy.tokenizer, data.train_rows, data.prompt_texts, data.conversational)
+        for name, (preference, weight) in judges.items():
+            # a method that takes a preference gets the judge; any other learns each sample's win rate in its group
+            if takes_preference(cfg.method):
+                inputs.judge = preference
+            else:
+                inputs.rewards[name] = (group_win_rate(preference), weight)
         if needs_preference(cfg.method) and inputs.judge is None:
             inputs.judge = bradley_terry_preference(total_reward(inputs.rewards))
         thresholds = cfg.online.method_args.get("thresholds")
@@ -500,27 +497,38 @@ class TrainLab(StagedLab):
 
     def _online_metrics(self, trained, start) -> dict:
         """Each reward and monitor, and the KL to the starting model, on held-out prompts: one sample
-        per prompt from each model (the same seeds), gains paired by prompt."""
+        per prompt from each model (the same seeds), gains paired by prompt; a judge compares the two
+        samples of each prompt (P(trained beats start))."""
         cfg, data = online_config(self.cfg), self.inputs.data
         n = min(len(data.eval), self.cfg.eval.max_prompts)
         prompts = data.eval[:n]
-        rewards, monitors, _ = load_rewards(self.cfg, trained.tokenizer, data.eval_rows[:n],
-                                            data.eval_prompt_texts[:n], data.conversational)
+        rewards, monitors, judges = load_rewards(self.cfg, trained.tokenizer, data.eval_rows[:n],
+                                                 data.eval_prompt_texts[:n], data.conversational)
         parts = {**{f"reward {k}": fn for k, (fn, _w) in rewards.items()},
                  **{f"monitor {k}": fn for k, fn in monitors.items()}}
         if len(rewards) > 1:
             parts["reward (weighted sum)"] = total_reward(rewards)
         values: dict[str, dict[str, np.ndarray]] = {}
+        rollouts = {}
         for which, policy in (("start", start), ("trained", trained)):
             gen = torch.Generator().manual_seed(self.seed * 7919 + 17)
-            ro = policy.sample(prompts, 1, cfg.max_new_tokens, cfg.temperature, cfg.top_p, generator=gen)
+            ro = rollouts[which] = policy.sample(prompts, 1, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                                                 generator=gen)
             samples = Samples(ro.prompt_ids, ro.response_ids, ro.finished, 1, prompt_index=list(range(n)))
             out = {name: _as_array(fn(samples)) for name, fn in parts.items()}
             out["kl to start"] = (sampled_kl(ro.steps, start.score(ro.prompt_ids, ro.response_ids)).numpy()
                                   if which == "trained" else np.zeros(n))
             out["length"] = np.array([len(r) for r in ro.response_ids], dtype=float)
             values[which] = out
-        return {name: _compare(values["start"][name], values["trained"][name]) for name in values["trained"]}
+        out = {name: _compare(values["start"][name], values["trained"][name]) for name in values["trained"]}
+        t, st = rollouts["trained"], rollouts["start"]
+        both = Samples(t.prompt_ids + st.prompt_ids, t.response_ids + st.response_ids, t.finished + st.finished, 1,
+                       prompt_index=[*range(n), *range(n)])
+        for name, (preference, _w) in judges.items():
+            wins = _as_array(preference(both, torch.arange(n), torch.arange(n, 2 * n)))
+            mean, se = mean_se(wins)
+            out[f"{name} win rate vs start"] = {"start": 0.5, "trained": mean, "trained_se": se}
+        return out
 
     # -- table and report -----------------------------------------------------------------------
     @staticmethod
@@ -544,7 +552,9 @@ class TrainLab(StagedLab):
 
 def _as_array(values) -> np.ndarray:
     """Reward values as floats, None (no reward) as NaN."""
-    return np.array([math.nan if v is None else float(v) for v in np.asarray(values, dtype=object).tolist()])
+    if isinstance(values, torch.Tensor):
+        return values.detach().float().cpu().numpy().astype(float)
+    return np.array([math.nan if v is None else float(v) for v in values], dtype=float)
 
 
 def _compare(start, trained) -> dict:
@@ -600,10 +610,11 @@ def format_table(summary: dict) -> str:
         sign = "+" if key == "change" else ""
         return f"{v:{sign}.4f}" + (f" ± {se:.4f}" if se is not None else "")
 
-    head = f"{'held-out metric':<28} {'start':>20} {'trained':>20} {'change':>20}"
+    w = max([24, *map(len, summary["metrics"])])
+    head = f"{'held-out metric':<{w}} {'start':>20} {'trained':>20} {'change':>20}"
     lines = [f"{summary['method']}: {summary['held_out']} held-out rows", head, "-" * len(head)]
     for name, d in summary["metrics"].items():
-        lines.append(f"{name:<28} {cell(d, 'start'):>20} {cell(d, 'trained'):>20} {cell(d, 'change'):>20}")
+        lines.append(f"{name:<{w}} {cell(d, 'start'):>20} {cell(d, 'trained'):>20} {cell(d, 'change'):>20}")
     if not summary["metrics"]:
         lines.append("(no held-out rows)")
     return "\n".join(lines)
