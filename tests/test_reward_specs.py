@@ -114,3 +114,224 @@ def test_booleans_and_numpy_numbers_are_numbers():
     import numpy as np
 
     assert checked_values("b", lambda p, c, **k: [True, np.float32(0.5)], ["a", "b"], ["x", "y"], {}, 0) == [1.0, 0.5]
+
+
+# -- specs as Scorer components ---------------------------------------------------------------------
+
+import torch  # noqa: E402
+
+from rlxf.algorithms.loop import OptimConfig  # noqa: E402
+from rlxf.algorithms.online.controller import (  # noqa: E402
+    Context,
+    KLSettings,
+    NoSignalWarning,
+    OnlineConfig,
+    Reducer,
+    build_method,
+    impute_missing,
+    train_online,
+)
+from rlxf.core.runs import Run  # noqa: E402
+from rlxf.policies.language import LanguagePolicy  # noqa: E402
+from rlxf.policies.tiny import tiny_causal_lm, tiny_scorer, tiny_tokenizer  # noqa: E402
+from rlxf.rewards.model import RewardModel  # noqa: E402
+from rlxf.rewards.scoring import RewardError, Samples, Scorer  # noqa: E402
+from rlxf.rewards.specs import reward_components  # noqa: E402
+
+WORDS = "a b c d e f user: assistant: 1 2 3 4".split()
+
+SEEN_FILE = '''
+SEEN = []
+
+def record(prompts, completions, **columns):
+    SEEN.append((prompts, completions, columns))
+    return [float(len(str(c))) for c in completions]
+
+def judge(prompts, a, b):
+    return [0.75 if len(x) > len(y) else 0.25 for x, y in zip(a, b)]
+
+def bad_judge(prompts, a, b):
+    return [1.5] * len(a)
+'''
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer(WORDS)
+
+
+@pytest.fixture()
+def seen_file(tmp_path):
+    path = tmp_path / "seen.py"
+    path.write_text(SEEN_FILE)
+    return path
+
+
+def _samples_of(tok, responses, prompt_index, k=1):
+    ids = [tok(r, add_special_tokens=False).input_ids + [tok.eos_token_id] for r in responses]
+    return Samples([[4]] * len(ids), ids, [True] * len(ids), k, prompt_index=prompt_index)
+
+
+def test_text_reward_gets_prompt_text_columns_and_plain_completions(tok, seen_file):
+    rows = [{"prompt": "a b", "answer": "1"}, {"prompt": "c", "answer": "2", "topic": "x"}]
+    (name, (fn, w)), = reward_components([f"2*{seen_file}:record"], tok, rows, ["a b", "c"], False).items()
+    assert w == 2.0
+    values = fn(_samples_of(tok, ["d e", "f"], [1, 0]))
+    assert values == [3.0, 1.0]  # "d e" and "f": decoded without the EOS special token
+    module = next(m for m in __import__("sys").modules.values() if getattr(m, "__file__", None) == str(seen_file))
+    prompts, completions, columns = module.SEEN[-1]
+    assert prompts == ["c", "a b"] and completions == ["d e", "f"]
+    assert columns == {"answer": ["2", "1"], "topic": ["x", None]}
+
+
+def test_conversational_rewards_get_messages_like_trl(tok, seen_file):
+    rows = [{"prompt": [{"role": "user", "content": "a"}], "answer": "1"}]
+    fn = reward_components([f"{seen_file}:record"], tok, rows, ["user: a\nassistant:"], True)[f"{seen_file}:record"][0]
+    fn(_samples_of(tok, ["b"], [0]))
+    module = next(m for m in __import__("sys").modules.values() if getattr(m, "__file__", None) == str(seen_file))
+    prompts, completions, _ = module.SEEN[-1]
+    assert prompts == [[{"role": "user", "content": "a"}]]
+    assert completions == [[{"role": "assistant", "content": "b"}]]
+    answer = reward_components(["answer_match"], tok, rows, ["x"], True)["answer_match"][0]
+    assert answer(_samples_of(tok, ["1", "2"], [0, 0])) == [1.0, 0.0]  # built-ins read chat completions too
+
+
+BAD = '''
+def boom(prompts, completions, **kw):
+    raise KeyError("answer")
+
+def short(prompts, completions, **kw):
+    return [1.0]
+
+def nan(prompts, completions, **kw):
+    return [float("nan")] * len(completions)
+
+def words(prompts, completions, **kw):
+    return ["good"] * len(completions)
+
+def none_for_b(prompts, completions, **kw):
+    return [None if c == "b" else 1.0 for c in completions]
+'''
+
+
+@pytest.mark.parametrize("fn, message", [
+    ("boom", "raised at step 0: KeyError"),
+    ("short", "returned 1 values at step 0"),
+    ("nan", "returned nan for completion 0 at step 0"),
+    ("words", r"returned 'good' \(str\) for completion 0 at step 0"),
+])
+def test_a_bad_reward_stops_the_scorer_at_the_first_step_with_its_name(tmp_path, tok, fn, message):
+    path = tmp_path / "bad.py"
+    path.write_text(BAD)
+    scorer = Scorer(reward_components([f"{path}:{fn}"], tok, [{"prompt": "a"}], ["a"], False))
+    with pytest.raises(RewardError, match=f"reward '{path}:{fn}' {message}"):
+        scorer(_samples_of(tok, ["b", "c"], [0, 0]), step=0)
+
+
+def test_none_rewards_sum_over_the_rest_and_mark_unscored_samples(tmp_path, tok):
+    path = tmp_path / "bad.py"
+    path.write_text(BAD)
+    comps = reward_components([f"{path}:none_for_b", "0.5*length_penalty:0:1"], tok, [{"prompt": "a"}], ["a"], False)
+    scorer = Scorer(comps)
+    total, parts = scorer(_samples_of(tok, ["b", "c d"], [0, 0], k=2), step=0)
+    # "b": only the length penalty (-1 * 0.5); "c d": 1 + 0.5 * -2 (TRL's nansum)
+    assert total.tolist() == [-0.5, 0.0]
+    assert scorer.valid(parts, 2).tolist() == [True, True]
+    only = Scorer({k: v for k, v in comps.items() if "none_for_b" in k})
+    total, parts = only(_samples_of(tok, ["b", "c d"], [0, 0], k=2), step=0)
+    assert only.valid(parts, 2).tolist() == [False, True] and math.isnan(parts[f"{path}:none_for_b"][0])
+
+
+def test_impute_missing_uses_the_group_mean_of_scored_samples():
+    scores = torch.tensor([1.0, 0.0, 3.0, 0.0, 0.0, 0.0])
+    valid = torch.tensor([True, False, True, False, False, False])
+    assert impute_missing(scores, valid, 3).tolist() == [1.0, 2.0, 3.0, 0.0, 0.0, 0.0]
+
+
+def test_reward_model_directories_score_with_their_own_tokenizer(tmp_path, tok):
+    rm = RewardModel(tiny_scorer(tok, n_layer=1, n_embd=16, n_head=2, seed=1), tok)
+    rm.save_pretrained(tmp_path / "rm")
+    prompts_text = ["a b", "c"]
+    comps = reward_components([str(tmp_path / "rm")], tok, [{"prompt": p} for p in prompts_text], prompts_text, False)
+    samples = _samples_of(tok, ["d", "e f"], [1, 0])
+    got = torch.as_tensor(comps[str(tmp_path / "rm")][0](samples))
+    assert torch.allclose(got, rm.score_texts(["c", "a b"], ["d", "e f"]))
+    # the same directory as a Bradley-Terry judge
+    (pref, _w), = reward_components([f"judge:{tmp_path / 'rm'}"], tok, [{"prompt": p} for p in prompts_text],
+                                    prompts_text, False, judge=True).values()
+    p = pref(samples, torch.tensor([0, 1]), torch.tensor([1, 0]))
+    assert torch.allclose(p, torch.sigmoid(torch.stack([got[0] - got[1], got[1] - got[0]])))
+    lm = tmp_path / "lm"
+    LanguagePolicy(tiny_causal_lm(tok, n_layer=1, n_embd=16, n_head=2), tok).save_pretrained(lm)
+    with pytest.raises(RewardSpecError, match="expected a reward model: a sequence-classification model with one label"):
+        reward_components([str(lm)], tok, [], [], False)
+
+
+def test_judge_file_gives_preferences_and_is_checked(tok, seen_file):
+    rows = [{"prompt": "a"}]
+    (pref, _), = reward_components([f"judge:{seen_file}:judge"], tok, rows, ["a"], False, judge=True).values()
+    s = _samples_of(tok, ["b c", "d"], [0, 0], k=2)
+    assert pref(s, torch.tensor([0, 1]), torch.tensor([1, 0])).tolist() == [0.75, 0.25]
+    (bad, _), = reward_components([f"judge:{seen_file}:bad_judge"], tok, rows, ["a"], False, judge=True).values()
+    s.step = 4
+    with pytest.raises(RewardValueError, match=r"judge 'judge:.*bad_judge' returned 1.5 for pair 0 at step 4 "
+                                               r"\(expected P\(a is better\), a number in \[0, 1\]\)"):
+        bad(s, torch.tensor([0]), torch.tensor([1]))
+    with pytest.raises(RewardSpecError, match="expected a judge"):
+        reward_components([f"{seen_file}:judge"], tok, rows, ["a"], False, judge=True)
+    with pytest.raises(RewardSpecError, match="expected a reward, not a judge"):
+        reward_components([f"judge:{seen_file}:judge"], tok, rows, ["a"], False)
+
+
+# -- the controller: unscored samples leave the loss; no learning signal warns ----------------------
+
+
+@pytest.fixture(scope="module")
+def policy(tok):
+    return LanguagePolicy(tiny_causal_lm(tok, n_layer=1, n_embd=32, n_head=2, seed=0), tok)
+
+
+def _online(steps, reduction=""):
+    return OnlineConfig(method="rloo", samples_per_prompt=2, max_new_tokens=5, loss_reduction=reduction,
+                        kl=KLSettings(coef=0.05),
+                        optim=OptimConfig(steps=steps, batch_size=4, lr=1e-3, checkpoint_every=100))
+
+
+@pytest.mark.parametrize("reduction", ["", "token"])
+def test_unscored_samples_are_left_out_of_the_loss(tmp_path, policy, reduction):
+    """The logged loss of a rollout where prompt 0's samples got no reward equals the method's
+    loss on the same rollout with those groups removed."""
+    a = policy.tokenizer.convert_tokens_to_ids("a")
+    reward = lambda s: [None if i == 0 else float(r.count(a)) for i, r in zip(s.prompt_index, s.response_ids)]  # noqa: E731
+    cfg, seen, pol = _online(1, reduction), [], policy.copy()
+    run = Run(tmp_path / reduction, "cfg")
+    train_online(run, "online", pol, pol.reference(), pol.encode(["a b", "c d", "e f"]),
+                 Scorer({"r": (reward, 1.0)}), cfg, seed=3, quiet=True, on_rollout=seen.append)
+    batch = seen[0]
+    groups = sorted({g for g in range(4) if batch.samples.prompt_index[2 * g] != 0})
+    assert 0 < len(groups) < 4  # the seed draws prompt 0 for some groups but not all
+    assert batch.stats["no_reward"] == pytest.approx(1 - len(groups) / 4)
+    rows = batch.rows(groups)
+    sub = type(batch)(Samples([batch.samples.prompt_ids[i] for i in rows], [batch.samples.response_ids[i] for i in rows],
+                              [True] * len(rows), 2), batch.steps[rows], batch.scores[rows], {},
+                      batch.token_rewards[rows], {}, {"adv": batch.extra["adv"][rows]})
+    method = build_method(cfg)
+    mask = sub.steps.mask
+    reducer = Reducer(reduction or method.reduction, len(rows), float(mask.sum()), cfg.max_new_tokens)
+    ref = policy.copy()  # the weights the logged loss was computed with (before the step)
+    ctx = Context(cfg, ref, ref, 0.05, reduction or method.reduction)
+    with torch.no_grad():
+        loss, _, _ = method.loss(sub, list(range(len(groups))), reducer, ctx)
+    assert run.metrics("online")[0]["loss"] == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_no_learning_signal_warns_once_per_stretch_naming_step_and_reward(tmp_path, policy):
+    """Flat rewards for rollouts 0-9 (warn at step 9), a signal at 10, flat again 11-20 (warn at 20)."""
+    flat = lambda s: [0.0 if s.step != 10 else float(j % 2) for j in range(len(s))]  # noqa: E731
+    with pytest.warns(NoSignalWarning) as caught:
+        train_online(Run(tmp_path / "flat", "cfg"), "online", policy.copy(), policy.reference(),
+                     policy.encode(["a b", "c d"]), Scorer({"my_reward": (flat, 1.0)}), _online(22), seed=0, quiet=True)
+    messages = [str(w.message) for w in caught if issubclass(w.category, NoSignalWarning)]
+    assert len(messages) == 2
+    assert "at step 9" in messages[0] and "at step 20" in messages[1]
+    assert all("10 rollouts in a row (reward my_reward: 0)" in m for m in messages)

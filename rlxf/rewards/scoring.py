@@ -6,6 +6,12 @@ the weighted sum of the ``rewards`` components; ``monitors`` (gold reward, say) 
 the same samples and logged, but never reach the learner. Every component's output is checked:
 an exception, a NaN, or a wrong shape stops the run with a :class:`RewardError` naming the
 component and the step.
+
+A component may return ``None`` for a sample: "no reward here" (TRL's convention, e.g. a
+verifier for another task). The learner's reward is then the weighted sum over the components
+that gave a value (TRL's nansum), and a sample no reward component scored is marked invalid
+(:meth:`Scorer.valid`): the controller leaves it out of the loss. ``parts`` hold NaN where a
+component gave None.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ class Samples:
     response_ids: list[list[int]]
     finished: list[bool]
     k: int
+    prompt_index: list[int] | None = None  # each row's prompt as an index into the run's prompt list
+    step: int = 0  # the rollout being scored (set by the Scorer), for error messages
 
     def __len__(self) -> int:
         return len(self.response_ids)
@@ -50,21 +58,34 @@ class Scorer:
     monitors: dict[str, RewardFn] = field(default_factory=dict)
 
     def __call__(self, samples: Samples, step: int) -> tuple[Tensor, dict[str, Tensor]]:
-        """The learner's reward ``[B]`` and every component's raw values (monitors included)."""
+        """The learner's reward ``[B]`` (summed over the components that gave a value) and every
+        component's raw values (monitors included; NaN where a component gave None)."""
+        samples.step = step
         parts = {name: _checked(fn, samples, name, step) for name, (fn, _w) in self.rewards.items()}
         total = torch.zeros(len(samples))
         for name, (_fn, w) in self.rewards.items():
-            total = total + w * parts[name]
+            total = total + torch.nan_to_num(w * parts[name], nan=0.0)
         for name, fn in self.monitors.items():
             parts[name] = _checked(fn, samples, name, step)
         return total, parts
+
+    def valid(self, parts: dict[str, Tensor], n: int) -> Tensor:
+        """``[n]`` bool: the samples at least one reward component scored (all, without rewards)."""
+        got = [~parts[name].isnan() for name in self.rewards]
+        return torch.stack(got).any(0) if got else torch.ones(n, dtype=torch.bool)
 
 
 def _checked(fn: RewardFn, samples: Samples, name: str, step: int) -> Tensor:
     try:
         out = fn(samples)
+    except RewardError:
+        raise  # already names the component and the step
     except Exception as e:  # noqa: BLE001 - any failure of user code becomes a named error
         raise RewardError(f"reward component {name!r} raised at step {step}: {type(e).__name__}: {e}") from e
+    none = None
+    if isinstance(out, (list, tuple)) and any(v is None for v in out):
+        none = torch.tensor([v is None for v in out])
+        out = [0.0 if v is None else v for v in out]
     try:
         t = torch.as_tensor(np.asarray(out, dtype=np.float32) if not isinstance(out, Tensor) else out).float()
     except (TypeError, ValueError) as e:
@@ -75,7 +96,8 @@ def _checked(fn: RewardFn, samples: Samples, name: str, step: int) -> Tensor:
     bad = (~torch.isfinite(t)).nonzero().flatten()
     if bad.numel():
         raise RewardError(f"reward component {name!r} returned NaN/inf at step {step} for rows {bad[:5].tolist()}")
-    return t.detach().cpu()
+    t = t.detach().cpu()
+    return t if none is None else t.masked_fill(none, float("nan"))
 
 
 # -- adapters --------------------------------------------------------------------------------

@@ -8,6 +8,12 @@ the KL to the reference into the reward (``kl.mode = "reward"``) or leaves it fo
 into a loss (``loss``). One rollout feeds ``updates_per_rollout`` optimiser steps of the shared
 loop (:func:`rlxf.algorithms.loop.train`), so checkpoints, resume and micro-batching come for free.
 Sampling and scoring go through an executor (in-process or Ray actors).
+
+A sample that no reward component scored (every one returned None) is left out of the loss: its
+mask rows are zeroed, and its reward is set to the mean of its group's scored samples (0 when
+none was) so group baselines are not skewed. When every group's samples got the same reward for
+:data:`NO_SIGNAL_ROLLOUTS` rollouts in a row, there is nothing to learn from, and the run warns
+(:class:`NoSignalWarning`), once until the signal returns.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -53,6 +60,11 @@ METHODS: dict[str, str] = {
     "fdpg": "rlxf.algorithms.online.fdpg:FDPG",
 }
 REDUCTIONS = ("token", "sequence", "sum", "constant")
+NO_SIGNAL_ROLLOUTS = 10  # identical rewards in every group for this many rollouts in a row -> warn
+
+
+class NoSignalWarning(UserWarning):
+    """Every group's samples got the same reward for many rollouts: the advantages are all zero."""
 
 
 class OnlineError(ValueError):
@@ -120,7 +132,9 @@ class Batch:
         s = self.samples
         cur = policy.steps([s.prompt_ids[i] for i in rows], [s.response_ids[i] for i in rows])
         T = cur.num_steps
-        return cur.replace(old_logps=self.steps.old_logps[rows, :T], ref_logps=self.steps.ref_logps[rows, :T])
+        # the rollout's mask: rows without any reward (see the module docstring) are zeroed there
+        return cur.replace(old_logps=self.steps.old_logps[rows, :T], ref_logps=self.steps.ref_logps[rows, :T],
+                           mask=cur.mask * self.steps.mask[rows, :T].to(cur.mask))
 
 
 class Reducer:
@@ -243,16 +257,19 @@ def collect(executor, policy: LanguagePolicy, ref: LanguagePolicy, prompts: list
             cfg: OnlineConfig, seed: int, index: int, kl_coef: float, moments: RunningMoments) -> Batch:
     """Sample, score and KL-shape rollout ``index`` (deterministic in ``(seed, index)`` and the weights)."""
     rng = step_rng(seed, index, salt=31)
-    chosen = [prompts[i] for i in rng.integers(0, len(prompts), cfg.optim.batch_size)]
+    picked = rng.integers(0, len(prompts), cfg.optim.batch_size).tolist()
+    chosen = [prompts[i] for i in picked]
     gen_seed = int(rng.integers(2**62))
-    ro = executor.sample(policy, index, chosen, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
-                         cfg.top_p, gen_seed)
-    samples = Samples(ro.prompt_ids, ro.response_ids, ro.finished, cfg.samples_per_prompt)
+    k = cfg.samples_per_prompt
+    ro = executor.sample(policy, index, chosen, k, cfg.max_new_tokens, cfg.temperature, cfg.top_p, gen_seed)
+    samples = Samples(ro.prompt_ids, ro.response_ids, ro.finished, k, prompt_index=[i for i in picked for _ in range(k)])
     ref_logps, (scores, parts) = executor.score(ref if cfg.kl.monitor else None, scorer, samples, index)
     if ref_logps is None:  # no reference pass: nothing reads ref_logps (validate() made sure)
         ref_logps = ro.steps.logps
     steps = Steps(logps=ro.steps.logps, old_logps=ro.steps.logps, ref_logps=ref_logps[:, : ro.steps.num_steps],
                   mask=ro.steps.mask)
+    valid = scorer.valid(parts, len(samples))
+    scores = impute_missing(scores, valid, k)
     learner = scores
     if cfg.reward_norm:
         moments.update(scores)
@@ -266,8 +283,44 @@ def collect(executor, policy: LanguagePolicy, ref: LanguagePolicy, prompts: list
              "kl_coef": kl_coef,
              "length": float(steps.lengths().mean()),
              "finished": sum(ro.finished) / len(ro.finished),
-             **{f"{name}_reward": float(v.mean()) for name, v in parts.items() if name in scorer.monitors}}
+             **({"no_reward": float((~valid).float().mean())} if not bool(valid.all()) else {}),
+             **{f"{name}_reward": float(v.nanmean()) for name, v in parts.items() if name in scorer.monitors}}
+    if not bool(valid.all()):  # unscored samples leave the loss (after the stats, which describe the rollout)
+        steps = steps.replace(mask=steps.mask * valid[:, None].to(steps.mask.dtype))
     return Batch(samples, steps, learner, parts, token_rewards, stats)
+
+
+def impute_missing(scores: Tensor, valid: Tensor, k: int) -> Tensor:
+    """``scores`` with each unscored sample's reward set to its group's mean over the scored ones
+    (0 for a group with none), so baselines and normalisations see no made-up spread."""
+    if bool(valid.all()):
+        return scores
+    g, v = scores.view(-1, k), valid.view(-1, k).float()
+    mean = (g * v).sum(1, keepdim=True) / v.sum(1, keepdim=True).clamp(min=1)
+    return torch.where(v.bool(), g, mean.expand_as(g)).reshape(-1)
+
+
+class SignalWatch:
+    """Warns when every group's samples got identical rewards (within ``tol``) for ``patience``
+    rollouts in a row: once per such stretch, again only after the signal came back."""
+
+    def __init__(self, names: list[str], patience: int = NO_SIGNAL_ROLLOUTS, tol: float = 1e-8):
+        self.names, self.patience, self.tol, self.flat = names, patience, tol, 0
+
+    def update(self, scores: Tensor, k: int, step: int) -> None:
+        if k < 2 or not self.names:  # one sample per prompt, or no reward: groups carry no signal to lose
+            return
+        g = scores.view(-1, k)
+        if bool(((g.max(1).values - g.min(1).values) <= self.tol).all()):
+            self.flat += 1
+        else:
+            self.flat = 0
+        if self.flat == self.patience:
+            values = ", ".join(f"{float(v):g}" for v in g[:, 0].unique()[:5])
+            warnings.warn(f"no learning signal: at step {step}, every group's samples have had identical rewards "
+                          f"for {self.patience} rollouts in a row (reward {', '.join(self.names)}: {values}); the "
+                          "advantages are all zero. Check the reward on a few samples, or make the task easier",
+                          NoSignalWarning, stacklevel=2)
 
 
 def train_online(run: Run, stage: str, policy: LanguagePolicy, ref: LanguagePolicy, prompts: list[list[int]],
@@ -287,6 +340,7 @@ def train_online(run: Run, stage: str, policy: LanguagePolicy, ref: LanguagePoli
     reduction = cfg.loss_reduction or method.reduction
     ctx = Context(cfg, policy, ref, cfg.kl.coef, reduction)
     moments = RunningMoments()
+    watch = SignalWatch(list(scorer.rewards))
     cache: dict[str, Any] = {"index": None}
     U = cfg.updates_per_rollout * cfg.minibatches
     P = cfg.optim.batch_size
@@ -295,6 +349,7 @@ def train_online(run: Run, stage: str, policy: LanguagePolicy, ref: LanguagePoli
         index, within = divmod(step, U)
         if cache["index"] != index:
             batch = collect(executor, policy, ref, prompts, scorer, cfg, seed, index, ctx.kl_coef, moments)
+            watch.update(batch.scores, batch.k, step)
             method.prepare(batch, ctx)
             if on_rollout is not None:
                 on_rollout(batch)
@@ -312,7 +367,8 @@ def train_online(run: Run, stage: str, policy: LanguagePolicy, ref: LanguagePoli
         batch: Batch = micro[0][0]
         groups, all_rows = [g for _, g in micro], batch.rows([g for _, g in full])
         mask = batch.steps.mask[all_rows]
-        reducer = Reducer(ctx.reduction, len(all_rows), float(mask.sum()), cfg.max_new_tokens)
+        rows_in_loss = max(1, int((mask.sum(-1) > 0).sum()))  # rows with no reward have an all-zero mask
+        reducer = Reducer(ctx.reduction, rows_in_loss, float(mask.sum()), cfg.max_new_tokens)
         reducer.groups = [g for _, g in full]
         loss, metrics, steps = method.loss(batch, groups, reducer, ctx)
         if cfg.kl.mode == "loss" and steps is not None and ctx.kl_coef > 0:
