@@ -116,6 +116,18 @@ class Run:
         self.metrics_path = self.dir / "metrics.jsonl"
         self._repair_metrics()
 
+    @classmethod
+    def existing(cls, directory: str | Path) -> "Run":
+        """A read-only view of a run directory that exists (to rebuild its report): its config is
+        not checked again, its metrics are not repaired, and no tracker is started."""
+        run = cls.__new__(cls)
+        run.dir = Path(directory)
+        if not (run.dir / "config.toml").is_file():
+            raise RunError(f"{run.dir} is not a run directory (no config.toml)")
+        run.trackers = Trackers((), run.dir, {}, run.dir.name)
+        run.metrics_path = run.dir / "metrics.jsonl"
+        return run
+
     # -- stages -----------------------------------------------------------
     def stage_dir(self, name: str) -> Path:
         d = self.dir / "stages" / name

@@ -69,7 +69,6 @@ class _WandB:
     def __init__(self, run_dir: Path, config: dict, name: str) -> None:
         import wandb
 
-        self.wandb = wandb
         # one W&B run per run directory, so a resumed run appends to the same one
         run_id = f"rlxf-{zlib.crc32(str(run_dir.resolve()).encode()):08x}"
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "rlxf"), name=name, id=run_id,
@@ -93,7 +92,7 @@ class _Trackio:
         import trackio
 
         self.trackio = trackio
-        self.run = trackio.init(project=os.environ.get("TRACKIO_PROJECT", "rlxf"), name=name, config=config,
+        trackio.init(project=os.environ.get("TRACKIO_PROJECT", "rlxf"), name=name, config=config,
                                 resume="allow")
 
     def log(self, stage: str, step: int, values: dict[str, Any]) -> None:

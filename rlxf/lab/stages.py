@@ -62,8 +62,7 @@ class StagedLab:
         cfg = load_config(cls.Config, run_dir / "config.toml")
         lab = cls.__new__(cls)
         lab.cfg, lab.quiet, lab.log, lab.seed = cfg, True, lambda _msg: None, cfg.run.seed
-        lab.run = Run.__new__(Run)  # a read-only view: no config check, no metrics repair
-        lab.run.dir, lab.run.metrics_path = run_dir, run_dir / "metrics.jsonl"
+        lab.run = Run.existing(run_dir)
         return lab
 
     # -- what a lab fills in ----------------------------------------------------------------
