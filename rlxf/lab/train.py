@@ -370,7 +370,7 @@ def describe(cfg: TrainConfig, inputs: Inputs) -> str:
              f"{f', LoRA r={cfg.lora.r}' if cfg.lora.r else ''})",
              f"data: {cfg.data.path}: {len(data.train)} training and {len(data.eval)} held-out "
              f"{DATA_KIND[fam]} rows"]
-    lines += [f"  {k}: {v}" for k, v in data.report.items() if k != "first_prompt"]
+    lines += report_lines(data.report, "  ")
     if fam == ONLINE:
         lines.append(f"rewards: {', '.join(f'{w:g} * {n}' for n, (_f, w) in inputs.rewards.items()) or 'none'}")
         if inputs.monitors:
@@ -382,6 +382,21 @@ def describe(cfg: TrainConfig, inputs: Inputs) -> str:
               f"run directory: {resolved(cfg).run.dir}", f"model output: {output_dir(cfg)}",
               "first rendered prompt:", str(data.report.get("first_prompt", ""))]
     return "\n".join(lines)
+
+
+def report_lines(rep: dict, indent: str) -> list[str]:
+    """The data report (:func:`prepare_data`'s) as indented lines, the first prompt left out."""
+    lines = []
+    for k, v in rep.items():
+        if k == "first_prompt":
+            continue
+        if isinstance(v, dict) and k == "tokens_per_row":
+            v = f"min {v['min']}, mean {v['mean']:.1f}, max {v['max']}"
+        elif isinstance(v, dict):
+            lines += [f"{indent}{k}:" + ("" if v else " none"), *report_lines(v, indent + "  ")]
+            continue
+        lines.append(f"{indent}{k}: {v}")
+    return lines
 
 
 def dry_run(cfg: TrainConfig) -> str:
