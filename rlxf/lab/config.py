@@ -21,9 +21,12 @@ class RunSection:
 
 @dataclass
 class ModelSection:
-    """``init = "tiny"`` builds a small model in-process; otherwise a local HF model directory."""
+    """``init = "tiny"`` builds a small model in-process; otherwise a local HF model directory.
+    ``chat_template``: a Jinja file for a tokenizer without a chat template of its own (it renders
+    conversational comparisons)."""
 
     init: str = "tiny"
+    chat_template: str = ""
     kind: str = "gpt2"  # tiny models only: gpt2 or llama
     n_layer: int = 2
     n_embd: int = 64

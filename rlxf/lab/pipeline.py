@@ -28,7 +28,7 @@ from rlxf.algorithms.reward_training import PAIR_LOSSES as RM_LOSSES
 from rlxf.algorithms.reward_training import out_of_fold_strength, train_reward_model
 from rlxf.algorithms.sft import train_sft
 from rlxf.core.runs import atomic_write_text
-from rlxf.data.io import read_records, write_records
+from rlxf.data.io import DataError, read_records, write_records
 from rlxf.data.label_store import StoreError, read_project_records
 from rlxf.data.records import Comparison
 from rlxf.labelers.simulated import BradleyTerryLabeler, bayes_optimal_accuracy, bradley_terry_prob
@@ -158,9 +158,35 @@ class Pipeline(StagedLab):
 
     def validate_model(self) -> None:
         """The starting model: built in-process (``tiny``) or an existing HF directory."""
-        init = self.cfg.model.init
+        init, template = self.cfg.model.init, self.cfg.model.chat_template
         if init != "tiny" and not (Path(init) / "config.json").is_file():
             raise PipelineError(f"model.init: model directory {init} does not exist or has no config.json")
+        if template and not Path(template).is_file():
+            raise PipelineError(f"model.chat_template (--chat-template): {template} is not a file (expected a Jinja "
+                                "chat template)")
+
+    @cached_property
+    def tokenizer(self):
+        """The starting model's tokenizer, ``model.chat_template`` applied: it renders and checks
+        the user's comparisons before any stage runs, as the SFT stage will tokenize them."""
+        m = self.cfg.model
+        if m.init == "tiny":
+            tok = tiny_tokenizer(self.task.vocabulary())
+        else:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(m.init, local_files_only=True)
+        if m.chat_template:
+            tok.chat_template = Path(m.chat_template).read_text()
+        return tok
+
+    def context_length(self) -> int | None:
+        """The starting model's context in tokens (None when its config does not say)."""
+        m = self.cfg.model
+        if m.init == "tiny":
+            return m.max_positions
+        cfg = json.loads((Path(m.init) / "config.json").read_text())
+        return cfg.get("max_position_embeddings") or cfg.get("n_positions")
 
     def validate_inputs(self) -> None:
         """User comparisons (read and checked row by row) and the task config; shared by every lab."""
@@ -168,7 +194,13 @@ class Pipeline(StagedLab):
         if c.path and c.project:
             raise PipelineError("comparisons: set either path (a dataset file) or project (a label project), not both")
         if c.path:
-            self._user_comparisons = read_records(c.path, kind="comparison")
+            # rendered with the model's chat template, and checked against its context: a row that
+            # cannot be used is reported here, naming the user's file, before SFT runs
+            records = read_records(c.path, kind="comparison", tokenizer=self.tokenizer)
+            if not records:
+                raise DataError(c.path, None, "holds no comparisons (expected prompt/chosen/rejected rows)")
+            checked_comparisons(records, self.tokenizer, self.context_length(), c.path)
+            self._user_comparisons = records
         if c.project and not self._project_comparisons():
             raise PipelineError(f"comparisons.project: {c.project} has no preference labels yet (ties and skips "
                                 f"are not comparisons); label some with 'rlxf label serve --project {c.project}'")
@@ -244,6 +276,7 @@ class Pipeline(StagedLab):
             policy = LanguagePolicy(model, tok)
         else:
             policy = LanguagePolicy.from_pretrained(c.model.init)
+            policy.tokenizer.chat_template = self.tokenizer.chat_template  # model.chat_template, saved with it
         corpus = self.task.corpus(c.sft.corpus_size, seed=self.seed)
         prompts = policy.encode([s.prompt for s in corpus])
         responses = policy.encode_responses([s.response for s in corpus])
@@ -297,7 +330,8 @@ class Pipeline(StagedLab):
         key = (stat.st_mtime_ns, stat.st_size, policy.tokenizer.name_or_path, len(policy.tokenizer), max_length)
         if getattr(self, "_comparisons", (None,))[0] != key:
             records = read_records(path)
-            kept, pairs = checked_comparisons(records, policy, max_length, str(path))
+            source = self.cfg.comparisons.path or str(path)  # warnings name the user's file when there is one
+            kept, pairs = checked_comparisons(records, policy, max_length, source)
             self._comparisons = (key, [records[i] for i in kept], pairs)
         return self._comparisons[1], self._comparisons[2]
 
