@@ -57,13 +57,13 @@ def main() -> None:
     ids = policy.encode(prompts)
     print(f"{len(ids)} prompts of {min(map(len, ids))}-{max(map(len, ids))} tokens, "
           f"{args.samples_per_prompt} samples each, {args.new_tokens} new tokens", flush=True)
-    keep_last = policy._last_logits_only
+    keep_last = policy._keeps_logits
     best: dict[str, float] = {}
     tokens: dict[str, list] = {}
     for rep in range(args.repeats):
         for way in ("before", "after"):
             policy.share_prefill = way == "after"
-            policy._last_logits_only = keep_last if way == "after" else {}
+            policy._keeps_logits = keep_last and way == "after"
             t0 = time.perf_counter()
             ro = policy.sample(ids, n=args.samples_per_prompt, max_new_tokens=args.new_tokens,
                                generator=torch.Generator().manual_seed(args.seed))

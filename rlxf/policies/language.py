@@ -67,8 +67,8 @@ class LanguagePolicy:
         self.fast_decode = True
         # prefill each distinct prompt once and copy its cache to its n samples; False: prefill every copy
         self.share_prefill = True
-        # prefill computes logits at the last position only, where the model's forward offers it
-        self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(model) else {}
+        # where the model's forward offers it, logits only at the columns read (prefill's last, the responses')
+        self._keeps_logits = "logits_to_keep" in _forward_params(model)
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token first")
         if tokenizer.eos_token_id is None:
@@ -131,8 +131,10 @@ class LanguagePolicy:
             start = b.ids.shape[1] - width - 1  # the column of the prompts' last token
             logits = GPT2Decoder(self.model).score(b.ids, b.attn, b.positions, start)[:, :width]
         else:
-            out = self.model(input_ids=b.ids, attention_mask=b.attn, position_ids=b.positions, use_cache=False)
-            logits = b.pick(out.logits).float()
+            # flush layout: the last width + 1 columns hold the predictions of the response tokens (and one past)
+            keep = {"logits_to_keep": width + 1} if self._keeps_logits and b.ids.shape[1] > width else {}
+            out = self.model(input_ids=b.ids, attention_mask=b.attn, position_ids=b.positions, use_cache=False, **keep)
+            logits = out.logits[:, :width].float() if keep else b.pick(out.logits).float()
         return logits, b.targets, b.mask
 
     def steps(self, prompt_ids: list[list[int]], response_ids: list[list[int]],
@@ -192,7 +194,7 @@ class LanguagePolicy:
             logits = decoder.prefill(ids, attn, positions, max_new_tokens, copies)
         else:
             out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True,
-                             **self._last_logits_only)
+                             **({"logits_to_keep": 1} if self._keeps_logits else {}))
             cache = _cache_out(out)
             logits = out.logits[:, -1].float()
             if copies > 1:
