@@ -159,8 +159,9 @@ class RewardModel:
         ids, attn = self.right_padded(prompt_ids, response_ids)
         ids, attn = ids.to(self.device), attn.to(self.device)
         if self.pooling == "last":
-            return self.model(input_ids=ids, attention_mask=attn).logits[:, 0].float()
-        hidden = self.model(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states[-1]
+            return self.model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, 0].float()
+        hidden = self.model(input_ids=ids, attention_mask=attn, output_hidden_states=True,
+                            use_cache=False).hidden_states[-1]
         scores = (self._head()(hidden).squeeze(-1).float() * attn).sum(1)
         if self.lm_term:
             scores = scores + self.lm_weight * self._log_likelihood(ids, attn, hidden)
@@ -178,7 +179,8 @@ class RewardModel:
         """The backbone's log-likelihood of each prompt+response (what the LM term weighs), ``[batch]``."""
         ids, attn = self.right_padded(prompt_ids, response_ids)
         ids, attn = ids.to(self.device), attn.to(self.device)
-        hidden = self.model(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states[-1]
+        hidden = self.model(input_ids=ids, attention_mask=attn, output_hidden_states=True,
+                            use_cache=False).hidden_states[-1]
         return self._log_likelihood(ids, attn, hidden)
 
     def encode_pairs(self, prompts: list[str], responses: list[str], add_eos: bool = True):

@@ -33,7 +33,8 @@ class ProcessRewardModel(RewardModel):
         ``[batch, max_steps]`` scores and mask. A position of -1 means the prompt's last token
         (the state before any step, e.g. for V at the start)."""
         ids, attn = self.right_padded(prompt_ids, response_ids)
-        out = self.model(input_ids=ids.to(self.device), attention_mask=attn.to(self.device), output_hidden_states=True)
+        out = self.model(input_ids=ids.to(self.device), attention_mask=attn.to(self.device), output_hidden_states=True,
+                         use_cache=False)
         per_token = self._head()(out.hidden_states[-1]).squeeze(-1).float()  # [B, T]
         S = max(1, max(len(e) for e in step_ends))
         pos = torch.zeros((len(prompt_ids), S), dtype=torch.long)

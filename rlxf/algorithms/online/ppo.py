@@ -40,7 +40,8 @@ class Critic(torch.nn.Module):
     def forward(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> Tensor:
         b = token_batch(prompt_ids, response_ids, self.pad, "flush").to(next(self.model.parameters()).device)
         trunk = getattr(self.model, self.model.base_model_prefix)
-        hidden = trunk(input_ids=b.ids, attention_mask=b.attn, position_ids=b.positions).last_hidden_state
+        hidden = trunk(input_ids=b.ids, attention_mask=b.attn, position_ids=b.positions,
+                       use_cache=False).last_hidden_state
         return b.pick(self.model.score(hidden))[..., 0].float()
 
 
