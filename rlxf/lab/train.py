@@ -49,14 +49,10 @@ from rlxf.lab.stages import StagedLab
 from rlxf.objectives.preference import ALL_PAIR_LOSSES, DEFAULT_ARGS, KTO_ARGS
 from rlxf.rewards.model import RewardModel
 from rlxf.rewards.scoring import Samples, Scorer, bradley_terry_preference, group_win_rate
+from rlxf.rewards.specs import reward_components
 
 from rlxf.lab.train_data import DataSettings, prepare_data
 from rlxf.policies.loading import LoraSettings, ModelError, ModelSettings, check_model, load_policy, save_policy
-
-try:
-    from rlxf.rewards.specs import reward_components
-except ImportError:  # TEMPORARY stand-in until rlxf.rewards.specs.reward_components lands
-    from rlxf.lab._train_standins import reward_components  # type: ignore[no-redef]
 
 SUPERVISED, REWARD_MODEL, PAIRS, UNPAIRED, ONLINE = ("supervised", "reward model", "offline preference pairs",
                                                      "offline unpaired feedback", "online")
@@ -556,7 +552,7 @@ class TrainLab(StagedLab):
         keys = [k for k in (rows[-1] if rows else {}) if k not in ("stage", "step", "lr", "grad_norm", "kl_coef")]
         first = [k for k in ("loss", "proxy_reward", "kl") if k in keys]
         curves = [("train", k) for k in first + sorted(set(keys) - set(first))]
-        out = [report.paragraph(
+        out = [report.heading("Held-out metrics"), report.paragraph(
             f"{summary['method']} ({summary['family']}) on the data's {summary['held_out']} held-out rows: the trained "
             "model next to the model it started from (mean ± standard error; changes are paired by row where both "
             f"have per-row values). The model is in {summary['output']}."), report.pre(format_table(summary))]
