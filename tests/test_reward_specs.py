@@ -136,7 +136,7 @@ from rlxf.policies.language import LanguagePolicy  # noqa: E402
 from rlxf.policies.tiny import tiny_causal_lm, tiny_scorer, tiny_tokenizer  # noqa: E402
 from rlxf.rewards.model import RewardModel  # noqa: E402
 from rlxf.rewards.scoring import RewardError, Samples, Scorer  # noqa: E402
-from rlxf.rewards.specs import reward_components  # noqa: E402
+from rlxf.rewards.specs import reward_components, rewards_preference  # noqa: E402
 
 WORDS = "a b c d e f user: assistant: 1 2 3 4".split()
 
@@ -281,6 +281,16 @@ def test_judge_file_gives_preferences_and_is_checked(tok, seen_file):
         reward_components([f"{seen_file}:judge"], tok, rows, ["a"], False, judge=True)
     with pytest.raises(RewardSpecError, match="expected a reward, not a judge"):
         reward_components([f"judge:{seen_file}:judge"], tok, rows, ["a"], False)
+
+
+def test_rewards_preference_is_bradley_terry_on_the_summed_reward(tmp_path, tok):
+    path = tmp_path / "bad.py"
+    path.write_text(BAD)
+    comps = reward_components([f"{path}:none_for_b", "length_penalty:0:1"], tok, [{"prompt": "a"}], ["a"], False)
+    pref = rewards_preference(comps, beta=2.0)
+    s = _samples_of(tok, ["b", "c d e"], [0, 0], k=2)  # summed rewards: "b" -1 (None, -1); "c d e" 1 - 3 = -2
+    p = pref(s, torch.tensor([0]), torch.tensor([1]))
+    assert p.item() == pytest.approx(torch.sigmoid(torch.tensor(2.0 * (-1 - -2))).item())
 
 
 # -- the controller: unscored samples leave the loss; no learning signal warns ----------------------

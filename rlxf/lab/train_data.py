@@ -24,7 +24,7 @@ from rlxf.algorithms.preference_data import (
     pairs_as_unpaired,
 )
 from rlxf.data.io import DataError, detect_kind, is_conversational, open_rows, prompt_row, to_record
-from rlxf.data.records import RecordError
+from rlxf.data.records import KINDS, RecordError
 
 NEEDS = ("comparison", "unpaired", "prompt", "demonstration")
 # The dataset kinds each need accepts ("prompt" accepts every kind: it keeps the prompts).
@@ -89,6 +89,8 @@ def prepare_data(settings: DataSettings, kind_needed: str, tokenizer: Any, seed:
     if settings.max_prompt_length < 1 or settings.max_length < 2:
         raise DataError("data.max_length", None, f"max_prompt_length={settings.max_prompt_length}, max_length="
                                                  f"{settings.max_length} (expected at least 1 and 2 tokens)")
+    if settings.kind != "auto" and settings.kind not in KINDS:
+        raise DataError("data.kind", None, f"is {settings.kind!r} (expected auto or one of {', '.join(KINDS)})")
     main = _read(settings.path, settings, kind_needed, tokenizer)
     if settings.eval_path:
         held = _read(settings.eval_path, settings, kind_needed, tokenizer)

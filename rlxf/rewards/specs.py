@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from rlxf.rewards.scoring import RewardError, RewardFn, Samples
+from rlxf.rewards.scoring import RewardError, RewardFn, Samples, Scorer, bradley_terry_preference
 
 TextRewardFn = Callable[..., Sequence[Any]]
 Preference = Callable[[Samples, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -357,3 +357,11 @@ def judge_preference(spec: str, target: str, view: _TextView) -> Preference:
         return torch.tensor(p)
 
     return pairwise
+
+
+def rewards_preference(rewards: dict[str, tuple[RewardFn, float]], beta: float = 1.0) -> Preference:
+    """The ``preference(samples, i, j)`` a preference-based method takes when there is no judge:
+    Bradley-Terry on the weighted reward sum, P(i beats j) = sigmoid(beta (r_i - r_j)) (None
+    rewards handled as the Scorer does)."""
+    scorer = Scorer(rewards)
+    return bradley_terry_preference(lambda s: scorer(s, s.step)[0], beta)
