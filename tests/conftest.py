@@ -81,6 +81,6 @@ def smollm2(smollm2_cache):
 @pytest.fixture(scope="session")
 def smollm2_dir(smollm2, smollm2_cache):
     """The cached float Hugging Face directory of SmolLM2 (config, weights, tokenizer, chat template)."""
-    from rlxf.policies.loading import gguf_cache_dir, smollm2_file
+    from rlxf.policies.loading import SMOLLM2, ModelSettings, float_dir
 
-    return gguf_cache_dir(smollm2_file(), smollm2_cache)
+    return float_dir(ModelSettings(path=SMOLLM2), smollm2_cache)

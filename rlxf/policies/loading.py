@@ -213,6 +213,13 @@ def _float_copy(gguf: Path, root: Path) -> Path:
     return out
 
 
+def float_dir(settings: ModelSettings, cache_root: Path | None = None) -> Path:
+    """The Hugging Face directory ``settings.path`` loads from: the directory itself, or for a GGUF
+    (and ``smollm2``) its cached float copy, converted first if missing."""
+    kind, path = _source(settings.path)
+    return _float_copy(path, _cache_root(settings, cache_root)) if kind == "gguf" else path
+
+
 def _hf_load(path: Path, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
