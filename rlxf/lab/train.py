@@ -437,6 +437,9 @@ class TrainLab(StagedLab):
             return self._train_result()
         # the starting model, for training (the reference) and for evaluation
         ref = policy.reference() if fam != SUPERVISED or cfg.lora.r else None
+        if fam in (PAIRS, UNPAIRED) and cfg.offline.precompute_ref:
+            self.log(f"[train] scoring the {len(data.train)} training rows under the reference once "
+                     "(offline.precompute_ref)")
         if fam == SUPERVISED:
             train_sft(run, "train", policy, [p for p, _ in data.train], [r for _, r in data.train], cfg.sft.optim,
                       seed, self.quiet)
@@ -495,7 +498,7 @@ class TrainLab(StagedLab):
             metrics = reward_model_metrics(trained, held)
         elif fam == PAIRS:
             beta = loss_args(self.cfg).get("beta", 0.1)
-            m = evaluate_pairs(trained, start, held, beta)
+            m = evaluate_pairs(trained, start, held, beta, batch_size=16)  # full-vocabulary KL: small chunks
             metrics = {k: {"start": 0.0, "trained": m[k]} for k in ("reward_accuracy", "reward_margin", "kl")}
         elif fam == UNPAIRED:
             metrics = kto_metrics(trained, start, held, loss_args(self.cfg)["beta"])
