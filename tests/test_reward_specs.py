@@ -345,3 +345,19 @@ def test_no_learning_signal_warns_once_per_stretch_naming_step_and_reward(tmp_pa
     assert len(messages) == 2
     assert "at step 9" in messages[0] and "at step 20" in messages[1]
     assert all("10 rollouts in a row (reward my_reward: 0)" in m for m in messages)
+
+
+def test_online_dpo_never_pairs_an_unscored_sample():
+    """Group 0: the highest score belongs to a sample no reward scored (zero mask), so the pair is
+    the best and worst of the others; group 1 keeps one scored sample only, so it gets no pair."""
+    from rlxf.algorithms.online.controller import Batch
+    from rlxf.algorithms.online.online_dpo import OnlineDPO
+    from rlxf.core.steps import Steps
+
+    mask = torch.ones(6, 2)
+    mask[[0, 4, 5]] = 0
+    steps = Steps(logps=torch.zeros(6, 2), mask=mask, old_logps=torch.zeros(6, 2), ref_logps=torch.zeros(6, 2))
+    batch = Batch(Samples([[1]] * 6, [[2, 3]] * 6, [True] * 6, 3), steps,
+                  torch.tensor([9.0, 1.0, 3.0, 0.0, 5.0, 7.0]), {}, torch.zeros(6, 2), {})
+    OnlineDPO().prepare(batch, None)
+    assert batch.extra["pairs"] == {0: (2, 1, 1.0)}

@@ -45,12 +45,16 @@ class OnlineDPO(Method):
 
     def prepare(self, batch, ctx) -> None:
         scores = self.pair_scores(batch)
-        best, worst = scores.argmax(1), scores.argmin(1)
-        margin = scores.max(1).values - scores.min(1).values
-        label = self.pair_label(scores.max(1).values, scores.min(1).values)
+        # samples no reward scored are out of the loss (zero mask): never a pair's chosen or rejected
+        live = (batch.steps.mask.sum(-1) > 0).view_as(scores)
+        top, low = scores.masked_fill(~live, float("-inf")), scores.masked_fill(~live, float("inf"))
+        best, worst = top.argmax(1), low.argmin(1)
+        hi, lo = top.max(1).values, low.min(1).values
+        margin = hi - lo
+        label = self.pair_label(hi, lo)
         pairs = {}
         for g in range(scores.shape[0]):
-            if margin[g] > self.min_margin:
+            if live[g].sum() >= 2 and margin[g] > self.min_margin:
                 pairs[g] = (g * batch.k + int(best[g]), g * batch.k + int(worst[g]), float(label[g]))
         batch.extra["pairs"] = pairs
         batch.stats["pairs"] = float(len(pairs))
