@@ -43,6 +43,7 @@ from rlxf.algorithms.online.ppo import Critic
 from rlxf.algorithms.reward_training import train_reward_model
 from rlxf.algorithms.sft import train_sft
 from rlxf.core.runs import atomic_write_text
+from rlxf.core.trackers import check_trackers
 from rlxf.lab import report
 from rlxf.lab.config import RunSection
 from rlxf.lab.stages import StagedLab
@@ -277,6 +278,7 @@ def load_rewards(cfg: TrainConfig, tokenizer, rows, prompts_text, conversational
 def check_settings(cfg: TrainConfig) -> str:
     """The checks that need no model or data; returns the method's family."""
     fam = family(cfg.method)
+    check_trackers(cfg.run.report_to, "--report-to (run.report_to)")
     if not cfg.data.path:
         raise TrainError("no training data: pass --data FILE (or set data.path)")
     if fam in (PAIRS, UNPAIRED):
@@ -414,6 +416,9 @@ class TrainLab(StagedLab):
 
     def validate(self) -> None:
         self.inputs = load_inputs(self.cfg)
+        rep = self.inputs.data.report
+        self.log(f"[data] {rep['train_items']} training and {rep['eval_items']} held-out rows "
+                 f"({rep['rows_dropped']} of {rep['rows_read']} dropped, {rep['prompts_truncated']} prompts truncated)")
 
     @property
     def output_dir(self) -> Path:
