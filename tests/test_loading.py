@@ -173,8 +173,9 @@ def test_one_dpo_step_on_a_lora_policy_changes_only_the_adapters(user_dir, tmp_p
     pol = lora_policy(user_dir, dtype="float32", device="cpu")
     before = {k: v.clone() for k, v in pol.model.state_dict().items()}
     cfg = OptimConfig(steps=1, batch_size=4, lr=1e-2, checkpoint_every=0)
-    train_pairs(Run(tmp_path / "dpo", "x = 1\n"), "dpo", pol, pol.reference(), PAIRS, P.dpo_loss, {"beta": 0.5},
-                cfg, 0, quiet=True, precompute_ref=precompute_ref)
+    final = train_pairs(Run(tmp_path / "dpo", "x = 1\n"), "dpo", pol, pol.reference(), PAIRS, P.dpo_loss,
+                        {"beta": 0.5}, cfg, 0, quiet=True, precompute_ref=precompute_ref, eval_pairs=PAIRS[:2])
+    assert final["kl"] > 0  # held-out KL(policy || adapters-off reference): the adapters moved the policy
     after = pol.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all("lora_" in k for k in changed)

@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -244,7 +245,8 @@ def load_policy(settings: ModelSettings, lora: LoraSettings | None = None,
 
         base = load_policy(replace(settings, path=_adapter_base(path), chat_template="",
                                    gradient_checkpointing=False), None, cache_root)
-        model = PeftModel.from_pretrained(base.model, path, is_trainable=True).get_base_model()
+        with _quiet_peft():
+            model = PeftModel.from_pretrained(base.model, path, is_trainable=True).get_base_model()
         tokenizer = _hf_load_tokenizer(path) or base.tokenizer
     else:
         base_spec = settings.path if settings.path == SMOLLM2 else str(path.resolve())
@@ -304,15 +306,26 @@ def _check_targets(model, targets: list[str]) -> None:
 def _add_lora(model, lora: LoraSettings, base_spec: str):
     """Inject LoRA layers (every other weight frozen); returns the same transformers model."""
     from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
 
     if lora.target_modules:
         _check_targets(model, lora.target_modules)
     targets = list(lora.target_modules) or sorted({n.rsplit(".", 1)[-1] for n in _linear_names(model)})
+    conv1d = any(isinstance(m, Conv1D) for m in model.modules())  # GPT-2 stores its weights transposed
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-                        task_type="CAUSAL_LM")
-    model = get_peft_model(model, config).get_base_model()
+                        fan_in_fan_out=conv1d, task_type="CAUSAL_LM")
+    with _quiet_peft():
+        model = get_peft_model(model, config).get_base_model()
     model.peft_config["default"].base_model_name_or_path = base_spec  # what load_policy reloads
     return model
+
+
+@contextlib.contextmanager
+def _quiet_peft():
+    """peft calls a transformers method that transformers 5 marks deprecated; not the user's concern."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 @contextlib.contextmanager
