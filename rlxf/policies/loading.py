@@ -249,12 +249,9 @@ def load_policy(settings: ModelSettings, lora: LoraSettings | None = None,
             model = PeftModel.from_pretrained(base.model, path, is_trainable=True).get_base_model()
         tokenizer = _hf_load_tokenizer(path) or base.tokenizer
     else:
-        base_spec = settings.path if settings.path == SMOLLM2 else str(path.resolve())
-        if kind == "gguf":
-            path = _float_copy(path, _cache_root(settings, cache_root))
-        model, tokenizer = _hf_load(path, dtype)
+        model, tokenizer = _hf_load(float_dir(settings, cache_root), dtype)
         if lora is not None and lora.r > 0:
-            model = _add_lora(model, lora, base_spec)
+            model = _add_lora(model, lora, settings.path if settings.path == SMOLLM2 else str(path.resolve()))
     if tokenizer.eos_token_id is None:
         raise ModelError(f"{_MODEL}: the tokenizer of {path} has no EOS token; sampling needs one to stop")
     if tokenizer.pad_token_id is None:
