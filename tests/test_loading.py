@@ -17,6 +17,7 @@ from rlxf.algorithms.offline_preference import train_pairs
 from rlxf.algorithms.online.controller import KLSettings, OnlineConfig, train_online
 from rlxf.core.runs import Run
 from rlxf.objectives import preference as P
+from rlxf.policies.logprobs import packing_works
 from rlxf.policies.loading import LoraSettings, ModelError, ModelSettings, check_model, load_policy, save_policy
 from rlxf.policies.tiny import tiny_causal_lm, tiny_tokenizer
 from rlxf.rewards.scoring import Scorer
@@ -145,6 +146,7 @@ def test_lora_reference_is_the_base_model_sharing_its_weights(user_dir):
     pol.model.train()
     ref = pol.reference()
     assert torch.equal(logps(ref), logps(base))
+    assert packing_works(ref.model, 0)  # the packed pair kernel runs on the reference, not the fallback
     assert not list(ref.model.named_children()) and not ref.model._parameters  # owns no weights
     shared = [(a.data_ptr(), b.data_ptr()) for a, b in zip(ref.model.parameters(), pol.model.parameters())]
     assert shared and all(a == b for a, b in shared)
