@@ -118,6 +118,8 @@ def test_booleans_and_numpy_numbers_are_numbers():
 
 # -- specs as Scorer components ---------------------------------------------------------------------
 
+import warnings  # noqa: E402
+
 import torch  # noqa: E402
 
 from rlxf.algorithms.loop import OptimConfig  # noqa: E402
@@ -127,6 +129,7 @@ from rlxf.algorithms.online.controller import (  # noqa: E402
     NoSignalWarning,
     OnlineConfig,
     Reducer,
+    SignalWatch,
     build_method,
     impute_missing,
     train_online,
@@ -335,16 +338,38 @@ def test_unscored_samples_are_left_out_of_the_loss(tmp_path, policy, reduction):
     assert run.metrics("online")[0]["loss"] == pytest.approx(loss.item(), rel=1e-5)
 
 
-def test_no_learning_signal_warns_once_per_stretch_naming_step_and_reward(tmp_path, policy):
-    """Flat rewards for rollouts 0-9 (warn at step 9), a signal at 10, flat again 11-20 (warn at 20)."""
-    flat = lambda s: [0.0 if s.step != 10 else float(j % 2) for j in range(len(s))]  # noqa: E731
+def test_signal_watch_warns_once_per_flat_stretch_of_ten_rollouts():
+    watch = SignalWatch(["my_reward"])
+    flat, varied = torch.tensor([1.0, 1.0, 0.0, 0.0]), torch.tensor([1.0, 0.0, 0.0, 0.0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(25):  # flat at 0-11, signal at 12, flat again at 13-24
+            watch.update(varied if step == 12 else flat, 2, step)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2 and "at step 9" in messages[0] and "at step 22" in messages[1]
+    assert "10 rollouts in a row (reward my_reward: 0, 1)" in messages[0]
+    quiet = SignalWatch(["r"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for step in range(12):  # one sample per prompt: groups cannot differ, so no warning
+            quiet.update(flat, 1, step)
+
+
+def test_the_controller_warns_when_rewards_carry_no_signal(tmp_path, policy, monkeypatch):
+    """With the patience set to 3: flat rewards at rollouts 0-2 (warn at step 2), a signal at 3, flat
+    again at 4-6 (warn at step 6)."""
+    import rlxf.algorithms.online.controller as controller
+
+    monkeypatch.setattr(controller, "NO_SIGNAL_ROLLOUTS", 3)
+    flat = lambda s: [0.0 if s.step != 3 else float(j % 2) for j in range(len(s))]  # noqa: E731
+    cfg = _online(7)
+    cfg.max_new_tokens, cfg.optim.batch_size = 2, 2
     with pytest.warns(NoSignalWarning) as caught:
         train_online(Run(tmp_path / "flat", "cfg"), "online", policy.copy(), policy.reference(),
-                     policy.encode(["a b", "c d"]), Scorer({"my_reward": (flat, 1.0)}), _online(22), seed=0, quiet=True)
+                     policy.encode(["a b", "c d"]), Scorer({"my_reward": (flat, 1.0)}), cfg, seed=0, quiet=True)
     messages = [str(w.message) for w in caught if issubclass(w.category, NoSignalWarning)]
-    assert len(messages) == 2
-    assert "at step 9" in messages[0] and "at step 20" in messages[1]
-    assert all("10 rollouts in a row (reward my_reward: 0)" in m for m in messages)
+    assert len(messages) == 2 and "at step 2" in messages[0] and "at step 6" in messages[1]
+    assert all("3 rollouts in a row (reward my_reward: 0)" in m for m in messages)
 
 
 def test_online_dpo_never_pairs_an_unscored_sample():

@@ -304,8 +304,9 @@ class SignalWatch:
     """Warns when every group's samples got identical rewards (within ``tol``) for ``patience``
     rollouts in a row: once per such stretch, again only after the signal came back."""
 
-    def __init__(self, names: list[str], patience: int = NO_SIGNAL_ROLLOUTS, tol: float = 1e-8):
-        self.names, self.patience, self.tol, self.flat = names, patience, tol, 0
+    def __init__(self, names: list[str], patience: int | None = None, tol: float = 1e-8):
+        self.names, self.tol, self.flat = names, tol, 0
+        self.patience = NO_SIGNAL_ROLLOUTS if patience is None else patience
 
     def update(self, scores: Tensor, k: int, step: int) -> None:
         if k < 2 or not self.names:  # one sample per prompt, or no reward: groups carry no signal to lose
