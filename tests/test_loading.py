@@ -147,6 +147,7 @@ def test_lora_reference_is_the_base_model_sharing_its_weights(user_dir):
     ref = pol.reference()
     assert torch.equal(logps(ref), logps(base))
     assert packing_works(ref.model, 0)  # the packed pair kernel runs on the reference, not the fallback
+    assert ref._keeps_logits  # and the HF forward computes logits at the response columns only
     assert not list(ref.model.named_children()) and not ref.model._parameters  # owns no weights
     shared = [(a.data_ptr(), b.data_ptr()) for a, b in zip(ref.model.parameters(), pol.model.parameters())]
     assert shared and all(a == b for a, b in shared)

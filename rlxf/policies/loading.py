@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import importlib.util
 import json
@@ -359,9 +360,18 @@ class AdaptersOff(torch.nn.Module):
         object.__setattr__(self, "_root", module if root is None else root)
         self.training = False
 
-    def forward(self, *args, **kwargs):
-        with torch.no_grad(), adapters_off(self._root):
-            return self._inner(*args, **kwargs)
+    @property
+    def forward(self):
+        """The wrapped model's call, adapters off; it keeps the wrapped forward's signature, which
+        callers inspect for optional arguments (``logits_to_keep``)."""
+        inner, root = self._inner, self._root
+
+        @functools.wraps(inner.forward)
+        def run(*args, **kwargs):
+            with torch.no_grad(), adapters_off(root):
+                return inner(*args, **kwargs)
+
+        return run
 
     @property
     def base_model(self) -> "AdaptersOff":
