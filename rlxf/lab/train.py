@@ -124,8 +124,8 @@ class OfflineSettings:
 
 @dataclass
 class EvalSettings:
-    """Online methods: at most ``max_prompts`` held-out prompts, one sample each from the trained and
-    the starting model (same settings as training's sampling)."""
+    """The evaluate stage reads at most ``max_prompts`` held-out rows (the first ones): for online methods,
+    prompts sampled once by the trained and once by the starting model (training's sampling settings)."""
 
     max_prompts: int = 200
 
@@ -228,8 +228,7 @@ def method_options(method: str) -> str:
             lines.append("  (a judge: --reward judge:DIR or judge:file.py:fn; without one, Bradley-Terry on --reward)")
     shown = [kv for kv in _flatten(f"{section}.", getattr(cfg, section))
              if kv[0] not in ("online.method", "online.method_args", "offline.loss_args")]
-    if fam == ONLINE:
-        shown += _flatten("eval.", cfg.eval)
+    shown += _flatten("eval.", cfg.eval)
     shared = [kv for name in ("model", "lora", "data") for kv in _flatten(f"{name}.", getattr(cfg, name))]
     shared += [("run.seed", cfg.run.seed), ("output", '"" (the run directory\'s model/)')]
     lines += [f"  {k} = {_toml(v)}" for k, v in shown]
@@ -494,7 +493,8 @@ class TrainLab(StagedLab):
     def stage_evaluate(self) -> dict:
         fam, data = family(self.cfg.method), self.inputs.data
         trained, start = self.trained_and_start()
-        held = data.eval
+        held = data.eval[: self.cfg.eval.max_prompts]
+        self.log(f"[evaluate] the trained and the starting model on {len(held)} held-out rows")
         if not held:
             metrics: dict[str, dict] = {}
         elif fam == SUPERVISED:
@@ -519,7 +519,7 @@ class TrainLab(StagedLab):
         per prompt from each model (the same seeds), gains paired by prompt; a judge compares the two
         samples of each prompt (P(trained beats start))."""
         cfg, data = online_config(self.cfg), self.inputs.data
-        n = min(len(data.eval), self.cfg.eval.max_prompts)
+        n = min(len(data.eval), self.cfg.eval.max_prompts)  # as stage_evaluate's rows
         prompts = data.eval[:n]
         rewards, monitors, judges = load_rewards(self.cfg, trained.tokenizer, data.eval_rows[:n],
                                                  data.eval_prompt_texts[:n], data.conversational)
