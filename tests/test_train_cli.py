@@ -110,6 +110,12 @@ def test_dpo_end_to_end_then_report_and_sample(capsys, model_dir, data, tmp_path
         lines = capsys.readouterr().out.strip().splitlines()
         assert [line.startswith("=== prompt 1, sample") for line in lines].count(True) == 2
         assert all(w in WORDS for line in lines if not line.startswith("===") for w in line.split())
+    prompts = _jsonl(tmp_path / "prompts.jsonl", [{"prompt": "a e"}, {"prompt": "b f"}])
+    assert main(["sample", str(run), "--prompts", str(prompts), "--max-new-tokens", "2"]) == 0
+    assert "=== prompt 2, sample 1: b f" in capsys.readouterr().out
+    (tmp_path / "bad.jsonl").write_text('{"text": "a e"}\n')
+    assert main(["sample", str(run), "--prompts", str(tmp_path / "bad.jsonl")]) == 2
+    assert "bad.jsonl, line 1: expected a JSON object with a prompt field" in capsys.readouterr().err
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint(capsys, model_dir, data, tmp_path, monkeypatch):
