@@ -193,6 +193,10 @@ class Pipeline(StagedLab):
         c = self.cfg.comparisons
         if c.path and c.project:
             raise PipelineError("comparisons: set either path (a dataset file) or project (a label project), not both")
+        try:
+            self.task  # noqa: B018 - builds and checks the task config (the tiny tokenizer needs it)
+        except ValueError as e:
+            raise PipelineError(f"task: {e}") from None
         if c.path:
             # rendered with the model's chat template, and checked against its context: a row that
             # cannot be used is reported here, naming the user's file, before SFT runs
@@ -204,10 +208,6 @@ class Pipeline(StagedLab):
         if c.project and not self._project_comparisons():
             raise PipelineError(f"comparisons.project: {c.project} has no preference labels yet (ties and skips "
                                 f"are not comparisons); label some with 'rlxf label serve --project {c.project}'")
-        try:
-            self.task  # noqa: B018 - builds and checks the task config
-        except ValueError as e:
-            raise PipelineError(f"task: {e}") from None
 
     def _project_comparisons(self) -> list[Comparison]:
         """Every preference label of ``comparisons.project`` so far, read fresh from its store."""
