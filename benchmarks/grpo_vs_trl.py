@@ -16,6 +16,19 @@ The last line reads ``speedup X memory_ratio Y gold_delta Z gold_delta_se S``: r
 completions/second over TRL's, rlxf's peak RSS over TRL's, rlxf's held-out gold minus TRL's, and
 that difference's standard error (paired over the held-out prompts, which both sides answer; it
 covers sampling noise in the evaluation, not the spread between training seeds).
+
+With ``--model smollm2`` both sides train SmolLM2-135M-Instruct (rlxf through its own loader, TRL
+from the float copy that loader caches, the same weights) on the chat prompts of
+``examples/verifier/prompts.jsonl`` (rendered to text with the model's template) with the example
+verifier ``examples/verifier/reward.py:correct`` as the reward, once fully fine-tuned and once with
+LoRA (r 16, alpha 16, dropout 0.05, every linear layer of the blocks, on both sides through peft), or
+only one with ``--tuning``; held-out gold is the verifier on the first ``--eval-prompts`` prompts of
+``examples/verifier/eval.jsonl``. TRL's GRPO has no padding-free mode. Each configuration ends with
+the line above plus ``flops_fraction F``: rlxf's model FLOP/s over the timed seconds (training
+passes at :func:`sides.training_flops`, plus 2 per parameter and token for sampling, each prompt's
+tokens counted once) over the FLOP/s of a float32 matmul of the hidden size measured in the same run.
+
+    .venv/bin/python benchmarks/grpo_vs_trl.py --model smollm2 [--steps 3] [--batch 16] [--group 4] [--tuning both]
 """
 
 from __future__ import annotations
@@ -56,17 +69,46 @@ def prepare(path: str, sft_steps: int, threads: int) -> None:
     policy.save_pretrained(path)
 
 
-def held_out_gold(model, tok, n: int = 256) -> list[float]:
-    """Gold of one sample per held-out prompt (the first ``n`` test prompts, fixed sampling seed)."""
+def held_out_gold(model, tok, args) -> list[float]:
+    """Gold of one sample per held-out prompt (the first test prompts, fixed sampling seed): the hidden
+    preference's gold on the tiny task, the example verifier on SmolLM2."""
     import torch
 
     from rlxf.policies.language import LanguagePolicy
 
-    t = task()
-    policy = LanguagePolicy(model.float().eval(), tok)
-    prompts = t.prompts("test")[:n]
-    ro = policy.sample(policy.encode(prompts), n=1, max_new_tokens=16, generator=torch.Generator().manual_seed(5))
-    return [float(t.gold(p, policy.decode(r), f)) for p, r, f in zip(prompts, ro.response_ids, ro.finished)]
+    was_training = model.training
+    policy = LanguagePolicy(model.eval(), tok)
+    if args.model:
+        rows = smollm2_rows(tok, "eval.jsonl", args.eval_prompts)
+        prompts = [r["prompt"] for r in rows]
+    else:
+        t = task()
+        policy.model.float()
+        prompts = t.prompts("test")[:256]
+    ro = policy.sample(policy.encode(prompts), n=1, max_new_tokens=args.new_tokens if args.model else 16,
+                       generator=torch.Generator().manual_seed(5))
+    model.train(was_training)
+    texts = [policy.decode(r) for r in ro.response_ids]
+    if args.model:
+        return verifier()(prompts, texts, [r["answer"] for r in rows])
+    return [float(t.gold(p, x, f)) for p, x, f in zip(prompts, texts, ro.finished)]
+
+
+def verifier():
+    """The example verifier, ``examples/verifier/reward.py:correct`` (TRL's reward signature)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("example_reward", sides.EXAMPLES / "verifier" / "reward.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.correct
+
+
+def smollm2_rows(tokenizer, name: str, n: int | None = None) -> list[dict]:
+    """Prompts of an example verifier file rendered to text, with their answers."""
+    path = sides.EXAMPLES / "verifier" / name
+    rows = sides.read_jsonl(path, n or 0)
+    return [{"prompt": sides.chat_prompt(tokenizer, r["prompt"]), "answer": r["answer"]} for r in rows]
 
 
 def run_rlxf(args) -> dict:
@@ -76,34 +118,64 @@ def run_rlxf(args) -> dict:
     from rlxf.policies.language import LanguagePolicy
     from rlxf.rewards.scoring import Scorer, text_reward
 
-    t = task()
-    policy = LanguagePolicy.from_pretrained(args.model)
-    prompts = policy.encode(t.prompts("train"))
-    scorer = Scorer({"gold": (text_reward(policy.decode, lambda p, r, f: t.gold(p, r, f)), 1.0)})
+    if args.model:
+        policy = sides.smollm2_policy(args.lora)
+        rows = smollm2_rows(policy.tokenizer, "prompts.jsonl")
+        answer = {r["prompt"]: r["answer"] for r in rows}
+        correct = verifier()
+        texts = [r["prompt"] for r in rows]
+        reward = text_reward(policy.decode, lambda p, r, f: correct([p], [r], [answer[p]])[0])
+    else:
+        t = task()
+        policy = LanguagePolicy.from_pretrained(args.model_dir)
+        texts = t.prompts("train")
+        reward = text_reward(policy.decode, lambda p, r, f: t.gold(p, r, f))
+    prompts = policy.encode(texts)
+    scorer = Scorer({"gold": (reward, 1.0)})
     cfg = OnlineConfig(method="grpo", samples_per_prompt=args.group, max_new_tokens=args.new_tokens,
                        kl=KLSettings(mode="none", coef=0.0, monitor=False),  # TRL at beta 0 has no reference pass
                        optim=OptimConfig(steps=args.steps, batch_size=args.batch // args.group, lr=args.lr,
                                          max_grad_norm=1.0, checkpoint_every=0))
+    tokens = {"train": 0, "sampled": 0}
+
+    def count(batch) -> None:
+        s = batch.samples
+        tokens["train"] += sum(len(p) + len(r) for p, r in zip(s.prompt_ids, s.response_ids))
+        tokens["sampled"] += sum(len(p) for p in s.prompt_ids[:: s.k]) + sum(len(r) for r in s.response_ids)
+
     with tempfile.TemporaryDirectory() as d:
+        timer = sides.PhaseTimer(policy.model) if args.profile else None
         t0 = time.perf_counter()
-        train_online(Run(d, "benchmark = true\n"), "grpo", policy, policy.reference(), prompts, scorer, cfg, seed=0,
-                     quiet=True)
+        # at beta 0 nothing reads the reference (no KL, no monitor): the real model's side passes the policy
+        # itself rather than building one, as TRL builds none
+        ref = policy if args.model else policy.reference()
+        train_online(Run(d, "benchmark = true\n"), "grpo", policy, ref, prompts, scorer, cfg, seed=0,
+                     quiet=True, on_rollout=count)
         seconds = time.perf_counter() - t0
-    gold = held_out_gold(policy.model, policy.tokenizer)
+        phases = timer.close(seconds) if timer else None
+    gold = held_out_gold(policy.model, policy.tokenizer, args)
+    params = sum(p.numel() for n, p in policy.model.named_parameters() if "lora_" not in n)
     return {"seconds": seconds, "completions": args.steps * args.batch, "gold": sum(gold) / len(gold),
-            "gold_per_prompt": gold}
+            "gold_per_prompt": gold, "tokens": tokens, "params": params, "phases": phases}
 
 
 def run_trl(args) -> dict:
     import datasets
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    t = task()
-    tok = AutoTokenizer.from_pretrained(args.model)
+    tok = AutoTokenizer.from_pretrained(args.model_dir)
+    peft_config = sides.peft_lora_config(args.lora) if args.lora else None
+    if args.model:
+        ds = datasets.Dataset.from_list(smollm2_rows(tok, "prompts.jsonl"))
+        reward = verifier()
+    else:
+        t = task()
+        ds = datasets.Dataset.from_list([{"prompt": p} for p in t.prompts("train")])
 
-    def reward(prompts, completions, **_kw):
-        return [t.gold(p.strip(), c.strip(), True) for p, c in zip(prompts, completions)]
+        def reward(prompts, completions, **_kw):
+            return [t.gold(p.strip(), c.strip(), True) for p, c in zip(prompts, completions)]
 
     with tempfile.TemporaryDirectory() as d:
         config = GRPOConfig(
@@ -114,13 +186,13 @@ def run_trl(args) -> dict:
             logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=False, seed=0,
             dataloader_num_workers=0, disable_tqdm=True,
         )
-        ds = datasets.Dataset.from_list([{"prompt": p} for p in t.prompts("train")])
-        model = AutoModelForCausalLM.from_pretrained(args.model)
-        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=ds, processing_class=tok)
+        model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
+        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=ds, processing_class=tok,
+                              peft_config=peft_config)
         t0 = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t0
-        gold = held_out_gold(trainer.model, tok)
+        gold = held_out_gold(trainer.model, tok, args)
         return {"seconds": seconds, "completions": args.steps * args.batch, "gold": sum(gold) / len(gold),
                 "gold_per_prompt": gold}
 
@@ -135,48 +207,68 @@ def side(args) -> None:
 
 
 def run_side(name: str, args) -> dict:
-    return sides.run_side(__file__, name, args, ("steps", "batch", "group", "new_tokens", "lr", "threads", "model"))
+    return sides.run_side(__file__, name, args, ("steps", "batch", "group", "new_tokens", "lr", "threads", "model",
+                                                 "model_dir", "lora", "eval_prompts", "profile"))
+
+
+def compare(args) -> dict[str, dict]:
+    """Both sides ``args.repeats`` times, alternating; each side's fastest run."""
+    return sides.alternate(lambda name: run_side(name, args), args.repeats,
+                           lambda r: f"{r['completions'] / r['seconds']:.1f} completions/s, peak RSS "
+                                     f"{r['peak_rss_mb']:.0f} MB, held-out gold {r['gold']:.3f}")[0]
+
+
+def summary(best: dict[str, dict]) -> str:
+    """The closing figures, and the last line's fields (without a newline)."""
+    from rlxf.algorithms.evaluate import paired_gain
+
+    rate = {k: v["completions"] / v["seconds"] for k, v in best.items()}
+    print(f"rlxf {rate['rlxf']:.1f} completions/s, TRL {rate['trl']:.1f} completions/s")
+    delta, se = paired_gain(best["rlxf"]["gold_per_prompt"], best["trl"]["gold_per_prompt"])
+    print(f"held-out gold: rlxf {best['rlxf']['gold']:.3f}, TRL {best['trl']['gold']:.3f}; paired difference "
+          f"{delta:+.3f} +- {se:.3f} (standard error over {len(best['rlxf']['gold_per_prompt'])} prompts, "
+          f"one training run per side: seed-to-seed training variance is not in it)")
+    return (f"speedup {rate['rlxf'] / rate['trl']:.2f} memory_ratio "
+            f"{best['rlxf']['peak_rss_mb'] / best['trl']['peak_rss_mb']:.2f} gold_delta {delta:+.3f} gold_delta_se {se:.3f}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--batch", type=int, default=32, help="completions per update")
-    p.add_argument("--group", type=int, default=8)
+    sides.add_model_options(p, "a briefly fine-tuned tiny GPT-2")
+    p.add_argument("--steps", type=int, help="default 30 (tiny) or 3 (smollm2)")
+    p.add_argument("--batch", type=int, help="completions per update; default 32 (tiny) or 16 (smollm2)")
+    p.add_argument("--group", type=int, help="default 8 (tiny) or 4 (smollm2)")
     p.add_argument("--new-tokens", type=int, default=16)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, help="default 5e-4 (tiny) or 1e-6 (smollm2)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--sft-steps", type=int, default=150)
+    p.add_argument("--sft-steps", type=int, default=150, help="the tiny model's fine-tuning before the runs")
+    p.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts with --model smollm2")
     p.add_argument("--repeats", type=int, default=1, help="runs per side, alternating; the fastest counts")
-    p.add_argument("--model", default="", help=argparse.SUPPRESS)
     p.add_argument("--side", choices=["rlxf", "trl"], help=argparse.SUPPRESS)
     args = p.parse_args()
+    sides.fill_defaults(args, dict(steps=30, batch=32, group=8, lr=5e-4), dict(steps=3, batch=16, group=4, lr=1e-6))
     if args.batch % args.group:
         sys.exit(f"--batch ({args.batch}) must be a multiple of --group ({args.group})")
     if args.side:
         side(args)
         return
-    with tempfile.TemporaryDirectory() as d:
-        args.model = os.path.join(d, "model")
-        prepare(args.model, args.sft_steps, args.threads)
-        best: dict[str, dict] = {}
-        for rep in range(args.repeats):
-            for name in ("trl", "rlxf"):
-                r = run_side(name, args)
-                print(f"run {rep + 1}/{args.repeats} {name}: {r['completions'] / r['seconds']:.1f} completions/s, "
-                      f"peak RSS {r['peak_rss_mb']:.0f} MB, held-out gold {r['gold']:.3f}", flush=True)
-                if name not in best or r["seconds"] < best[name]["seconds"]:
-                    best[name] = r
-    rate = {k: v["completions"] / v["seconds"] for k, v in best.items()}
-    print(f"rlxf {rate['rlxf']:.1f} completions/s, TRL {rate['trl']:.1f} completions/s")
-    from rlxf.algorithms.evaluate import paired_gain
-
-    delta, se = paired_gain(best["rlxf"]["gold_per_prompt"], best["trl"]["gold_per_prompt"])
-    print(f"held-out gold: rlxf {best['rlxf']['gold']:.3f}, TRL {best['trl']['gold']:.3f}; paired difference "
-          f"{delta:+.3f} +- {se:.3f} (standard error over {len(best['rlxf']['gold_per_prompt'])} prompts, "
-          f"one training run per side: seed-to-seed training variance is not in it)")
-    print(f"speedup {rate['rlxf'] / rate['trl']:.2f} memory_ratio "
-          f"{best['rlxf']['peak_rss_mb'] / best['trl']['peak_rss_mb']:.2f} gold_delta {delta:+.3f} gold_delta_se {se:.3f}")
+    if not args.model:
+        with tempfile.TemporaryDirectory() as d:
+            args.model_dir = os.path.join(d, "model")
+            prepare(args.model_dir, args.sft_steps, args.threads)
+            print(summary(compare(args)))
+        return
+    for limit in sides.configurations(args, f"{args.steps} steps of {args.batch} completions (groups of "
+                                             f"{args.group}, {args.new_tokens} new tokens)"):
+        best = compare(args)
+        r = best["rlxf"]
+        flops = (sides.training_flops(r["params"], r["tokens"]["train"], bool(args.lora))
+                 + 2 * r["params"] * r["tokens"]["sampled"])
+        print(f"rlxf: {r['tokens']['train']} trained tokens, {r['tokens']['sampled']} sampled (prompts once), "
+              f"{r['params'] / 1e6:.1f} M parameters, {flops / r['seconds'] / 1e9:.2f} GFLOP/s")
+        if r["phases"]:
+            sides.print_phases("rlxf", r["phases"])
+        print(f"{summary(best)} flops_fraction {flops / r['seconds'] / limit:.3f}", flush=True)
 
 
 if __name__ == "__main__":
