@@ -280,3 +280,13 @@ def test_a_saved_reward_model_and_a_judge_as_specs(capsys, model_dir, data, tmp_
     metrics = _summary(run)["metrics"]
     assert metrics[f"monitor {rm / 'model'}"]["start"] is not None
     assert 0 <= metrics[f"judge:{judge}:prefer win rate vs start"]["trained"] <= 1
+
+
+def test_a_reward_that_raises_stops_the_run_at_its_first_step_naming_it(capsys, model_dir, data, tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def reward(prompts, completions, **columns):\n    raise ValueError('boom')\n")
+    rc, _, err = _train(capsys, "grpo", model_dir, data["prompts"], tmp_path / "run", "--reward", f"{bad}:reward",
+                        "--set", "online.optim.steps=2", "--set", "online.optim.batch_size=2",
+                        "--set", "online.max_new_tokens=3", "--set", "online.optim.checkpoint_every=2")
+    assert rc == 2 and f"rlxf: error: reward '{bad}:reward' raised at step 0: ValueError: boom" in err
+    assert not (tmp_path / "run" / "model").exists()
