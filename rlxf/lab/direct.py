@@ -77,8 +77,7 @@ class DirectLab(Pipeline):
                     loss_kwargs(ALL_PAIR_LOSSES[name], 0.1, args)
                 except PipelineError as e:
                     raise PipelineError(f"direct.args.{name}: {e}") from None
-        if d.sft_model and not (Path(d.sft_model) / "config.json").is_file():
-            raise PipelineError(f"direct.sft_model: {d.sft_model} is not a saved model directory (no config.json)")
+        self.start_model()
 
     def objective_args(self, name: str) -> dict[str, float]:
         """Hyperparameters of ``name``: :data:`DEFAULT_ARGS`, overridden by ``direct.args.<name>``."""
@@ -108,6 +107,13 @@ class DirectLab(Pipeline):
         out = [("sft", self.stage_sft), ("comparisons", self.stage_comparisons)]
         out += [(f"direct_{name}", lambda n=name: self.stage_objective(n)) for name in self.cfg.direct.objectives]
         return out + [("evaluate", self.stage_evaluate)]
+
+    def start_model(self) -> str:
+        """``direct.sft_model`` when given (checked), else the pipeline's starting model."""
+        path = self.cfg.direct.sft_model
+        if path and not (Path(path) / "config.json").is_file():
+            raise PipelineError(f"direct.sft_model: {path} is not a saved model directory (no config.json)")
+        return path or super().start_model()
 
     def stage_sft(self) -> dict:
         path = self.cfg.direct.sft_model

@@ -165,27 +165,31 @@ class Pipeline(StagedLab):
             raise PipelineError(f"model.chat_template (--chat-template): {template} is not a file (expected a Jinja "
                                 "chat template)")
 
+    def start_model(self) -> str:
+        """The model the SFT stage starts from: ``tiny`` or a model directory."""
+        return self.cfg.model.init
+
     @cached_property
     def tokenizer(self):
         """The starting model's tokenizer, ``model.chat_template`` applied: it renders and checks
         the user's comparisons before any stage runs, as the SFT stage will tokenize them."""
-        m = self.cfg.model
-        if m.init == "tiny":
+        m, start = self.cfg.model, self.start_model()
+        if start == "tiny":
             tok = tiny_tokenizer(self.task.vocabulary())
         else:
             from transformers import AutoTokenizer
 
-            tok = AutoTokenizer.from_pretrained(m.init, local_files_only=True)
+            tok = AutoTokenizer.from_pretrained(start, local_files_only=True)
         if m.chat_template:
             tok.chat_template = Path(m.chat_template).read_text()
         return tok
 
     def context_length(self) -> int | None:
         """The starting model's context in tokens (None when its config does not say)."""
-        m = self.cfg.model
-        if m.init == "tiny":
-            return m.max_positions
-        cfg = json.loads((Path(m.init) / "config.json").read_text())
+        start = self.start_model()
+        if start == "tiny":
+            return self.cfg.model.max_positions
+        cfg = json.loads((Path(start) / "config.json").read_text())
         return cfg.get("max_position_embeddings") or cfg.get("n_positions")
 
     def validate_inputs(self) -> None:
