@@ -107,6 +107,11 @@ def test_unpaired_rows_and_comparisons_split_into_unpaired(tmp_path, tok):
     data = prepare(tok, write_jsonl(tmp_path / "kto.jsonl", rows), "unpaired")
     eos = tok.eos_token_id
     assert data.train == [(ids(tok, "a"), ids(tok, "good") + [eos], True), (ids(tok, "b"), ids(tok, "bad") + [eos], False)]
+    chat_rows = [{"prompt": [chat("user", r["prompt"])], "completion": [chat("assistant", r["completion"])],
+                  "label": r["label"]} for r in rows]
+    chat_data = prepare(tok, write_jsonl(tmp_path / "kto_chat.jsonl", chat_rows), "unpaired")
+    assert chat_data.conversational and [x[2] for x in chat_data.train] == [True, False]
+    assert chat_data.train[0][:2] == (ids(tok, "user: a\nassistant:"), ids(tok, "good") + [eos])
     split = prepare(tok, write_jsonl(tmp_path / "p.jsonl", PAIRS), "unpaired")
     assert [x[2] for x in split.train] == [True, False] * 3
     assert split.train[2] == (ids(tok, "c"), ids(tok, "yes yes") + [eos], True)
