@@ -235,7 +235,7 @@ def checked_values(name: str, fn: TextRewardFn, prompts: list, completions: list
 
 
 def reward_components(specs: list[str], tokenizer: Any, rows: list[dict], prompts_text: list[str],
-                      conversational: bool, judge: bool = False) -> dict[str, tuple[Any, float]]:
+                      conversational: bool, judge: bool = False, device: str = "cpu") -> dict[str, tuple[Any, float]]:
     """``{spec: (component, weight)}`` for :class:`~rlxf.rewards.scoring.Scorer`, from spec strings.
 
     ``rows`` are the dataset rows of the run's prompts (the prompt as written, chat messages or
@@ -243,7 +243,8 @@ def reward_components(specs: list[str], tokenizer: Any, rows: list[dict], prompt
     component looks its samples up by ``Samples.prompt_index``. ``tokenizer`` decodes the policy's
     completions. With ``judge=True`` every spec must be ``judge:...`` and the values are
     preferences ``preference(samples, i, j) -> P(row i beats row j)``, as INPO, Nash-MD and SPO
-    take them; :func:`rlxf.rewards.scoring.group_win_rate` turns one into a reward.
+    take them; :func:`rlxf.rewards.scoring.group_win_rate` turns one into a reward. Reward models
+    and judges run on ``device``.
     """
     view = _TextView(tokenizer, rows, prompts_text, conversational)
     out: dict[str, tuple[Any, float]] = {}
@@ -254,9 +255,9 @@ def reward_components(specs: list[str], tokenizer: Any, rows: list[dict], prompt
             expected = "a judge: judge:DIR or judge:file.py:fn" if judge else "a reward, not a judge"
             raise RewardSpecError(f"reward {spec!r}: expected {expected}")
         if is_judge:
-            out[spec] = (judge_preference(spec, body[len("judge:"):], view), weight)
+            out[spec] = (judge_preference(spec, body[len("judge:"):], view, device), weight)
         elif Path(body).is_dir():
-            out[spec] = (model_component(spec, load_reward_model(spec, body), view), weight)
+            out[spec] = (model_component(spec, load_reward_model(spec, body, device), view), weight)
         else:
             out[spec] = (text_component(load_reward(spec), view), weight)
     return out
@@ -300,7 +301,7 @@ def text_component(reward: RewardSpec, view: _TextView) -> RewardFn:
     return score
 
 
-def load_reward_model(spec: str, path: str):
+def load_reward_model(spec: str, path: str, device: str = "cpu"):
     """A saved reward model (rlxf's or an HF sequence-classification model with one label)."""
     import json
 
@@ -316,7 +317,7 @@ def load_reward_model(spec: str, path: str):
         raise RewardSpecError(f"reward {spec!r}: {path} holds {', '.join(archs) or 'a model'} with {labels} labels "
                               "(expected a reward model: a sequence-classification model with one label)")
     try:
-        return RewardModel.from_pretrained(path)
+        return RewardModel.from_pretrained(path, device=device)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds
         raise RewardSpecError(f"reward {spec!r}: cannot load the reward model in {path} ({type(e).__name__}: {e})") from e
 
@@ -326,15 +327,15 @@ def model_component(spec: str, model: Any, view: _TextView) -> RewardFn:
 
     def score(s: Samples) -> torch.Tensor:
         idx = view.index(s, f"reward {spec!r}")
-        return model.score_texts([view.prompts_text[i] for i in idx], view.completions(s))
+        return model.score_texts([view.prompts_text[i] for i in idx], view.completions(s)).cpu()
 
     return score
 
 
-def judge_preference(spec: str, target: str, view: _TextView) -> Preference:
+def judge_preference(spec: str, target: str, view: _TextView, device: str = "cpu") -> Preference:
     """``judge:DIR`` (Bradley-Terry on a reward model) or ``judge:file.py:fn`` as a preference."""
     if Path(target).is_dir():
-        scores = model_component(spec, load_reward_model(spec, target), view)
+        scores = model_component(spec, load_reward_model(spec, target, device), view)
 
         def bradley_terry(s: Samples, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
             r = torch.as_tensor(scores(s)).float()
