@@ -1,6 +1,16 @@
 """Feedback records and reading/writing them as JSONL, Parquet or Hugging Face datasets."""
 
-from rlxf.data.io import DataError, detect_kind, iter_records, read_records, write_records
+from rlxf.data.io import (
+    DataError,
+    detect_kind,
+    is_conversational,
+    iter_records,
+    open_rows,
+    prompt_row,
+    read_records,
+    to_record,
+    write_records,
+)
 from rlxf.data.records import (
     KINDS,
     Comparison,
@@ -29,7 +39,11 @@ __all__ = [
     "RecordError",
     "Unpaired",
     "detect_kind",
+    "is_conversational",
     "iter_records",
+    "open_rows",
+    "prompt_row",
     "read_records",
+    "to_record",
     "write_records",
 ]
