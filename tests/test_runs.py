@@ -47,9 +47,11 @@ def test_a_different_config_in_the_same_directory_is_refused(tmp_path):
     Run(tmp_path / "r", "x = 2\n", fresh=True)  # --fresh starts over
 
 
-def _toy_training(run, steps, micro=0, stop_after=None):
+def _toy_training(run, steps, micro=0, stop_after=None, freeze_bias=False):
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
+    if freeze_bias:  # a frozen weight, as a LoRA model's base is
+        model.bias.requires_grad_(False)
     data = torch.randn(64, 3)
     target = data @ torch.tensor([1.0, -2.0, 0.5]) + 0.1
 
@@ -88,6 +90,18 @@ def test_interrupted_training_resumes_to_identical_metrics(tmp_path):
     a, b = straight.metrics("toy"), Run(tmp_path / "b", "").metrics("toy")
     assert [r["step"] for r in b] == list(range(10))
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
+
+
+def test_checkpoints_leave_frozen_weights_out_and_resume_identically(tmp_path):
+    straight = Run(tmp_path / "a", "")
+    _toy_training(straight, steps=10, freeze_bias=True)
+    broken = Run(tmp_path / "b", "")
+    with pytest.raises(KeyboardInterrupt):
+        _toy_training(broken, steps=10, stop_after=7, freeze_bias=True)
+    _step, state = Run(tmp_path / "b", "").load_checkpoint("toy")
+    assert sorted(state["model"]) == ["weight"]  # the frozen bias comes back with the model
+    _toy_training(Run(tmp_path / "b", ""), steps=10, freeze_bias=True)
+    assert [r["loss"] for r in straight.metrics("toy")] == [r["loss"] for r in Run(tmp_path / "b", "").metrics("toy")]
 
 
 TINY = ["sft.optim.steps=80", "sft.optim.checkpoint_every=10", "sft.corpus_size=2000", "comparisons.n_pairs=200",

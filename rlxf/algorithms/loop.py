@@ -53,6 +53,22 @@ def split_micro(batch: list, micro: int) -> list[list]:
     return [batch[i : i + micro] for i in range(0, len(batch), micro)]
 
 
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint must keep of ``model``: the parameters that train and every buffer. Frozen
+    weights (a LoRA model's base) are left out: they come back with the model, not the checkpoint."""
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k not in frozen}
+
+
+def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a :func:`trainable_state`; anything else missing from it is an error."""
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in frozen]
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
 def train(run: Run, stage: str, model: torch.nn.Module, cfg: OptimConfig,
           make_batch: Callable[[int], list], loss_fn: Callable[[list, list], tuple[torch.Tensor, dict]],
           quiet: bool = False, on_resume: Callable[[dict], None] | None = None,
@@ -67,7 +83,7 @@ def train(run: Run, stage: str, model: torch.nn.Module, cfg: OptimConfig,
     ckpt = run.load_checkpoint(stage)
     if ckpt is not None:
         last, state = ckpt
-        model.load_state_dict(state["model"])
+        load_trainable_state(model, state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -101,7 +117,7 @@ def train(run: Run, stage: str, model: torch.nn.Module, cfg: OptimConfig,
         done = step + 1 == cfg.steps
         if not done and cfg.checkpoint_every > 0 and (step + 1) % cfg.checkpoint_every == 0:
             state: dict[str, Any] = {
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "model": trainable_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "torch_rng": torch.get_rng_state(), "extra": extra_state() if extra_state else {},
             }
             run.save_checkpoint(stage, step, state)
