@@ -219,3 +219,21 @@ def test_a_missing_source_or_uncached_dataset_name_is_a_data_error(tmp_path, tok
         prepare(tok, tmp_path / "nope.jsonl", "comparison")
     with pytest.raises(DataError, match="not a file or directory, nor a dataset in the local Hugging Face cache"):
         prepare(tok, "someone/not-cached-anywhere", "comparison")
+
+
+def test_a_cached_dataset_name_is_read_offline_from_its_train_split(tok, monkeypatch):
+    import huggingface_hub.constants as hub
+
+    calls = []
+
+    def cached(name, **kw):  # stands in for the local HF cache
+        calls.append((name, kw, datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE))
+        return datasets.DatasetDict({"train": datasets.Dataset.from_list(PAIRS),
+                                     "test": datasets.Dataset.from_list(PAIRS[:1])})
+
+    monkeypatch.setattr(datasets, "load_dataset", cached)
+    data = prepare(tok, "someone/prefs", "comparison")
+    assert len(data.train) == 3 and data.report["source"] == "someone/prefs"
+    (name, kw, offline, hub_offline), *_ = calls
+    assert name == "someone/prefs" and offline and hub_offline  # nothing may download
+    assert kw == {"download_mode": "reuse_dataset_if_exists"}
