@@ -289,4 +289,4 @@ def test_a_reward_that_raises_stops_the_run_at_its_first_step_naming_it(capsys, 
                         "--set", "online.optim.steps=2", "--set", "online.optim.batch_size=2",
                         "--set", "online.max_new_tokens=3", "--set", "online.optim.checkpoint_every=2")
     assert rc == 2 and f"rlxf: error: reward '{bad}:reward' raised at step 0: ValueError: boom" in err
-    assert not (tmp_path / "run" / "model").exists()
+    assert "before the run started" in err and not (tmp_path / "run").exists()  # checked before the run, nothing written

@@ -334,7 +334,27 @@ def load_inputs(cfg: TrainConfig) -> Inputs:
         if missing:
             raise TrainError(f"online.method_args.thresholds: {', '.join(missing)} is not a reward or monitor of "
                              f"this run (they are: {', '.join([*inputs.rewards, *inputs.monitors])})")
+        check_rewards(inputs, cfg)
     return inputs
+
+
+def check_rewards(inputs: Inputs, cfg: TrainConfig) -> None:
+    """Score two sampled answers to the first training prompt with every reward, monitor and judge,
+    so a reward that raises or returns something unusable stops the command before the run
+    directory exists (a reward that fails only later stops the run at that step)."""
+    from rlxf.rewards.scoring import RewardError
+
+    k, new_tokens = 2, min(8, cfg.online.max_new_tokens)
+    ro = inputs.policy.sample(inputs.data.train[:1], n=k, max_new_tokens=new_tokens,
+                              generator=torch.Generator().manual_seed(cfg.run.seed))
+    samples = Samples(ro.prompt_ids, ro.response_ids, ro.finished, k, prompt_index=[0] * k)
+    try:
+        Scorer(inputs.rewards, inputs.monitors)(samples, 0)
+        if inputs.judge is not None:
+            inputs.judge(samples, torch.tensor([0]), torch.tensor([1]))
+    except RewardError as e:
+        raise RewardError(f"{e} (checked on {k} samples of the first training prompt before the run started; "
+                          "nothing was written)") from e
 
 
 def total_reward(rewards: dict) -> Callable[[Samples], torch.Tensor]:
