@@ -328,3 +328,16 @@ def test_kto_with_one_class_is_an_error_naming_the_label(tmp_path):
     rows[1]["label"] = False
     examples = load_unpaired(write_jsonl(tmp_path / "kto2.jsonl", rows), pol)
     assert [e[2] for e in examples] == [True, False]
+
+
+def test_reference_log_probs_are_the_same_in_memory_sized_chunks():
+    """A logits budget that allows one pair per chunk gives the same reference log-probs as one chunk."""
+    from rlxf.policies.logprobs import reference_logps
+
+    tok = tiny_tokenizer("a b c d e f".split())
+    model = tiny_causal_lm(tok, n_layer=1, n_embd=16, n_head=2).eval()
+    pairs = [([4, 5], [6, 7, 2], [5, 2]), ([6], [4, 4, 5, 2], [7, 2]), ([5, 6, 7], [8, 2], [9, 4, 2])]
+    whole = reference_logps(model, tok.pad_token_id, pairs)
+    one_each = reference_logps(model, tok.pad_token_id, pairs, logits_budget=1)
+    for a, b in zip([*whole[0], *whole[1]], [*one_each[0], *one_each[1]]):
+        assert torch.allclose(a, b, atol=1e-6)

@@ -73,7 +73,7 @@ def train_pairs(run: Run, stage: str, policy: LanguagePolicy, ref: LanguagePolic
     if eval_pairs and 0 not in evals:
         run.log(f"{stage}_eval", 0, **evaluate_pairs(policy, ref, eval_pairs, beta))
     pad = policy.tokenizer.pad_token_id
-    ref_w, ref_l = reference_logps(ref.model, pad, pairs) if precompute_ref else (None, None)
+    ref_w, ref_l = reference_logps(ref.model, pad, pairs, quiet=quiet) if precompute_ref else (None, None)
     make_batch = epoch_batches(len(pairs), cfg.batch_size, seed)
     global_tokens = "tokens_per_example" in inspect.signature(loss).parameters
 

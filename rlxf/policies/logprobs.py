@@ -262,11 +262,20 @@ def pair_logps(model, pad_id: int, rows: list[Pair]) -> tuple[Steps, Steps]:
 
 
 @torch.no_grad()
-def reference_logps(model, pad_id: int, pairs: list[Pair], batch_size: int = 256) -> tuple[list, list]:
+def reference_logps(model, pad_id: int, pairs: list[Pair], batch_size: int = 256, quiet: bool = True,
+                    logits_budget: int = 2**28) -> tuple[list, list]:
     """Per-token log-probs of every chosen and rejected response (lists of unpadded tensors), scored
-    once before training so that each step needs no reference forward pass."""
+    once before training so that each step needs no reference forward pass. Chunks hold at most
+    ``batch_size`` pairs and about ``logits_budget`` bytes of response logits (a 49k-token vocabulary
+    fills memory fast), with a progress bar unless ``quiet``."""
+    from tqdm.auto import tqdm
+
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 1)
+    widest = max((len(c) + len(r) for _p, c, r in pairs), default=1)
+    size = max(1, min(batch_size, logits_budget // (4 * vocab * widest)))
     out_w, out_l = [], []
-    for part in chunks(len(pairs), batch_size):
+    for part in tqdm(chunks(len(pairs), size), total=-(-len(pairs) // size), desc="reference log-probs",
+                     disable=quiet, leave=False, dynamic_ncols=True):
         chosen, rejected = pair_logps(model, pad_id, pairs[part])
         out_w += unpadded(chosen)
         out_l += unpadded(rejected)
