@@ -4,6 +4,7 @@ pipeline config, run the quickstart, rebuild a report."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from importlib import resources
 from pathlib import Path
@@ -60,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                              "a run trained on chat data, or a model directory whose tokenizer has a template)")
     run = sub.add_parser("run", help="run (or resume) the pipeline of a TOML config")
     run.add_argument("config", help="path to a TOML config")
+    run.add_argument("--chat-template", dest="chat_template", metavar="FILE",
+                     help="a Jinja chat template for a model whose tokenizer has none (sets model.chat_template)")
     common(run)
     quick = sub.add_parser("quickstart", help="SFT -> comparisons -> reward model -> DPO/RLOO/best-of-N -> report")
     common(quick)
@@ -81,7 +84,8 @@ def _run(config_path: str | Path, args) -> int:
 
     lab = lab_class(lab_of(config_path))
     report_to = [f"run.report_to={args.report_to!r}".replace("'", '"')] if args.report_to else []
-    cfg = load_config(lab.Config, config_path, [*args.overrides, *report_to])
+    template = [f"model.chat_template={json.dumps(args.chat_template)}"] if getattr(args, "chat_template", None) else []
+    cfg = load_config(lab.Config, config_path, [*args.overrides, *report_to, *template])
     return _execute(lab(cfg, fresh=args.fresh, quiet=args.quiet, log=_log(args)))
 
 

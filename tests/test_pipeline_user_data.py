@@ -80,3 +80,20 @@ def test_unusable_comparison_files_are_named_before_any_stage_runs(tmp_path):
     with pytest.warns(PreferenceDataWarning, match=r"mixed\.jsonl: dropped 1 of 2 records: 1 where the prompt fills"):
         pipe = pipeline(tmp_path, f'model.init="{init}"', f'comparisons.path="{mixed}"')
     assert not pipe.run.dir.joinpath("stages", "sft").exists()  # reported when the run was set up, before SFT
+
+
+def test_rlxf_run_takes_chat_template_as_a_flag(tmp_path, capsys):
+    """``rlxf run CONFIG --chat-template FILE`` sets model.chat_template; without it the error names the flag."""
+    from rlxf.cli import main
+
+    init = model_dir(tmp_path / "model", None)
+    data = write_jsonl(tmp_path / "chat_prefs.jsonl", chat_rows())
+    config = tmp_path / "run.toml"
+    config.write_text(f'[run]\ndir = "{tmp_path / "run"}"\n[model]\ninit = "{init}"\n'
+                      f'[comparisons]\npath = "{data}"\n')
+    nowhere = tmp_path / "nowhere.jinja"
+    assert main(["run", str(config), "--quiet", "--chat-template", str(nowhere)]) == 2
+    assert f"model.chat_template (--chat-template): {nowhere} is not a file" in capsys.readouterr().err
+    assert main(["run", str(config), "--quiet"]) == 2
+    assert "--chat-template FILE" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # both refused before anything was written

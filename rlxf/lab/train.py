@@ -49,8 +49,8 @@ from rlxf.lab.config import RunSection
 from rlxf.lab.stages import StagedLab
 from rlxf.objectives.preference import ALL_PAIR_LOSSES, DEFAULT_ARGS, KTO_ARGS
 from rlxf.rewards.model import RewardModel
-from rlxf.rewards.scoring import Samples, Scorer, bradley_terry_preference, group_win_rate
-from rlxf.rewards.specs import reward_components
+from rlxf.rewards.scoring import Samples, Scorer, group_win_rate
+from rlxf.rewards.specs import reward_components, rewards_preference
 
 from rlxf.lab.train_data import DataSettings, prepare_data
 from rlxf.policies.loading import LoraSettings, ModelError, ModelSettings, check_model, load_policy, save_policy
@@ -327,7 +327,7 @@ def load_inputs(cfg: TrainConfig) -> Inputs:
             else:
                 inputs.rewards[name] = (group_win_rate(preference), weight)
         if needs_preference(cfg.method) and inputs.judge is None:
-            inputs.judge = bradley_terry_preference(total_reward(inputs.rewards))
+            inputs.judge = rewards_preference(inputs.rewards)
         thresholds = cfg.online.method_args.get("thresholds")
         missing = sorted(set(thresholds) - set(inputs.rewards) - set(inputs.monitors)) \
             if isinstance(thresholds, dict) else []
@@ -358,8 +358,15 @@ def check_rewards(inputs: Inputs, cfg: TrainConfig) -> None:
 
 
 def total_reward(rewards: dict) -> Callable[[Samples], torch.Tensor]:
-    """The weighted sum of reward components, as one component."""
-    return lambda s: sum(w * torch.as_tensor(fn(s)).float() for fn, w in rewards.values())
+    """The weighted sum of reward components, as one component: summed over the components that
+    gave a value, NaN where none did (as the learner's reward leaves that sample out)."""
+    scorer = Scorer(rewards)
+
+    def score(s: Samples) -> torch.Tensor:
+        total, parts = scorer(s, s.step)
+        return total.masked_fill(~scorer.valid(parts, len(s)), float("nan"))
+
+    return score
 
 
 def scalar_head(model, pad_token_id: int):
