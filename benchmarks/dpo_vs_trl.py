@@ -29,8 +29,9 @@ log-probs are precomputed on both sides from the initial weights (rlxf scores th
 before its first step, as TRL does without a ``ref_model``). TRL's ``padding_free`` is not used:
 TRL 1.16 switches it off with a warning since its DPO rewrite; rlxf packs pairs without padding.
 Each configuration ends with the line above plus ``flops_fraction F``: rlxf's training FLOP/s
-(:func:`sides.training_flops` over the timed seconds) over the FLOP/s of a float32 matmul of the
-hidden size measured in the same run.
+(:func:`sides.training_flops` of the tokens its packed pairs put through the model, each prompt once,
+over the timed seconds; the reference pass is not counted) over the FLOP/s of a float32 matmul of
+the hidden size measured in the same run.
 
     .venv/bin/python benchmarks/dpo_vs_trl.py --model smollm2 [--pairs 32] [--batch 8] [--tuning both]
 """
@@ -131,7 +132,8 @@ def run_rlxf(args) -> dict:
         phases = timer.close(seconds) if timer else None
         losses = [m["loss"] for m in run.metrics("dpo")]
     trained = pairs[: (args.pairs // args.batch) * args.batch]
-    tokens = args.epochs * sum(2 * len(p) + len(c) + len(r) for p, c, r in trained)
+    # the tokens rlxf's packed pairs put through the model: each prompt once, then both responses
+    tokens = args.epochs * sum(len(p) + len(c) + len(r) for p, c, r in trained)
     params = sum(p.numel() for n, p in policy.model.named_parameters() if "lora_" not in n)
     return {"seconds": seconds, "samples": steps * args.batch, "losses": losses, "tokens": tokens, "params": params,
             "phases": phases}
@@ -193,10 +195,10 @@ def compare(args) -> tuple[dict, dict]:
     print("import-only baseline peak RSS: " + ", ".join(f"{k} {v:.0f} MB" for k, v in base.items()), flush=True)
     results, peak = sides.alternate(
         lambda name: run_side(name, args), args.repeats,
-        lambda r: f"{r['samples'] / r['seconds']:.1f} samples/s, peak RSS {r['peak_rss_mb']:.0f} MB")
+        lambda r: f"{r['samples'] / r['seconds']:.3g} samples/s, peak RSS {r['peak_rss_mb']:.0f} MB")
     for name, r in results.items():
         tail = r["losses"][-4:]
-        print(f"{name:>5}: {r['samples'] / r['seconds']:8.1f} samples/s  ({r['samples']} samples in {r['seconds']:.2f} s)  "
+        print(f"{name:>5}: {r['samples'] / r['seconds']:8.3g} samples/s  ({r['samples']} samples in {r['seconds']:.2f} s)  "
               f"peak RSS {r['peak_rss_mb']:7.1f} MB ({r['peak_rss_mb'] - base[name]:.1f} above imports)  first loss {r['losses'][0]:.4f}  "
               f"final loss (mean of last {len(tail)}) {sum(tail) / len(tail):.4f}")
     for name, r in results.items():

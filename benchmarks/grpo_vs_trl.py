@@ -121,10 +121,12 @@ def run_rlxf(args) -> dict:
     if args.model:
         policy = sides.smollm2_policy(args.lora)
         rows = smollm2_rows(policy.tokenizer, "prompts.jsonl")
-        answer = {r["prompt"]: r["answer"] for r in rows}
-        correct = verifier()
         texts = [r["prompt"] for r in rows]
-        reward = text_reward(policy.decode, lambda p, r, f: correct([p], [r], [answer[p]])[0])
+        answer = {tuple(ids): r["answer"] for ids, r in zip(policy.encode(texts), rows)}
+        correct = verifier()
+
+        def reward(s) -> list[float]:  # the verifier on the decoded replies, with each prompt's answer
+            return correct(None, [policy.decode(r) for r in s.response_ids], [answer[tuple(p)] for p in s.prompt_ids])
     else:
         t = task()
         policy = LanguagePolicy.from_pretrained(args.model_dir)
