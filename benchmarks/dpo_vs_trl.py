@@ -135,8 +135,9 @@ def run_rlxf(args) -> dict:
     # the tokens rlxf's packed pairs put through the model: each prompt once, then both responses
     tokens = args.epochs * sum(len(p) + len(c) + len(r) for p, c, r in trained)
     params = sum(p.numel() for n, p in policy.model.named_parameters() if "lora_" not in n)
+    limit = sides.time_matmul(576, args.threads, 4096, 5) if args.model else None  # right after, on the same load
     return {"seconds": seconds, "samples": steps * args.batch, "losses": losses, "tokens": tokens, "params": params,
-            "phases": phases}
+            "phases": phases, "matmul_flops": limit}
 
 
 def run_trl(args) -> dict:
@@ -232,12 +233,13 @@ def main() -> None:
         print(f"speedup {speedup(results):.2f} memory_ratio {memory_ratios(peak)[0]:.2f} "
               f"total_memory_ratio {memory_ratios(peak)[1]:.2f}")
         return
-    for limit in sides.configurations(args, f"{args.pairs} pairs, batch {args.batch}, {args.epochs} epoch(s)"):
+    for _ in sides.configurations(args, f"{args.pairs} pairs, batch {args.batch}, {args.epochs} epoch(s)"):
         results, peak = compare(args)
         r = results["rlxf"]
+        limit = r["matmul_flops"]
         achieved = sides.training_flops(r["params"], r["tokens"], bool(args.lora)) / r["seconds"]
         print(f"rlxf: {r['tokens']} trained tokens, {r['params'] / 1e6:.1f} M parameters, "
-              f"{achieved / 1e9:.2f} GFLOP/s of training")
+              f"{achieved / 1e9:.2f} GFLOP/s of training; the matmul right after it: {limit / 1e9:.1f} GFLOP/s")
         if r["phases"]:
             sides.print_phases("rlxf", r["phases"])
         print(f"speedup {speedup(results):.2f} memory_ratio {memory_ratios(peak)[0]:.2f} "

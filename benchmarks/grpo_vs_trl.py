@@ -158,7 +158,8 @@ def run_rlxf(args) -> dict:
     gold = held_out_gold(policy.model, policy.tokenizer, args)
     params = sum(p.numel() for n, p in policy.model.named_parameters() if "lora_" not in n)
     return {"seconds": seconds, "completions": args.steps * args.batch, "gold": sum(gold) / len(gold),
-            "gold_per_prompt": gold, "tokens": tokens, "params": params, "phases": phases}
+            "gold_per_prompt": gold, "tokens": tokens, "params": params, "phases": phases,
+            "matmul_flops": sides.time_matmul(576, args.threads, 4096, 5) if args.model else None}
 
 
 def run_trl(args) -> dict:
@@ -216,7 +217,7 @@ def run_side(name: str, args) -> dict:
 def compare(args) -> dict[str, dict]:
     """Both sides ``args.repeats`` times, alternating; each side's fastest run."""
     return sides.alternate(lambda name: run_side(name, args), args.repeats,
-                           lambda r: f"{r['completions'] / r['seconds']:.1f} completions/s, peak RSS "
+                           lambda r: f"{r['completions'] / r['seconds']:.3g} completions/s, peak RSS "
                                      f"{r['peak_rss_mb']:.0f} MB, held-out gold {r['gold']:.3f}")[0]
 
 
@@ -225,7 +226,7 @@ def summary(best: dict[str, dict]) -> str:
     from rlxf.algorithms.evaluate import paired_gain
 
     rate = {k: v["completions"] / v["seconds"] for k, v in best.items()}
-    print(f"rlxf {rate['rlxf']:.1f} completions/s, TRL {rate['trl']:.1f} completions/s")
+    print(f"rlxf {rate['rlxf']:.3g} completions/s, TRL {rate['trl']:.3g} completions/s")
     delta, se = paired_gain(best["rlxf"]["gold_per_prompt"], best["trl"]["gold_per_prompt"])
     print(f"held-out gold: rlxf {best['rlxf']['gold']:.3f}, TRL {best['trl']['gold']:.3f}; paired difference "
           f"{delta:+.3f} +- {se:.3f} (standard error over {len(best['rlxf']['gold_per_prompt'])} prompts, "
@@ -260,14 +261,16 @@ def main() -> None:
             prepare(args.model_dir, args.sft_steps, args.threads)
             print(summary(compare(args)))
         return
-    for limit in sides.configurations(args, f"{args.steps} steps of {args.batch} completions (groups of "
+    for _ in sides.configurations(args, f"{args.steps} steps of {args.batch} completions (groups of "
                                              f"{args.group}, {args.new_tokens} new tokens)"):
         best = compare(args)
         r = best["rlxf"]
+        limit = r["matmul_flops"]
         flops = (sides.training_flops(r["params"], r["tokens"]["train"], bool(args.lora))
                  + 2 * r["params"] * r["tokens"]["sampled"])
         print(f"rlxf: {r['tokens']['train']} trained tokens, {r['tokens']['sampled']} sampled (prompts once), "
-              f"{r['params'] / 1e6:.1f} M parameters, {flops / r['seconds'] / 1e9:.2f} GFLOP/s")
+              f"{r['params'] / 1e6:.1f} M parameters, {flops / r['seconds'] / 1e9:.2f} GFLOP/s; the matmul right after "
+              f"it: {limit / 1e9:.1f} GFLOP/s")
         if r["phases"]:
             sides.print_phases("rlxf", r["phases"])
         print(f"{summary(best)} flops_fraction {flops / r['seconds'] / limit:.3f}", flush=True)

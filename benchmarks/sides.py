@@ -84,14 +84,9 @@ def read_jsonl(path: Path, n: int = 0) -> list[dict]:
     return rows[:n] if n else rows
 
 
-def matmul_flops(hidden: int, threads: int, rows: int = 4096, repeats: int = 5) -> float:
+def time_matmul(hidden: int, threads: int, rows: int = 4096, repeats: int = 5) -> float:
     """FLOP/s of a plain float32 ``[rows, hidden] @ [hidden, hidden]`` matmul on ``threads`` threads, the
-    fastest of ``repeats`` timings of 10 products: the machine's practical limit for this model's matmuls.
-    Timed in a child process (see :func:`in_child`)."""
-    return float(in_child(f"import sides; print(sides.time_matmul({hidden}, {threads}, {rows}, {repeats}))"))
-
-
-def time_matmul(hidden: int, threads: int, rows: int, repeats: int) -> float:
+    fastest of ``repeats`` timings of 10 products: the machine's practical limit for this model's matmuls."""
     import time
 
     import torch
@@ -152,16 +147,15 @@ def fill_defaults(args, tiny: dict, real: dict) -> None:
 
 
 def configurations(args, what: str):
-    """For the real model: its float directory into ``args.model_dir``, the matmul limit timed once, then for
-    each configuration of ``--tuning`` ``args.lora`` set and a header printed; yields the limit (FLOP/s)."""
+    """For the real model: its float directory into ``args.model_dir``, then for each configuration of
+    ``--tuning`` ``args.lora`` set and a header printed. (The matmul limit is timed by rlxf's side right after
+    its run, on the same share of a machine whose other load comes and goes: :func:`time_matmul`.)"""
     args.model_dir = smollm2_float_dir()
-    limit = matmul_flops(576, args.threads)
-    print(f"float32 matmul [4096, 576] x [576, 576] on {args.threads} threads: {limit / 1e9:.1f} GFLOP/s", flush=True)
     for tuning in (["full", "lora"] if args.tuning == "both" else [args.tuning]):
         args.lora = args.lora_r if tuning == "lora" else 0
         print(f"== {tuning} fine-tuning" + (f" (LoRA r {args.lora})" if args.lora else "") + f": {what}, "
               f"{args.threads} threads", flush=True)
-        yield limit
+        yield tuning
 
 
 class PhaseTimer:
