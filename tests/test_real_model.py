@@ -5,10 +5,12 @@ Each test runs the command a user runs (``rlxf.cli.main``) with an example confi
 ``summary.json``. The data are about capital cities, split by country (examples/make_data.py), so
 every held-out row asks about a country the training rows never mention. The model comes from the
 session's float copy of the GGUF (the ``smollm2_dir`` fixture), converted once per session.
+The learning tests are ``slow``; the checks of the example files themselves are fast.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -18,8 +20,6 @@ from pathlib import Path
 import pytest
 
 from rlxf.cli import main
-
-pytestmark = pytest.mark.slow
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 DPO_STEPS = 20  # examples/dpo*.toml train 60 steps; the claim holds at this budget
@@ -73,6 +73,7 @@ def dpo_runs(smollm2_dir, tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
 def test_dpo_on_chat_preferences_reaches_held_out_accuracy_080(dpo_runs):
     """DPO (beta 0.1, lr 1e-5, 20 steps of 8 conversational pairs, examples/dpo.toml) makes the
     implicit reward margin positive on at least 80% of the 174 held-out pairs (start: 0, the
@@ -82,6 +83,7 @@ def test_dpo_on_chat_preferences_reaches_held_out_accuracy_080(dpo_runs):
     assert accuracy >= 0.8, accuracy
 
 
+@pytest.mark.slow
 def test_lora_dpo_matches_full_fine_tuning_with_less_memory(dpo_runs):
     """LoRA DPO (r 16, alpha 32, every block linear, lr 1e-4, examples/dpo_lora.toml; otherwise as
     the full run) reaches held-out accuracy within 0.05 of full fine-tuning, and its process's peak
@@ -93,6 +95,7 @@ def test_lora_dpo_matches_full_fine_tuning_with_less_memory(dpo_runs):
     assert lora["maxrss_mb"] < full["maxrss_mb"], (lora["maxrss_mb"], full["maxrss_mb"])
 
 
+@pytest.mark.slow
 def test_grpo_with_a_python_verifier_raises_held_out_reward(smollm2_dir, tmp_path):
     """GRPO (8 samples of at most 10 tokens per prompt, 4 prompts per step, lr 2e-5, 16 steps,
     examples/grpo.toml) with the verifier examples/verifier/reward.py:correct raises the mean reward
@@ -109,3 +112,30 @@ def test_grpo_with_a_python_verifier_raises_held_out_reward(smollm2_dir, tmp_pat
           f"on 500 held-out prompts, {time.perf_counter() - start:.0f} s wall, {time.process_time() - cpu:.0f} s CPU")
     assert summary["held_out"] >= 500  # the config evaluates the first 500 of them
     assert m["change"] >= 2 * m["change_se"] and m["change"] > 0, m
+
+
+def load_example(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name.replace('/', '_')}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_data_writes_the_committed_example_files(tmp_path, monkeypatch):
+    """examples/make_data.py is deterministic: run into a scratch copy, it writes the committed
+    files byte for byte, from training and held-out countries that do not overlap."""
+    make_data = load_example("make_data")
+    monkeypatch.setattr(make_data, "HERE", tmp_path / "examples")
+    make_data.main()
+    for path in (*PREFS, *PROMPTS):
+        assert (tmp_path / "examples" / path.parent.name / path.name).read_bytes() == path.read_bytes(), path
+    train, held_out = make_data.split_countries()
+    assert not {c for c, _ in train} & {c for c, _ in held_out}
+
+
+def test_example_reward_reads_strings_and_chat_messages():
+    """reward.py:correct takes TRL's two completion forms and matches whole words only."""
+    correct = load_example("verifier/reward").correct
+    completions = ["The capital is Paris.", [{"role": "assistant", "content": "port-au-prince!"}], "Parisian", "Lyon"]
+    answers = ["Paris", "Port-au-Prince", "Paris", "Paris"]
+    assert correct(["q"] * 4, completions, answers) == [1.0, 1.0, 0.0, 0.0]
