@@ -161,6 +161,14 @@ def _report(run_dir: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # also while the libraries are still importing
+        print("rlxf: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "label":
@@ -187,9 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, PipelineError, RunError, TrackerError, FileNotFoundError, *USER_ERRORS) as e:
         print(f"rlxf: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("rlxf: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -52,3 +52,15 @@ def test_report_of_a_finished_run(pipeline_run, capsys):
     out = capsys.readouterr().out
     assert "dpo" in out and (pipe.run.dir / "report.html").exists()
     assert main(["report", str(pipe.run.dir / "stages")]) == 2
+
+
+def test_ctrl_c_before_the_run_starts_is_a_clean_exit(monkeypatch, capsys):
+    """Ctrl-C while the command is still starting (parsing, importing) exits 130 with the resume hint."""
+    import rlxf.cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rlxf.cli, "_parser", interrupted)
+    assert rlxf.cli.main(["run", "config.toml"]) == 130
+    assert "rlxf: interrupted; run the same command again to resume" in capsys.readouterr().err
