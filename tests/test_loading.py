@@ -5,7 +5,6 @@ real SmolLM2-135M-Instruct (session fixtures in conftest.py)."""
 from __future__ import annotations
 
 import importlib.util
-import time
 
 import pytest
 import torch
@@ -251,11 +250,11 @@ def test_a_failed_save_leaves_nothing_half_written(user_dir, tmp_path, monkeypat
 # -- the real model: SmolLM2-135M-Instruct ----------------------------------------------------
 
 
-def test_smollm2_loads_from_its_float_cache_in_seconds(smollm2_dir, smollm2_cache, capsys):
-    start = time.perf_counter()
+def test_smollm2_loads_from_its_float_cache(smollm2_dir, smollm2_cache, capsys):
+    """The second load reads the cached float copy: no second dequantisation (its speed is measured in
+    the guide, not asserted here)."""
     pol = load_policy(ModelSettings(path=L.SMOLLM2, dtype="float32", device="cpu"), cache_root=smollm2_cache)
-    elapsed = time.perf_counter() - start
-    assert "dequantising" not in capsys.readouterr().err and elapsed < 15
+    assert "dequantising" not in capsys.readouterr().err
     assert pol.tokenizer.pad_token == pol.tokenizer.eos_token == "<|im_end|>"
     assert (smollm2_dir / "config.json").is_file()
 
