@@ -341,3 +341,19 @@ def test_reference_log_probs_are_the_same_in_memory_sized_chunks():
     one_each = reference_logps(model, tok.pad_token_id, pairs, logits_budget=1)
     for a, b in zip([*whole[0], *whole[1]], [*one_each[0], *one_each[1]]):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_kto_reference_scores_are_the_same_in_memory_sized_chunks(monkeypatch):
+    """KTO's reference pass split into one-row chunks (a tiny logits budget) scores as one chunk."""
+    import rlxf.algorithms.offline_unpaired as U
+    import rlxf.policies.logprobs as LP
+
+    tok = tiny_tokenizer("a b c d e f".split())
+    model = tiny_causal_lm(tok, n_layer=1, n_embd=16, n_head=2).eval()
+    prompts, completions = [[4, 5], [6], [5, 6, 7]], [[6, 7, 2], [4, 4, 5, 2], [8, 2]]
+    whole = U._score(model, tok.pad_token_id, prompts, completions)
+    real = LP.logits_chunk_size
+    monkeypatch.setattr(U, "logits_chunk_size", lambda m, w, b: real(m, w, b, logits_budget=1))
+    assert U.logits_chunk_size(model, 4, 256) == 1
+    for a, b in zip(whole, U._score(model, tok.pad_token_id, prompts, completions)):
+        assert torch.allclose(a, b, atol=1e-6)

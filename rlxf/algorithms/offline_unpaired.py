@@ -23,7 +23,7 @@ from rlxf.core.runs import Run
 from rlxf.core.steps import Steps
 from rlxf.objectives.preference import kto_loss, kto_reference_point
 from rlxf.policies.language import LanguagePolicy
-from rlxf.policies.logprobs import chunks, fused_activations, pad_rows, response_logps, unpadded
+from rlxf.policies.logprobs import chunks, fused_activations, logits_chunk_size, pad_rows, response_logps, unpadded
 
 
 def mismatched_partners(n: int, seed: int) -> list[int]:
@@ -38,8 +38,10 @@ def mismatched_partners(n: int, seed: int) -> list[int]:
 
 
 def _score(model, pad: int, prompts, completions, batch_size: int = 256) -> list[torch.Tensor]:
-    """Per-token log-probs of every completion (unpadded), in chunks of ``batch_size``."""
-    return [row for part in chunks(len(prompts), batch_size)
+    """Per-token log-probs of every completion (unpadded), in chunks of at most ``batch_size`` whose
+    response logits fit the memory budget of :func:`logits_chunk_size`."""
+    size = logits_chunk_size(model, max((len(c) for c in completions), default=1), batch_size)
+    return [row for part in chunks(len(prompts), size)
             for row in unpadded(response_logps(model, pad, prompts[part], completions[part])[0])]
 
 

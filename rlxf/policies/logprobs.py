@@ -261,6 +261,13 @@ def pair_logps(model, pad_id: int, rows: list[Pair]) -> tuple[Steps, Steps]:
     return score_pairs(model, pad_id, rows)
 
 
+def logits_chunk_size(model, widest: int, batch_size: int, logits_budget: int = 2**28) -> int:
+    """How many rows to score at once so their float32 response logits (``widest`` tokens a row, the
+    model's whole vocabulary) stay within about ``logits_budget`` bytes; at most ``batch_size``."""
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 1)
+    return max(1, min(batch_size, logits_budget // (4 * vocab * max(1, widest))))
+
+
 @torch.no_grad()
 def reference_logps(model, pad_id: int, pairs: list[Pair], batch_size: int = 256, quiet: bool = True,
                     logits_budget: int = 2**28) -> tuple[list, list]:
@@ -270,9 +277,8 @@ def reference_logps(model, pad_id: int, pairs: list[Pair], batch_size: int = 256
     fills memory fast), with a progress bar unless ``quiet``."""
     from tqdm.auto import tqdm
 
-    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 1)
-    widest = max((len(c) + len(r) for _p, c, r in pairs), default=1)
-    size = max(1, min(batch_size, logits_budget // (4 * vocab * widest)))
+    size = logits_chunk_size(model, max((len(c) + len(r) for _p, c, r in pairs), default=1), batch_size,
+                             logits_budget)
     out_w, out_l = [], []
     for part in tqdm(chunks(len(pairs), size), total=-(-len(pairs) // size), desc="reference log-probs",
                      disable=quiet, leave=False, dynamic_ncols=True):
