@@ -741,10 +741,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from rlxf.algorithms.preference_data import PreferenceDataError
     from rlxf.data.records import RecordError
     from rlxf.rewards.scoring import RewardError
-    from rlxf.rewards.specs import RewardSpecError, RewardValueError
+    from rlxf.rewards.specs import RewardSpecError
 
-    return (TrainError, ModelError, OnlineError, PreferenceDataError, RecordError, RewardError, RewardSpecError,
-            RewardValueError)
+    # RewardValueError (a reward's bad output) is a RewardError; PreferenceDataError is a DataError
+    return (TrainError, ModelError, OnlineError, PreferenceDataError, RecordError, RewardError, RewardSpecError)
 
 
 USER_ERRORS = _user_errors()

@@ -335,13 +335,7 @@ def model_component(spec: str, model: Any, view: _TextView) -> RewardFn:
 def judge_preference(spec: str, target: str, view: _TextView, device: str = "cpu") -> Preference:
     """``judge:DIR`` (Bradley-Terry on a reward model) or ``judge:file.py:fn`` as a preference."""
     if Path(target).is_dir():
-        scores = model_component(spec, load_reward_model(spec, target, device), view)
-
-        def bradley_terry(s: Samples, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-            r = torch.as_tensor(scores(s)).float()
-            return torch.sigmoid(r[i] - r[j])
-
-        return bradley_terry
+        return bradley_terry_preference(model_component(spec, load_reward_model(spec, target, device), view))
     fn = load_function(target, what="judge")
 
     def pairwise(s: Samples, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
