@@ -175,6 +175,7 @@ def _main(argv: list[str] | None) -> int:
         from rlxf.app.cli import run_label_command
 
         return run_label_command(args)
+    from rlxf.core.cluster import ClusterError
     from rlxf.core.config import ConfigError
     from rlxf.core.runs import RunError
     from rlxf.core.trackers import TrackerError
@@ -192,7 +193,8 @@ def _main(argv: list[str] | None) -> int:
         if args.command == "quickstart":
             return _run(quickstart_config_path(), args)
         return _report(args.run_dir)
-    except (ConfigError, DataError, PipelineError, RunError, TrackerError, FileNotFoundError, *USER_ERRORS) as e:
+    except (ConfigError, DataError, PipelineError, RunError, TrackerError, ClusterError, FileNotFoundError,
+            *USER_ERRORS) as e:
         print(f"rlxf: error: {e}", file=sys.stderr)
         return 2
 

@@ -22,6 +22,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from rlxf.core.trackers import Trackers
+from rlxf.core.cluster import ScaleSettings
 
 
 def _fsync_dir(path: Path) -> None:
@@ -99,8 +100,9 @@ class Run:
     ``report_to`` names trackers (:mod:`rlxf.core.trackers`) that get every metrics line too."""
 
     def __init__(self, directory: str | Path, config_text: str, fresh: bool = False,
-                 report_to: Sequence[str] = ()):
+                 report_to: Sequence[str] = (), scale: ScaleSettings | None = None):
         self.dir = Path(directory)
+        self.scale = scale or ScaleSettings()  # where the run's stages put their work
         self.trackers = Trackers(report_to, self.dir, _as_dict(config_text), self.dir.name)  # checks first
         cfg_path = self.dir / "config.toml"
         if fresh and self.dir.exists():
@@ -122,6 +124,7 @@ class Run:
         not checked again, its metrics are not repaired, and no tracker is started."""
         run = cls.__new__(cls)
         run.dir = Path(directory)
+        run.scale = ScaleSettings()
         if not (run.dir / "config.toml").is_file():
             raise RunError(f"{run.dir} is not a run directory (no config.toml)")
         run.trackers = Trackers((), run.dir, {}, run.dir.name)

@@ -7,12 +7,15 @@ from typing import Literal
 
 from rlxf.algorithms.loop import OptimConfig
 from rlxf.algorithms.online.controller import OnlineConfig
+from rlxf.core.cluster import ScaleSettings
 from rlxf.tasks.hidden_pref import HiddenPrefConfig
 
 
 @dataclass
-class RunSection:
-    """``report_to``: trackers that also get every metrics line ("tensorboard", "wandb", "trackio")."""
+class RunSection(ScaleSettings):
+    """``report_to``: trackers that also get every metrics line ("tensorboard", "wandb", "trackio").
+    The scale settings (``executor``, ``learner_workers``, ...: :class:`ScaleSettings`) say where the
+    work runs, not what it computes."""
 
     dir: str = "runs/quickstart"
     seed: int = 0

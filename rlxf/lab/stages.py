@@ -20,7 +20,9 @@ import torch
 
 from rlxf.algorithms.batching import step_rng
 from rlxf.core.config import load_config, to_toml
+from rlxf.core.config import ConfigError
 from rlxf.core.runs import Run
+from rlxf.core.cluster import SCALE_KEYS, connect_ray, scale_of
 from rlxf.lab import report
 
 
@@ -49,10 +51,16 @@ class StagedLab:
     def __init__(self, cfg, fresh: bool = False, quiet: bool = False, log: Callable[[str], None] = print):
         self.cfg, self.quiet, self.log = cfg, quiet, log
         self.seed = cfg.run.seed
+        scale = scale_of(cfg.run)
+        if scale.problems():
+            raise ConfigError("; ".join(scale.problems()))
         self.validate()
+        if scale.executor == "ray":  # a missing Ray or an unreachable cluster stops the run before it writes
+            connect_ray(scale)
         table = asdict(cfg)
-        table["run"].pop("report_to")  # where metrics also go is not part of what ran: resuming may change it
-        self.run = Run(cfg.run.dir, to_toml(table), fresh=fresh, report_to=cfg.run.report_to)
+        for key in ("report_to", *SCALE_KEYS):  # where metrics go and where work runs are not part of what ran:
+            table["run"].pop(key)  # a resumed run may change them
+        self.run = Run(cfg.run.dir, to_toml(table), fresh=fresh, report_to=cfg.run.report_to, scale=scale)
 
     @classmethod
     def reopen(cls, run_dir: str | Path) -> StagedLab:
