@@ -41,6 +41,15 @@ def drop_partial_metrics(run: Run, name: str) -> None:
         run.truncate_metrics(name, after_step=-1)
 
 
+def run_identity(cfg) -> str:
+    """The ``config.toml`` a run of ``cfg`` is identified by: the whole config less where metrics go
+    and where the work runs (a resumed run may change those)."""
+    table = asdict(cfg)
+    for key in ("report_to", *SCALE_KEYS):
+        table["run"].pop(key)
+    return to_toml(table)
+
+
 class StagedLab:
     """A lab run: ``Config`` (a dataclass with ``lab`` and ``run`` fields), :meth:`stages`,
     :meth:`format_table` and :meth:`report_sections` are the lab's; the rest is shared."""
@@ -57,10 +66,7 @@ class StagedLab:
         self.validate()
         if scale.executor == "ray":  # a missing Ray or an unreachable cluster stops the run before it writes
             connect_ray(scale)
-        table = asdict(cfg)
-        for key in ("report_to", *SCALE_KEYS):  # where metrics go and where work runs are not part of what ran:
-            table["run"].pop(key)  # a resumed run may change them
-        self.run = Run(cfg.run.dir, to_toml(table), fresh=fresh, report_to=cfg.run.report_to, scale=scale)
+        self.run = Run(cfg.run.dir, run_identity(cfg), fresh=fresh, report_to=cfg.run.report_to, scale=scale)
 
     @classmethod
     def reopen(cls, run_dir: str | Path) -> StagedLab:
