@@ -158,10 +158,11 @@ class LanguagePolicy:
     @torch.no_grad()
     def sample(self, prompt_ids: list[list[int]], n: int = 1, max_new_tokens: int = 16,
                temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None,
-               batch_size: int = 512) -> Rollout:
+               batch_size: int = 512, stop_ids: tuple[int, ...] = ()) -> Rollout:
         """Sample ``n`` responses per prompt (grouped: prompt i's samples are rows i*n..i*n+n-1).
 
-        Stops a sequence at EOS (kept as its last token) or after ``max_new_tokens``. Each distinct
+        Stops a sequence at EOS (kept as its last token) or after ``max_new_tokens``, and also after
+        any token in ``stop_ids`` (kept; the sequence is not ``finished``: a step delimiter). Each distinct
         prompt is prefilled once and its key/value cache copied to its ``n`` samples; a chunk holds
         ``batch_size // n`` prompts (at least one), so up to ``max(batch_size, n)`` sequences decode at once.
         """
@@ -175,14 +176,14 @@ class LanguagePolicy:
             groups = [(prompt_ids[i : i + per], n) for i in range(0, len(prompt_ids), per)]
         else:
             groups = [(expanded[i : i + batch_size], 1) for i in range(0, len(expanded), batch_size)]
-        parts = [self._sample_batch(part, copies, max_new_tokens, temperature, top_p, generator)
+        parts = [self._sample_batch(part, copies, max_new_tokens, temperature, top_p, generator, stop_ids)
                  for part, copies in groups]
         responses = [r for part in parts for r in part[0]]
         finished = [f for part in parts for f in part[1]]
         steps = Steps.cat([part[2] for part in parts])
         return Rollout(prompt_ids=expanded, response_ids=responses, finished=finished, steps=steps)
 
-    def _sample_batch(self, prompts, copies, max_new_tokens, temperature, top_p, generator):
+    def _sample_batch(self, prompts, copies, max_new_tokens, temperature, top_p, generator, stop_ids=()):
         """Sample ``copies`` responses for each of ``prompts`` (rows grouped per prompt), prefilling each prompt once."""
         was_training = self.model.training
         self.model.eval()
@@ -207,6 +208,7 @@ class LanguagePolicy:
         logps = torch.zeros((B, max_new_tokens), device=self.device)
         alive = torch.ones(B, dtype=torch.bool, device=self.device)
         mask = torch.zeros((B, max_new_tokens), device=self.device)
+        stops = torch.tensor([eos, *stop_ids], device=self.device)
         for t in range(max_new_tokens):
             logp_all = F.log_softmax(logits, -1)
             tok = _draw(logits, temperature, top_p, generator)
@@ -214,7 +216,7 @@ class LanguagePolicy:
             tokens[:, t] = tok
             logps[:, t] = torch.gather(logp_all, 1, tok[:, None]).squeeze(1) * alive
             mask[:, t] = alive.float()
-            alive = alive & (tok != eos)
+            alive = alive & ~torch.isin(tok, stops)
             if not alive.any() or t == max_new_tokens - 1:
                 break
             if decoder is not None:
