@@ -293,6 +293,39 @@ def test_best_first_stops_when_the_best_node_is_a_finished_answer(tok):
     assert tree.response_text(tree.best()) == "".join(RIGHT)
 
 
+def test_several_trees_search_side_by_side_with_one_sampling_call_per_level(tok):
+    """Two problems' beams expand together: still 3 sampling calls in all, the same answers as alone."""
+    policy = Scripted(tok, right_or_slip)
+    trees = [Tree(PROBLEM, tok(PROBLEM, add_special_tokens=False).input_ids) for _ in range(2)]
+    beam_search(trees, Expander(policy, delimiter_steps(tok), k=2), First([Verifier(check_answer), StepCheck()]),
+                width=2)
+    assert policy.calls == 3 and all(t.response_text(t.best()) == "".join(RIGHT) for t in trees)
+    calls = []
+    for n_trees in (1, 3):  # identical trees take the same rounds: 3 trees cost the calls of one
+        policy.calls = 0
+        trees = [Tree(PROBLEM, tok(PROBLEM, add_special_tokens=False).input_ids) for _ in range(n_trees)]
+        mcts(trees, Expander(policy, delimiter_steps(tok), k=2), First([Verifier(check_answer), StepCheck()]),
+             simulations=5, batch=2)
+        calls.append(policy.calls)
+        assert all(t.compute.sample_calls == policy.calls for t in trees)
+        assert [n.visits for n in trees[-1].nodes] == [n.visits for n in trees[0].nodes]
+    assert calls[0] == calls[1] < 5  # fewer rounds than simulations: batches of leaves
+
+
+def test_token_level_implicit_reward_beam_keeps_the_top_width_at_every_depth(tiny, tok):
+    """From r to Q*: per-token beam search valued by beta * log pi/pi_ref. At every depth the
+    nodes expanded next are exactly the `width` highest-valued children that are not terminal."""
+    ref = LanguagePolicy(tiny_causal_lm(tok, n_layer=2, n_embd=32, max_positions=128, seed=2), tok)
+    tree = Tree(PROBLEM, tok(PROBLEM, add_special_tokens=False).input_ids)
+    beam_search(tree, Expander(tiny, token_steps(), k=3, max_response_tokens=6, seed=5), ImplicitReward(ref, 1.0),
+                width=2)
+    assert tree.compute.reference_tokens > 0 and max(n.depth for n in tree.nodes) == 6
+    for depth in range(1, 6):
+        level = [n for n in tree.nodes if n.depth == depth]
+        top = sorted(level, key=lambda n: -n.value)[:2]
+        assert {n.id for n in level if n.children} == {n.id for n in top if not n.terminal}
+
+
 def test_mcts_visits_add_up_and_each_round_is_one_sampling_call(tiny, tok):
     """On the tiny real policy: every round samples once for all its leaves, and every expanded
     node's visits are its own evaluation plus its children's visits (plus terminal revisits)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from rlxf.search.expand import Expander
+from rlxf.search.expand import Expander, Item
 from rlxf.search.tree import Node, Tree
 from rlxf.search.values import Evaluator, evaluate
 
@@ -66,59 +66,79 @@ def select_leaves(tree: Tree, rule: Rule, batch: int = 1) -> list[Node]:
     return leaves
 
 
-def _grow(tree: Tree, nodes: list[Node], expander: Expander, evaluator: Evaluator) -> list[Node]:
-    """Expand ``nodes`` in one sampling call, value the children in one evaluator call, back them up."""
-    items = expander.expand([(tree, n) for n in nodes])
-    evaluate(items, evaluator)
-    for _, child in items:
+Trees = Tree | list[Tree]
+
+
+def _grow(items: list[Item], expander: Expander, evaluator: Evaluator) -> list[Item]:
+    """Expand ``items`` in one sampling call, value the children in one evaluator call, back them up."""
+    kids = expander.expand(items)
+    evaluate(kids, evaluator)
+    for tree, child in kids:
         tree.backup(child, child.value)
-    return [child for _, child in items]
+    return kids
 
 
-def mcts(tree: Tree, expander: Expander, evaluator: Evaluator, simulations: int = 16, rule: Rule | None = None,
-         batch: int = 1) -> Tree:
-    """Monte-Carlo tree search for ``simulations`` selected leaves (or until every leaf is terminal).
-    Each round selects up to ``batch`` leaves (virtual visits keep them apart), expands the open
-    ones together, values their children and backs the values up; a selected terminal leaf backs
-    up its own value again. ``rule`` defaults to ``uct(1.0)``."""
+def _many(trees: Trees) -> list[Tree]:
+    return trees if isinstance(trees, list) else [trees]
+
+
+def mcts(trees: Trees, expander: Expander, evaluator: Evaluator, simulations: int = 16, rule: Rule | None = None,
+         batch: int = 1) -> Trees:
+    """Monte-Carlo tree search for ``simulations`` selected leaves per tree (or until every leaf is
+    terminal). Each round selects up to ``batch`` leaves of every tree (virtual visits keep them
+    apart), expands the open ones of all trees in one sampling call, values their children and
+    backs the values up; a selected terminal leaf backs up its own value again. ``rule`` defaults
+    to ``uct(1.0)``. ``trees``: one tree or a list searched side by side."""
     rule = rule or uct(1.0)
-    done = 0
-    while done < simulations and not all(n.terminal for n in tree.leaves()):
-        leaves = select_leaves(tree, rule, min(batch, simulations - done))
-        _grow(tree, [n for n in leaves if not n.terminal], expander, evaluator)
-        for leaf in leaves:
+    done = {id(t): 0 for t in _many(trees)}
+    while True:
+        active = [t for t in _many(trees) if done[id(t)] < simulations and not all(n.terminal for n in t.leaves())]
+        if not active:
+            return trees
+        picked = [(t, leaf) for t in active for leaf in select_leaves(t, rule, min(batch, simulations - done[id(t)]))]
+        _grow([(t, n) for t, n in picked if not n.terminal], expander, evaluator)
+        for tree, leaf in picked:
             if leaf.terminal:
                 tree.backup(leaf, leaf.value)
-        done += len(leaves)
-    return tree
+            done[id(tree)] += 1
 
 
-def beam_search(tree: Tree, expander: Expander, evaluator: Evaluator, width: int = 4,
-                max_depth: int = 64) -> Tree:
-    """Keep the ``width`` best children (by value) of the current beam at every level; terminal
-    ones among them leave the beam as candidates, :meth:`Tree.best` picks the answer."""
-    beam = [tree.root]
-    while beam and beam[0].depth < max_depth:
-        children = _grow(tree, beam, expander, evaluator)
-        top = sorted(children, key=lambda n: -n.value)[:width]
-        beam = [n for n in top if not n.terminal]
-    return tree
+def beam_search(trees: Trees, expander: Expander, evaluator: Evaluator, width: int = 4,
+                max_depth: int = 64) -> Trees:
+    """Keep the ``width`` best children (by value) of each tree's beam at every level, all trees'
+    beams expanded in one sampling call; terminal nodes among the kept leave the beam as
+    candidates, and :meth:`Tree.best` picks the answer."""
+    beams = {id(t): [t.root] for t in _many(trees)}
+    while True:
+        items = [(t, n) for t in _many(trees) for n in beams[id(t)] if n.depth < max_depth]
+        if not items:
+            return trees
+        kids = _grow(items, expander, evaluator)
+        for tree in _many(trees):
+            top = sorted((c for t, c in kids if t is tree), key=lambda n: -n.value)[:width]
+            beams[id(tree)] = [n for n in top if not n.terminal]
 
 
-def best_first(tree: Tree, expander: Expander, evaluator: Evaluator, expansions: int = 16,
-               batch: int = 1) -> Tree:
-    """Expand the ``batch`` highest-valued open nodes at a time until the best node overall is a
-    finished response or ``expansions`` nodes have been expanded. Cut-off (unfinished terminal)
-    nodes are dropped."""
-    frontier = [tree.root]
-    done = 0
-    while frontier and done < expansions:
-        frontier.sort(key=lambda n: -(math.inf if n.value is None else n.value))  # the root has no value
-        if frontier[0].finished:
-            break
-        pick = [n for n in frontier if not n.terminal][: min(batch, expansions - done)]
-        frontier = [n for n in frontier if not any(n is p for p in pick)]
-        children = _grow(tree, pick, expander, evaluator)
-        done += len(pick)
-        frontier += [c for c in children if c.finished or not c.terminal]
-    return tree
+def best_first(trees: Trees, expander: Expander, evaluator: Evaluator, expansions: int = 16,
+               batch: int = 1) -> Trees:
+    """Expand each tree's ``batch`` highest-valued open nodes at a time (all trees in one sampling
+    call) until its best node is a finished response or ``expansions`` of its nodes have been
+    expanded. Cut-off (unfinished terminal) nodes are dropped."""
+    frontier = {id(t): [t.root] for t in _many(trees)}
+    done = {id(t): 0 for t in _many(trees)}
+    while True:
+        items = []
+        for tree in _many(trees):
+            front = frontier[id(tree)]
+            front.sort(key=lambda n: -(math.inf if n.value is None else n.value))  # the root has no value
+            if not front or front[0].finished or done[id(tree)] >= expansions:
+                continue
+            pick = [n for n in front if not n.terminal][: expansions - done[id(tree)]][:batch]
+            frontier[id(tree)] = [n for n in front if not any(n is p for p in pick)]
+            done[id(tree)] += len(pick)
+            items += [(tree, n) for n in pick]
+        if not items:
+            return trees
+        for tree, child in _grow(items, expander, evaluator):
+            if child.finished or not child.terminal:
+                frontier[id(tree)].append(child)
