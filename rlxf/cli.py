@@ -66,6 +66,23 @@ def _parser() -> argparse.ArgumentParser:
     common(run)
     quick = sub.add_parser("quickstart", help="SFT -> comparisons -> reward model -> DPO/RLOO/best-of-N -> report")
     common(quick)
+    sweep = sub.add_parser("sweep", help="run a config over a grid of settings and seeds on Ray Tune; a table of "
+                                         "the metric's mean and standard error per setting")
+    sweep.add_argument("config", help="path to a TOML config")
+    sweep.add_argument("--param", dest="params", action="append", default=[], metavar="SECTION.KEY=V1,V2,...",
+                       help="a setting to sweep and its values (repeatable: the grid is every combination)")
+    sweep.add_argument("--seeds", type=int, default=1, help="seeds per setting, from the config's run.seed (default 1)")
+    sweep.add_argument("--metric", default="", metavar="KEY",
+                       help="a summary key, e.g. dpo.gold_mean (default: the gold mean, else the held-out loss)")
+    sweep.add_argument("--dir", default="", help="the sweep directory (default: the config's run.dir + _sweep)")
+    sweep.add_argument("--max-concurrent", dest="max_concurrent", type=int, default=0, metavar="K",
+                       help="trials at once (default 0: as many as the CPUs allow)")
+    sweep.add_argument("--cpus-per-trial", dest="cpus_per_trial", type=float, default=1.0, metavar="N",
+                       help="CPUs each trial reserves, and its torch threads (default 1)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a config value in every trial (repeatable)")
+    sweep.add_argument("--fresh", action="store_true", help="delete the sweep directory first instead of resuming")
+    sweep.add_argument("--quiet", action="store_true", help="no progress messages")
     rep = sub.add_parser("report", help="rewrite report.html of a finished run (of any lab) and print its table")
     rep.add_argument("run_dir")
     from rlxf.app.cli import add_label_commands
@@ -145,6 +162,21 @@ def _sample(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from rlxf.lab import sweep
+
+    plan = sweep.plan(args.config, args.params, args.seeds, args.overrides, args.dir, args.fresh)
+    try:
+        out = sweep.execute(plan, sweep.sweep_scale(plan, args.overrides), args.metric, args.max_concurrent,
+                            args.cpus_per_trial, args.fresh, _log(args))
+    except sweep.SweepError as e:
+        print(f"rlxf: error: {e}", file=sys.stderr)
+        return 2
+    print(sweep.format_table(out))
+    print(f"report: {plan.dir / 'report.html'}")
+    return 0
+
+
 def _report(run_dir: str) -> int:
     from rlxf.core.runs import RunError
     from rlxf.lab.registry import reopen
@@ -192,6 +224,8 @@ def _main(argv: list[str] | None) -> int:
             return _run(args.config, args)
         if args.command == "quickstart":
             return _run(quickstart_config_path(), args)
+        if args.command == "sweep":
+            return _sweep(args)
         return _report(args.run_dir)
     except (ConfigError, DataError, PipelineError, RunError, TrackerError, ClusterError, FileNotFoundError,
             *USER_ERRORS) as e:

@@ -1,0 +1,203 @@
+"""``rlxf sweep``: the grid, its checks before any trial, the results table against hand-computed
+means and standard errors, and (slow) a 3 settings x 2 seeds sweep on Ray Tune that is interrupted
+and resumed without rerunning or losing a finished trial."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlxf.cli import main
+from rlxf.core.config import ConfigError
+from rlxf.lab import sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "rlxf" / "configs" / "quickstart.toml"
+TINY = ["sft.optim.steps=30", "sft.corpus_size=500", "comparisons.n_pairs=100", "reward_model.optim.steps=5",
+        "reward_model.held_out_pairs=20", "dpo.optim.steps=10", "dpo.optim.batch_size=16", "rloo.enabled=false",
+        "best_of_n.enabled=false", "eval.n_prompts=50"]
+
+
+def test_values_split_on_top_level_commas_only():
+    assert sweep.parse_param("dpo.beta=0.05, 0.1,0.2") == ("dpo.beta", ["0.05", "0.1", "0.2"])
+    assert sweep.split_values('[1,2],{a=1,b=2},"x,y"') == ["[1,2]", "{a=1,b=2}", '"x,y"']
+    for bad in ("dpo.beta", "dpo.beta=", "=0.1", "dpo.beta=0.1,,0.2"):
+        with pytest.raises(ConfigError, match="SECTION.KEY=VALUE"):
+            sweep.parse_param(bad)
+
+
+def test_plan_is_every_combination_times_seeds_with_its_overrides(tmp_path):
+    s = sweep.plan(QUICKSTART, ["dpo.beta=0.05,0.2", "dpo.optim.lr=1e-3,3e-3"], 2, ["run.seed=5"], str(tmp_path / "sw"))
+    assert s.lab == "pipeline" and s.seeds == [5, 6] and len(s.trials) == 8
+    first = s.trials[0]
+    assert first.name == "dpo.beta=0.05_dpo.optim.lr=1e-3_seed5"
+    assert first.overrides[:3] == ("run.seed=5", "dpo.beta=0.05", "dpo.optim.lr=1e-3")
+    assert first.overrides[3] == "run.seed=5" and first.overrides[4] == f'run.dir="{tmp_path / "sw" / "trials" / first.name}"'
+    assert [(t.setting, t.seed) for t in s.trials[:3]] == [
+        ((("dpo.beta", "0.05"), ("dpo.optim.lr", "1e-3")), 5), ((("dpo.beta", "0.05"), ("dpo.optim.lr", "1e-3")), 6),
+        ((("dpo.beta", "0.05"), ("dpo.optim.lr", "3e-3")), 5)]
+    assert not (tmp_path / "sw").exists()  # planning writes nothing
+
+
+@pytest.mark.parametrize("params, seeds, expected", [
+    (["dpo.betta=0.1"], 1, "dpo.betta"),  # unknown key: named, with the section's keys
+    (["dpo.beta=0.1,high"], 1, "--param dpo.beta=high: dpo.beta: expected a number"),
+    (["run.seed=1,2"], 1, "--param run.seed: the sweep sets run.seed itself"),
+    (["dpo.beta=0.1", "dpo.beta=0.2"], 1, "given twice"),
+    (["dpo.beta=0.1"], 0, "--seeds must be >= 1"),
+    ([], 1, "at least one --param"),
+])
+def test_a_bad_sweep_is_refused_before_any_trial_and_writes_nothing(tmp_path, capsys, params, seeds, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        sweep.plan(QUICKSTART, params, seeds, [], str(tmp_path / "sw"))
+    args = ["sweep", str(QUICKSTART), "--seeds", str(seeds), "--dir", str(tmp_path / "sw")]
+    assert main([*args, *(a for p in params for a in ("--param", p))]) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "sw").exists()
+
+
+def test_unknown_key_error_lists_the_sections_keys(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        sweep.plan(QUICKSTART, ["dpo.betta=0.1"], 1, [], str(tmp_path / "sw"))
+    assert "unknown key 'dpo.betta'" in str(e.value) and "beta" in str(e.value) and "--param dpo.betta=0.1" in str(e.value)
+
+
+def test_a_trial_directory_of_another_config_stops_the_sweep_unless_fresh(tmp_path):
+    s = sweep.plan(QUICKSTART, ["dpo.beta=0.1"], 1, [], str(tmp_path / "sw"))
+    d = s.trial_dir(s.trials[0])
+    d.mkdir(parents=True)
+    (d / "config.toml").write_text('lab = "pipeline"\n[dpo]\nbeta = 0.3\n')
+    with pytest.raises(ConfigError, match="holds a run of another config"):
+        sweep.plan(QUICKSTART, ["dpo.beta=0.1"], 1, [], str(tmp_path / "sw"))
+    assert sweep.plan(QUICKSTART, ["dpo.beta=0.1"], 1, [], str(tmp_path / "sw"), fresh=True).trials == s.trials
+
+
+def test_default_metric_is_gold_then_held_out_loss_else_a_clear_error():
+    quick = list(sweep.numbers({"sft": {"gold_mean": 1.0, "kl": 0.0}, "dpo": {"gold_mean": 2.0, "kl": 0.5},
+                                "best_of_16": {"gold_mean": 3.0}}))
+    assert sweep.default_metric(quick, ["dpo.beta"]) == "dpo.gold_mean"  # the policy the swept key names
+    assert sweep.default_metric(["x.gold", "x.kl"], ["online.lr"]) == "x.gold"  # the only gold figure
+    with pytest.raises(sweep.SweepError, match="several gold means .*sft.gold_mean.*--metric"):
+        sweep.default_metric(quick, ["comparisons.n_pairs"])
+    train = list(sweep.numbers({"method": "sft", "held_out": 8, "metrics": {"nll_per_token": {"start": 3.0, "trained": 2.0}}}))
+    assert train == ["held_out", "metrics.nll_per_token.start", "metrics.nll_per_token.trained"]  # strings and bools left out
+    assert sweep.default_metric(train, ["sft.optim.lr"]) == "metrics.nll_per_token.trained"
+    with pytest.raises(sweep.SweepError, match=r"no gold reward and no held-out loss.*keys: a, b\.c"):
+        sweep.default_metric(["a", "b.c"], ["x.y"])
+
+
+def _fake_trials(s: sweep.Sweep, values: dict[tuple[str, int], float]) -> None:
+    """Finished trials' summaries only: what :func:`sweep.results` reads."""
+    for t in s.trials:
+        if (t.setting[0][1], t.seed) in values:
+            s.trial_dir(t).mkdir(parents=True)
+            row = {"gold_mean": values[(t.setting[0][1], t.seed)], "kl": 0.1}
+            (s.trial_dir(t) / "summary.json").write_text(json.dumps({"sft": {"gold_mean": 0.0}, "dpo": row}))
+
+
+def test_results_are_the_mean_and_standard_error_over_seeds_and_the_paired_difference(tmp_path):
+    s = sweep.plan(QUICKSTART, ["dpo.beta=0.05,0.2,1.0"], 2, [], str(tmp_path / "sw"))
+    _fake_trials(s, {("0.05", 0): 1.0, ("0.05", 1): 2.0, ("0.2", 0): 3.0, ("0.2", 1): 6.0, ("1.0", 0): 7.0})
+    out = sweep.results(s)
+    assert out["metric"] == "dpo.gold_mean"
+    a, b, c = out["rows"]
+    assert (a["mean"], a["se"]) == pytest.approx((1.5, 0.5))  # sd of (1, 2) = 1/sqrt(2); / sqrt(2)
+    assert (b["mean"], b["se"]) == pytest.approx((4.5, 1.5))
+    assert (b["vs_first"], b["vs_first_se"]) == pytest.approx((3.0, 1.0))  # differences (2, 4) by seed
+    assert c["seeds"] == [0] and c["mean"] == 7.0 and c["se"] is None and "vs_first" not in c  # one seed: no s.e.
+    table = (s.dir / "results.md").read_text()
+    assert "| 0.2 | 2 | 4.5000 | 1.5000 | +3.0000 ± 1.0000 |" in table
+    csv_rows = (s.dir / "results.csv").read_text().splitlines()
+    assert csv_rows[0] == "dpo.beta,seeds,mean,se,vs_first,vs_first_se" and csv_rows[1].startswith("0.05,2,1.5,0.5,")
+    assert json.loads((s.dir / "results.json").read_text()) == out
+    assert 'src="sweep.png"' in (s.dir / "report.html").read_text() and (s.dir / "sweep.png").stat().st_size > 5000
+    assert sweep.results(s, "dpo.kl")["rows"][0]["mean"] == pytest.approx(0.1)
+    with pytest.raises(sweep.SweepError, match=r"--metric dpo\.nope: not in the summary .*keys: sft\.gold_mean, dpo\.gold_mean"):
+        sweep.results(s, "dpo.nope")
+
+
+# -- on Ray Tune ---------------------------------------------------------------------------------
+def _cli(sweep_dir: Path, base_dir: Path) -> list[str]:
+    args = [sys.executable, "-m", "rlxf.cli", "sweep", str(QUICKSTART), "--param", "dpo.beta=0.05,0.1,0.5",
+            "--seeds", "2", "--max-concurrent", "1", "--dir", str(sweep_dir), "--set", f'run.dir="{base_dir}"']
+    for s in TINY:
+        args += ["--set", s]
+    return args
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Ctrl-C for the sweep's driver; the whole process group if it has not stopped within a minute."""
+    os.kill(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.slow
+def test_three_settings_by_two_seeds_interrupted_then_resumed(tmp_path):
+    """A 3 x 2 sweep of dpo.beta on a tiny quickstart, stopped after two trials finished: running the
+    same command again keeps those two untouched (same files, same times), runs the other four, and the
+    table is each setting's mean and standard error of the trials' own gold means."""
+    sweep_dir = tmp_path / "sweep"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_cli(sweep_dir, tmp_path / "base"), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None and len(list(sweep_dir.glob("trials/*/summary.json"))) < 2:
+        time.sleep(0.2)
+    assert proc.poll() is None, f"the sweep ended before it could be interrupted: {proc.communicate()}"
+    _stop(proc)
+    kept = {p.parent.name: (p.stat().st_mtime_ns, p.read_text()) for p in sweep_dir.glob("trials/*/summary.json")}
+    assert 2 <= len(kept) < 6
+    assert proc.returncode != 0
+
+    again = subprocess.run(_cli(sweep_dir, tmp_path / "base"), cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert f"6 trials in {sweep_dir}: {len(kept)} finished already, {6 - len(kept)} to run" in again.stderr
+    for name, (mtime, text) in kept.items():
+        path = sweep_dir / "trials" / name / "summary.json"
+        assert (path.stat().st_mtime_ns, path.read_text()) == (mtime, text)
+        assert f"[{name}] finished" not in again.stderr
+
+    out = json.loads((sweep_dir / "results.json").read_text())
+    assert out["metric"] == "dpo.gold_mean"
+    assert [r["setting"]["dpo.beta"] for r in out["rows"]] == ["0.05", "0.1", "0.5"]
+    for row in out["rows"]:
+        beta = row["setting"]["dpo.beta"]
+        gold = []
+        for seed in (0, 1):
+            d = sweep_dir / "trials" / f"dpo.beta={beta}_seed{seed}"
+            config = (d / "config.toml").read_text()
+            assert f"beta = {float(beta)!r}" in config and f"seed = {seed}" in config
+            gold.append(json.loads((d / "summary.json").read_text())["dpo"]["gold_mean"])
+        assert gold[0] != gold[1]  # the seed reached the run
+        assert row["values"] == gold
+        assert row["mean"] == pytest.approx(np.mean(gold))
+        assert row["se"] == pytest.approx(np.std(gold, ddof=1) / math.sqrt(2))
+    assert "| 0.1 | 2 |" in again.stdout and (sweep_dir / "sweep.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_a_failed_trial_is_named_with_its_own_error(tmp_path):
+    """A trial that raises stops the sweep with exit 2 and one line naming the trial and its error."""
+    args = [sys.executable, "-m", "rlxf.cli", "sweep", str(QUICKSTART), "--param", 'comparisons.path="/nope.jsonl"',
+            "--dir", str(tmp_path / "sweep"), "--set", f'run.dir="{tmp_path / "base"}"']
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert ("1 of 1 trials did not finish (comparisons.path=--nope.jsonl-_seed0: DataError: /nope.jsonl: no such file"
+            in done.stderr)
+    assert "Traceback" not in done.stderr
