@@ -21,7 +21,7 @@ from rlxf.policies.logprobs import pad_tokens
 from rlxf.policies.tiny import tiny_causal_lm, tiny_scorer
 from rlxf.search import (PRM, Critique, Expander, First, ImplicitReward, Mix, ModelValue, Rollouts, SearchError, Tree,
                          Verifier, beam_search, best_first, delimiter_steps, evaluate, mcts, puct, revisions,
-                         select_child, select_leaves, step_pairs, token_steps, uct, value_targets)
+                         select_child, select_leaves, step_pairs, step_targets, token_steps, uct, value_targets)
 from rlxf.tasks.arithmetic import check_answer, check_steps
 
 PROBLEM = "3+4*2="
@@ -406,6 +406,11 @@ def test_value_targets_are_the_backed_up_mean_or_the_terminal_mean(tok):
     mc = {r["node"]: r["target"] for r in value_targets(tree, "mc")}
     assert q[1] == pytest.approx(0.5) and q[2] == 1.0 and q[6] == 0.0
     assert mc == {1: 0.5, 2: 1.0, 3: 1.0, 4: 0.0, 5: 0.0, 6: 0.0, 7: 0.0, 8: 0.0}
+    paths = {r["leaf"]: r for r in step_targets(tree, "q")}
+    assert paths[3]["steps"] == RIGHT and paths[3]["targets"] == [pytest.approx(0.5), 1.0, 1.0]
+    assert paths[8]["targets"] == [0.0, 0.0, 0.0] and sorted(paths) == [3, 5, 8]
+    with pytest.raises(ValueError, match="kind must be 'q' or 'mc', got 'td'"):
+        step_targets(tree, "td")
     tree.backup(tree.nodes[3], 1.0)  # a revisit moves q (2 of 3 below node 1 succeed) but not mc
     assert {r["node"]: r["target"] for r in value_targets(tree, "q")}[1] == pytest.approx(2 / 3)
     assert {r["node"]: r["target"] for r in value_targets(tree, "mc")}[1] == 0.5

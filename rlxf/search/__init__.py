@@ -6,7 +6,7 @@ nodes; :func:`mcts`, :func:`beam_search` and :func:`best_first` grow a tree; :mo
 turns it into step-level preference pairs, value targets and revision trajectories.
 """
 
-from rlxf.search.data import revisions, step_pairs, value_targets
+from rlxf.search.data import revisions, step_pairs, step_targets, value_targets
 from rlxf.search.expand import Expander, StepSplit, delimiter_steps, token_steps
 from rlxf.search.procedures import beam_search, best_first, mcts, puct, select_child, select_leaves, uct
 from rlxf.search.tree import Compute, Node, Tree
@@ -16,4 +16,4 @@ from rlxf.search.values import (PRM, Critique, First, ImplicitReward, Mix, Model
 __all__ = ["PRM", "Compute", "Critique", "Expander", "First", "ImplicitReward", "Mix", "ModelValue", "Node",
            "Rollouts", "SearchError", "StepSplit", "Tree", "Verifier", "beam_search", "best_first",
            "delimiter_steps", "evaluate", "mcts", "puct", "revisions", "select_child", "select_leaves",
-           "step_pairs", "token_steps", "uct", "value_targets"]
+           "step_pairs", "step_targets", "token_steps", "uct", "value_targets"]

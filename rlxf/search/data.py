@@ -3,8 +3,9 @@
 - :func:`step_pairs`: step-level preference pairs, siblings whose scores differ by at least a gap
   (Agent Q: the score mixes the backed-up q with the node's own evaluation, e.g. a critique);
   each row carries the behaviour policy's log-prob of both steps, the reference of off-policy DPO.
-- :func:`value_targets`: a target per node for a value model or PRM, the backed-up q or the
-  Monte-Carlo mean of the terminal values below it.
+- :func:`value_targets`: a target per node for a value model, the backed-up q or the
+  Monte-Carlo mean of the terminal values below it; :func:`step_targets` the same per step of
+  each root-to-leaf path, as a PRM trains on them.
 - :func:`revisions`: Agent-R's revision trajectories: the shared prefix of a good and a bad
   terminal path, the bad path up to its first bad step, a reflection marker, then the good
   path's continuation. The prefix takes no loss; the completion does.
@@ -53,25 +54,42 @@ def _terminal_values(tree: Tree, node: Node) -> list[float]:
     return out
 
 
+def _target(tree: Tree, node: Node, kind: str) -> float | None:
+    if kind == "q":
+        return node.q if node.visits else None
+    values = _terminal_values(tree, node)
+    return sum(values) / len(values) if values else None
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in ("q", "mc"):
+        raise ValueError(f"value target kind must be 'q' or 'mc', got {kind!r}")
+
+
 def value_targets(tree: Tree, kind: str = "q") -> list[dict]:
     """``{prompt, response (so far), target, node, depth, finished}`` per visited non-root node:
     ``kind="q"`` the backed-up mean, ``kind="mc"`` the mean value of the terminal nodes in its
     subtree (nodes without one are skipped)."""
-    if kind not in ("q", "mc"):
-        raise ValueError(f"value_targets kind must be 'q' or 'mc', got {kind!r}")
+    _check_kind(kind)
     rows = []
     for node in tree.nodes[1:]:
-        if kind == "q":
-            if not node.visits:
-                continue
-            target = node.q
-        else:
-            values = _terminal_values(tree, node)
-            if not values:
-                continue
-            target = sum(values) / len(values)
-        rows.append({"prompt": tree.prompt, "response": tree.response_text(node), "target": target, "node": node.id,
-                     "depth": node.depth, "finished": node.finished})
+        target = _target(tree, node, kind)
+        if target is not None:
+            rows.append({"prompt": tree.prompt, "response": tree.response_text(node), "target": target,
+                         "node": node.id, "depth": node.depth, "finished": node.finished})
+    return rows
+
+
+def step_targets(tree: Tree, kind: str = "q") -> list[dict]:
+    """Per leaf, its path as a PRM training row: ``{prompt, steps (texts), targets (one per step,
+    as in value_targets), leaf}``; paths with a step without a target are skipped."""
+    _check_kind(kind)
+    rows = []
+    for leaf in tree.leaves():
+        path = tree.path(leaf)
+        targets = [_target(tree, n, kind) for n in path]
+        if path and None not in targets:
+            rows.append({"prompt": tree.prompt, "steps": [n.text for n in path], "targets": targets, "leaf": leaf.id})
     return rows
 
 
