@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlxf.core.runs import Run
+from rlxf.executors.learner import all_reduce_sum, fit_data_parallel, shard, sync_gradients, world
 
 
 @dataclass
@@ -75,12 +76,42 @@ def train(run: Run, stage: str, model: torch.nn.Module, cfg: OptimConfig,
           extra_state: Callable[[], dict] | None = None) -> None:
     """Run ``cfg.steps`` optimiser steps, logging one metrics line per step and resuming
     from the stage's last checkpoint if there is one. ``extra_state``/``on_resume`` let a
-    stage save and restore state of its own (e.g. an adaptive KL coefficient)."""
+    stage save and restore state of its own (e.g. an adaptive KL coefficient).
+
+    With ``run.scale.distributed`` the steps run in data-parallel Ray Train workers
+    (:mod:`rlxf.executors.learner`); ``model`` and ``on_resume`` then receive the final state."""
+    if run.scale.distributed and world()[1] == 1:
+        out = fit_data_parallel(run, stage, model, cfg, make_batch, loss_fn, quiet, on_resume, extra_state,
+                                body=worker_body)
+        load_trainable_state(model, out["model"])
+        torch.set_rng_state(out["torch_rng"])
+        if on_resume is not None:
+            on_resume(out["extra"])
+        model.eval()
+        return
+    optimise(run, stage, model, cfg, make_batch, loss_fn, quiet, on_resume, extra_state)
+
+
+def worker_body(run: Run, stage: str, model: torch.nn.Module, cfg: OptimConfig, make_batch, loss_fn,
+                on_resume, extra_state) -> dict | None:
+    """What each data-parallel worker runs: the loop, then (rank 0) the final state for the driver."""
+    start = optimise(run, stage, model, cfg, make_batch, loss_fn, True, on_resume, extra_state)
+    if world()[0] != 0:
+        return None
+    return {"start": start, "model": {k: v.detach().cpu() for k, v in trainable_state(model).items()},
+            "extra": extra_state() if extra_state else {}, "torch_rng": torch.get_rng_state()}
+
+
+def optimise(run: Run, stage: str, model: torch.nn.Module, cfg: OptimConfig, make_batch, loss_fn,
+             quiet: bool = False, on_resume=None, extra_state=None) -> int:
+    """The loop itself, in this process; in a process group each rank takes its shard of every batch,
+    gradients and metrics are summed over ranks, and only rank 0 writes. Returns the first step run."""
+    rank, size = world()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.steps))
     start = 0
-    ckpt = run.load_checkpoint(stage)
+    ckpt = run.load_checkpoint(stage, truncate=rank == 0)
     if ckpt is not None:
         last, state = ckpt
         load_trainable_state(model, state["model"])
@@ -100,22 +131,27 @@ def train(run: Run, stage: str, model: torch.nn.Module, cfg: OptimConfig,
         batch = make_batch(step)
         opt.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
-        for micro in split_micro(batch, cfg.micro_batch_size):
+        mine = shard(batch, rank, size)
+        for micro in split_micro(mine, cfg.micro_batch_size) if mine else []:
             with autocast:
                 loss, metrics = loss_fn(micro, batch)
             loss.backward()
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
+        if size > 1:
+            sync_gradients(params)
+            totals = all_reduce_sum(totals)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
         opt.step()
         totals["lr"] = sched.get_last_lr()[0]
         sched.step()
         totals["grad_norm"] = float(grad_norm)
-        run.log(stage, step, **{k: round(v, 6) for k, v in totals.items()})
+        if rank == 0:
+            run.log(stage, step, **{k: round(v, 6) for k, v in totals.items()})
         bar.update(1)
         bar.set_postfix({k: f"{v:.3g}" for k, v in list(totals.items())[:3]})
         done = step + 1 == cfg.steps
-        if not done and cfg.checkpoint_every > 0 and (step + 1) % cfg.checkpoint_every == 0:
+        if rank == 0 and not done and cfg.checkpoint_every > 0 and (step + 1) % cfg.checkpoint_every == 0:
             state: dict[str, Any] = {
                 "model": trainable_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "torch_rng": torch.get_rng_state(), "extra": extra_state() if extra_state else {},
@@ -123,3 +159,4 @@ def train(run: Run, stage: str, model: torch.nn.Module, cfg: OptimConfig,
             run.save_checkpoint(stage, step, state)
     bar.close()
     model.eval()
+    return start

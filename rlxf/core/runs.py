@@ -118,6 +118,14 @@ class Run:
         self.metrics_path = self.dir / "metrics.jsonl"
         self._repair_metrics()
 
+    def __getstate__(self) -> dict:
+        """A copy for another process (a data-parallel learner worker): absolute paths, no trackers,
+        which stay with the driver."""
+        state = dict(self.__dict__)
+        state["dir"], state["metrics_path"] = self.dir.resolve(), self.metrics_path.resolve()
+        state["trackers"] = Trackers((), state["dir"], {}, self.dir.name)
+        return state
+
     @classmethod
     def existing(cls, directory: str | Path) -> "Run":
         """A read-only view of a run directory that exists (to rebuild its report): its config is
@@ -165,15 +173,14 @@ class Run:
         """Atomically store ``state`` as the stage's checkpoint at ``step``."""
         torch_save_atomic({"step": step, "state": state}, self.stage_dir(stage) / "checkpoint.pt")
 
-    def load_checkpoint(self, stage: str) -> tuple[int, dict] | None:
-        """Return (step, state) of the stage's last checkpoint, dropping metrics logged after it."""
+    def load_checkpoint(self, stage: str, truncate: bool = True) -> tuple[int, dict] | None:
+        """Return (step, state) of the stage's last checkpoint, dropping metrics logged after it
+        unless ``truncate`` is False (data-parallel ranks other than 0 only read)."""
         path = self.dir / "stages" / stage / "checkpoint.pt"
-        if not path.exists():
-            self.truncate_metrics(stage, after_step=-1)
-            return None
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        self.truncate_metrics(stage, after_step=blob["step"])
-        return blob["step"], blob["state"]
+        blob = torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+        if truncate:
+            self.truncate_metrics(stage, after_step=-1 if blob is None else blob["step"])
+        return None if blob is None else (blob["step"], blob["state"])
 
     # -- metrics ----------------------------------------------------------
     def _repair_metrics(self) -> None:

@@ -1,0 +1,242 @@
+"""The data-parallel learner: the shared training loop run by N Ray Train workers at once.
+
+Every worker runs the same loop body on the same model and optimiser settings. Each calls the
+stage's ``make_batch(step)`` (deterministic in the step), keeps its contiguous :func:`shard` of the
+global batch, and sums the stage's ``loss_fn(micro, batch)`` shares (each already a share of the
+GLOBAL loss) over its micro-batches. Once per optimiser step :func:`sync_gradients` all-reduces the
+gradients with SUM, so every worker holds exactly the gradient one process would have computed
+over the whole batch; clipping, the optimiser step and the schedule then run identically on every
+rank. Metric shares are summed the same way (:func:`all_reduce_sum`). Rank 0 writes the metrics
+lines and checkpoints to the run directory; on resume every rank loads the same checkpoint.
+
+Why not torch's ``DistributedDataParallel`` wrapper: our losses run several forwards per backward
+(chosen and rejected rows, policy and value model, a LoRA reference through the same module),
+which DDP's hook-based reducer refuses without ``static_graph``/``find_unused_parameters`` tricks
+that LoRA and gradient checkpointing then trip over. One bucketed all-reduce per optimiser step is
+the communication DDP itself does when it skips syncing (``no_sync``) on all but the last
+micro-batch. Ray Train starts the workers and their process group (gloo on CPU, NCCL on GPU).
+
+The driver ships ``(run, model, cfg, make_batch, loss_fn, on_resume, extra_state)`` as ONE
+cloudpickle graph, so the stage's closures keep pointing at the model the workers train. Workers
+get the run without its trackers; when the fit ends, the driver loads rank 0's final weights and
+extra state into its own model and forwards the stage's new metrics lines to the trackers.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tempfile
+import threading
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.distributed as dist
+
+from rlxf.core.cluster import ClusterError, connect_ray
+
+BUCKET_BYTES = 25 * 2**20  # gradients all-reduced per call, as DDP's default bucket
+
+
+class LearnerError(RuntimeError):
+    """A data-parallel learner worker failed; the message names the stage, the rank and the error."""
+
+
+def world() -> tuple[int, int]:
+    """``(rank, size)`` of the process group this process is in; ``(0, 1)`` outside one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard(batch: list, rank: int, size: int) -> list:
+    """Rank ``rank``'s contiguous part of ``batch``: sizes differ by at most one, earlier ranks
+    take the extra items, and a rank may get nothing when the batch is smaller than the world."""
+    base, extra = divmod(len(batch), size)
+    start = rank * base + min(rank, extra)
+    return batch[start:start + base + (rank < extra)]
+
+
+def _device() -> torch.device:
+    """Where tensors for this process group's collectives live (NCCL needs them on the GPU)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _buckets(params: list[torch.Tensor], limit: int) -> Iterable[list[torch.Tensor]]:
+    """Consecutive runs of ``params`` with the same device and dtype, each under ``limit`` bytes
+    (a parameter larger than ``limit`` is a bucket of its own)."""
+    bucket: list[torch.Tensor] = []
+    used = 0
+    for p in params:
+        size = p.numel() * p.element_size()
+        if bucket and (used + size > limit or (p.device, p.dtype) != (bucket[0].device, bucket[0].dtype)):
+            yield bucket
+            bucket, used = [], 0
+        bucket.append(p)
+        used += size
+    if bucket:
+        yield bucket
+
+
+def sync_gradients(params: list[torch.Tensor], bucket_bytes: int = BUCKET_BYTES) -> None:
+    """Replace every parameter's gradient by its SUM over the process group, in buckets.
+
+    A parameter that got no gradient on this rank counts as zeros, so long as some rank gave it
+    one; a parameter no rank gave a gradient keeps ``grad = None``, as in one process (the
+    optimiser then skips it: no weight decay, no moment update)."""
+    if world()[1] == 1:
+        return
+    params = list(params)
+    if not params:
+        return
+    present = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=_device())
+    dist.all_reduce(present)
+    live = []
+    for p, n in zip(params, present.tolist()):
+        if n:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            live.append(p)
+    for bucket in _buckets(live, bucket_bytes):
+        flat = torch.cat([p.grad.reshape(-1) for p in bucket])
+        dist.all_reduce(flat)
+        offset = 0
+        for p in bucket:
+            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+            offset += p.numel()
+
+
+def all_reduce_sum(values: dict[str, float]) -> dict[str, float]:
+    """Each key's SUM over the process group (a key some ranks lack counts as 0 there), in
+    sorted key order, so every rank gets the same dict."""
+    if world()[1] == 1:
+        return dict(values)
+    names: list[list[str] | None] = [None] * world()[1]
+    dist.all_gather_object(names, sorted(values))
+    keys = sorted(set().union(*names))
+    total = torch.tensor([float(values.get(k, 0.0)) for k in keys], dtype=torch.float64, device=_device())
+    dist.all_reduce(total)
+    return dict(zip(keys, total.tolist()))
+
+
+def broadcast_object(obj: Any = None, src: int = 0) -> Any:
+    """``obj`` as rank ``src`` holds it, on every rank (other ranks' ``obj`` is ignored)."""
+    if world()[1] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, device=_device())
+    return box[0]
+
+
+def worker_threads(scale, workers: int) -> int:
+    """torch threads in each learner worker: ``learner_threads``, else this process's share."""
+    return scale.learner_threads or max(1, torch.get_num_threads() // workers)
+
+
+def _worker(config: dict) -> Any:
+    """What each Ray Train worker runs: unpack the shipped graph and run the loop body."""
+    import cloudpickle
+    import ray
+
+    torch.set_num_threads(config["threads"])
+    torch.set_rng_state(config["torch_rng"])
+    run, stage, model, cfg, make_batch, loss_fn, on_resume, extra_state, body = cloudpickle.loads(
+        ray.get(config["payload"]))
+    out = body(run, stage, model, cfg, make_batch, loss_fn, on_resume, extra_state)
+    if out is None:
+        return None
+    buf = io.BytesIO()  # Ray Train returns no tensors: rank 0's state travels as torch.save bytes
+    torch.save(out, buf)
+    return buf.getvalue()
+
+
+def _follow(run, stage: str, bar, stop: threading.Event) -> None:
+    """Move ``bar`` to the stage's last logged step while the workers run (rank 0 logs each step)."""
+    seen = -1
+    while not stop.wait(1.0):
+        try:
+            size = run.metrics_path.stat().st_size
+        except FileNotFoundError:
+            continue
+        if size != seen:
+            seen = size
+            steps = [r["step"] for r in run.metrics(stage)]
+            if steps:
+                bar.n = max(steps) + 1
+                bar.refresh()
+
+
+def _failure(stage: str, error: Exception) -> LearnerError:
+    """A :class:`LearnerError` naming the stage, the failed rank(s) and each one's own exception."""
+    failures = getattr(error, "worker_failures", None)
+    if not failures:
+        cause = getattr(error, "controller_failure", error)
+        return LearnerError(f"{stage}: the data-parallel learner failed: {type(cause).__name__}: {cause}")
+    parts = []
+    for rank, exc in sorted(failures.items()):
+        exc = getattr(exc, "cause", None) or exc  # a RayTaskError wraps the worker's own exception
+        lines = str(exc).strip().splitlines()
+        parts.append(f"learner worker {rank} raised {type(exc).__name__}: {lines[-1] if lines else ''}")
+    return LearnerError(f"{stage}: " + "; ".join(parts))
+
+
+def fit_data_parallel(run, stage: str, model: torch.nn.Module, cfg, make_batch: Callable[[int], list],
+                      loss_fn: Callable, quiet: bool = False, on_resume: Callable[[dict], None] | None = None,
+                      extra_state: Callable[[], dict] | None = None, *, body: Callable) -> dict:
+    """Run ``body`` (the loop: ``body(run, stage, model, cfg, make_batch, loss_fn, on_resume,
+    extra_state)``) in ``run.scale.learner_workers`` Ray Train workers and return what rank 0's
+    body returned. The stage's new metrics lines go to the run's trackers here, in the driver.
+    Raises :class:`LearnerError` when a worker fails."""
+    import cloudpickle
+
+    scale = run.scale
+    ray = connect_ray(scale)
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from tqdm.auto import tqdm
+
+    n = scale.learner_workers
+    threads = worker_threads(scale, n)
+    gpu = next(model.parameters()).device.type == "cuda"
+    cpus = float(ray.cluster_resources().get("CPU", 0))
+    if not gpu and n * threads > cpus:
+        raise ClusterError(f"run.learner_workers = {n} with {threads} thread(s) each needs {n * threads} CPUs, but "
+                           f"the Ray cluster has {cpus:g}; lower run.learner_threads or run.learner_workers, or "
+                           "raise run.num_cpus for a local instance")
+    payload = ray.put(cloudpickle.dumps((run, stage, model, cfg, make_batch, loss_fn, on_resume, extra_state, body)))
+    storage = tempfile.mkdtemp(prefix="rlxf-train-")
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={"payload": payload, "threads": threads, "torch_rng": torch.get_rng_state()},
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo", timeout_s=int(scale.timeout_s)),
+        scaling_config=ScalingConfig(num_workers=n, use_gpu=gpu, resources_per_worker={"CPU": 0 if gpu else threads}),
+        run_config=RunConfig(name=f"rlxf-{stage}", storage_path=storage, failure_config=FailureConfig(max_failures=0)),
+    )
+    before = {r["step"] for r in run.metrics(stage)}
+    bar = tqdm(total=cfg.steps, initial=len(before), desc=f"{stage} ({n} workers)", disable=quiet, leave=False,
+               dynamic_ncols=True)
+    stop = threading.Event()
+    follower = threading.Thread(target=_follow, args=(run, stage, bar, stop), daemon=True)
+    follower.start()
+    try:
+        result = trainer.fit()
+    except Exception as e:
+        from ray.train import TrainingFailedError
+
+        if isinstance(e, TrainingFailedError):
+            raise _failure(stage, e) from None
+        raise
+    finally:
+        stop.set()
+        follower.join()
+        bar.close()
+        shutil.rmtree(storage, ignore_errors=True)
+    if result.error is not None:
+        raise _failure(stage, result.error)
+    out = torch.load(io.BytesIO(result.return_value), map_location="cpu", weights_only=False)
+    for r in run.metrics(stage):
+        if r["step"] >= out["start"]:
+            run.trackers.log(stage, r["step"], {k: v for k, v in r.items() if k not in ("stage", "step")})
+    return out
