@@ -201,3 +201,20 @@ def test_a_failed_trial_is_named_with_its_own_error(tmp_path):
     assert ("1 of 1 trials did not finish (comparisons.path=--nope.jsonl-_seed0: DataError: /nope.jsonl: no such file"
             in done.stderr)
     assert "Traceback" not in done.stderr
+
+
+def test_the_guides_commands_are_valid_sweeps(tmp_path):
+    """Every ``rlxf sweep`` command in docs/sweep.md parses and plans (keys and values checked)."""
+    import shlex
+
+    from rlxf.cli import _parser
+
+    text = (ROOT / "docs" / "sweep.md").read_text().replace("\\\n", " ")
+    commands = [line.strip() for line in text.splitlines() if line.strip().startswith(".venv/bin/rlxf sweep")]
+    assert len(commands) == 2
+    for line in commands:
+        args = _parser().parse_args(shlex.split(line)[1:])
+        s = sweep.plan(ROOT / args.config, args.params, args.seeds, args.overrides, str(tmp_path / "sw"))
+        assert len(s.trials) == len(s.params[0][1]) * args.seeds
+    s = sweep.plan(ROOT / "configs" / "lab_direct.toml", ['direct.objectives=["dpo"],["ipo"]'], 1, [], str(tmp_path / "d"))
+    assert [t.overrides[0] for t in s.trials] == ['direct.objectives=["dpo"]', 'direct.objectives=["ipo"]']
