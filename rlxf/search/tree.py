@@ -150,7 +150,7 @@ class Tree:
             rows = [json.loads(line) for line in f if line.strip()]
         if not rows or rows[0].get("parent") is not None:
             raise ValueError(f"{path}: line 1 must be the root node (parent null)")
-        tree = cls(rows[0]["text"], rows[0]["ids"])
+        tree = cls(rows[0].get("text", ""), rows[0].get("ids", []))
         tree.nodes = []
         for k, row in enumerate(rows, 1):
             missing = {"id", "parent", "depth"} - set(row)
