@@ -1,7 +1,8 @@
-"""Search procedures over one tree: MCTS (UCT or PUCT selection), beam search and best-first search.
+"""Search procedures: MCTS (UCT or PUCT selection), beam search and best-first search, over one
+tree or several side by side (one per prompt).
 
 All three expand through an :class:`Expander` (one sampling call per round, every node of the
-round together) and value the new nodes through one evaluator call per round. Each new node's
+round in every tree together) and value the new nodes through one evaluator call per round. Each new node's
 value is backed up to the root as one visit (mean backup), so ``q`` is defined everywhere.
 """
 
