@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlxf.core.runs import Run
+from rlxf.executors import learner
 from rlxf.executors.learner import all_reduce_sum, fit_data_parallel, shard, sync_gradients, world
 
 
@@ -96,10 +97,11 @@ def worker_body(run: Run, stage: str, model: torch.nn.Module, cfg: OptimConfig, 
                 on_resume, extra_state) -> dict | None:
     """What each data-parallel worker runs: the loop, then (rank 0) the final state for the driver."""
     start = optimise(run, stage, model, cfg, make_batch, loss_fn, True, on_resume, extra_state)
+    weights = learner.gather_weights(trainable_state(model))  # every rank: a collective under FSDP
     if world()[0] != 0:
         return None
-    return {"start": start, "model": {k: v.detach().cpu() for k, v in trainable_state(model).items()},
-            "extra": extra_state() if extra_state else {}, "torch_rng": torch.get_rng_state()}
+    return {"start": start, "model": weights, "extra": extra_state() if extra_state else {},
+            "torch_rng": torch.get_rng_state()}
 
 
 def optimise(run: Run, stage: str, model: torch.nn.Module, cfg: OptimConfig, make_batch, loss_fn,
@@ -107,15 +109,26 @@ def optimise(run: Run, stage: str, model: torch.nn.Module, cfg: OptimConfig, mak
     """The loop itself, in this process; in a process group each rank takes its shard of every batch,
     gradients and metrics are summed over ranks, and only rank 0 writes. Returns the first step run."""
     rank, size = world()
+    fsdp = size > 1 and run.scale.strategy == "fsdp"
+    if fsdp:  # torch's fully_shard: weights, gradients and optimiser state split over the ranks
+        learner.check_fsdp_batches(cfg.batch_size, cfg.micro_batch_size, size)
+        learner.shard_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=not fsdp)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.steps))
     start = 0
     ckpt = run.load_checkpoint(stage, truncate=rank == 0)
     if ckpt is not None:
         last, state = ckpt
-        load_trainable_state(model, state["model"])
-        opt.load_state_dict(state["optimizer"])
+        written = "fsdp" if "optimizer_full" in state else "ddp or one process"
+        if fsdp != (written == "fsdp"):
+            raise learner.LearnerError(f"{run.dir}: the checkpoint of stage {stage} was written with {written}; "
+                                       f"resume it with the same run.strategy (now {run.scale.strategy!r})")
+        if fsdp:
+            learner.load_full_state(model, opt, state["model"], state["optimizer_full"])
+        else:
+            load_trainable_state(model, state["model"])
+            opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         if on_resume is not None:
@@ -132,16 +145,22 @@ def optimise(run: Run, stage: str, model: torch.nn.Module, cfg: OptimConfig, mak
         opt.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         mine = shard(batch, rank, size)
-        for micro in split_micro(mine, cfg.micro_batch_size) if mine else []:
+        micros = split_micro(mine, cfg.micro_batch_size) if mine else []
+        for i, micro in enumerate(micros):
+            if fsdp:  # reduce-scatter once, in the last micro-batch's backward
+                learner.fsdp_sync_on(model, i == len(micros) - 1)
             with autocast:
                 loss, metrics = loss_fn(micro, batch)
             loss.backward()
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
         if size > 1:
-            sync_gradients(params)
+            if not fsdp:
+                sync_gradients(params)
             totals = all_reduce_sum(totals)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
         opt.step()
         totals["lr"] = sched.get_last_lr()[0]
         sched.step()
@@ -151,12 +170,16 @@ def optimise(run: Run, stage: str, model: torch.nn.Module, cfg: OptimConfig, mak
         bar.update(1)
         bar.set_postfix({k: f"{v:.3g}" for k, v in list(totals.items())[:3]})
         done = step + 1 == cfg.steps
-        if rank == 0 and not done and cfg.checkpoint_every > 0 and (step + 1) % cfg.checkpoint_every == 0:
-            state: dict[str, Any] = {
-                "model": trainable_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "torch_rng": torch.get_rng_state(), "extra": extra_state() if extra_state else {},
-            }
-            run.save_checkpoint(stage, step, state)
+        if not done and cfg.checkpoint_every > 0 and (step + 1) % cfg.checkpoint_every == 0:
+            if fsdp:  # gathering the shards is a collective: every rank takes part, rank 0 writes
+                kept = {"model": learner.gather_weights(trainable_state(model)),
+                        "optimizer_full": learner.full_optimizer_state(model, opt)}
+            elif rank == 0:
+                kept = {"model": trainable_state(model), "optimizer": opt.state_dict()}
+            if rank == 0:
+                state: dict[str, Any] = {**kept, "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
+                                         "extra": extra_state() if extra_state else {}}
+                run.save_checkpoint(stage, step, state)
     bar.close()
     model.eval()
     return start

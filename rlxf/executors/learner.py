@@ -135,6 +135,23 @@ def worker_threads(scale, workers: int) -> int:
     return scale.learner_threads or max(1, torch.get_num_threads() // workers)
 
 
+def check_room(scale, gpu: bool = False, rollout_cpus: float = 0.0) -> None:
+    """Raise :class:`ClusterError` when the learner workers (each reserving its torch threads in CPUs,
+    on CPU) and ``rollout_cpus`` for rollout actors do not fit in the Ray cluster's CPUs: Ray would
+    otherwise wait for room that never comes."""
+    ray = connect_ray(scale)
+    n = scale.learner_workers
+    learner = 0 if gpu else n * worker_threads(scale, n)
+    cpus = float(ray.cluster_resources().get("CPU", 0))
+    if learner + rollout_cpus > cpus:
+        rollout = (f" and {scale.rollout_workers} rollout worker(s) x {scale.rollout_cpus:g} CPU"
+                   if rollout_cpus else "")
+        raise ClusterError(f"{n} learner worker(s) x {learner // n:g} thread(s){rollout} need "
+                           f"{learner + rollout_cpus:g} CPUs, but the Ray cluster has {cpus:g}; lower "
+                           "run.learner_threads, run.learner_workers or run.rollout_cpus, or raise run.num_cpus "
+                           "(a local instance's logical CPUs may exceed its cores)")
+
+
 def _worker(config: dict) -> Any:
     """What each Ray Train worker runs: unpack the shipped graph and run the loop body."""
     import cloudpickle
@@ -200,11 +217,7 @@ def fit_data_parallel(run, stage: str, model: torch.nn.Module, cfg, make_batch: 
     n = scale.learner_workers
     threads = worker_threads(scale, n)
     gpu = next(model.parameters()).device.type == "cuda"
-    cpus = float(ray.cluster_resources().get("CPU", 0))
-    if not gpu and n * threads > cpus:
-        raise ClusterError(f"run.learner_workers = {n} with {threads} thread(s) each needs {n * threads} CPUs, but "
-                           f"the Ray cluster has {cpus:g}; lower run.learner_threads or run.learner_workers, or "
-                           "raise run.num_cpus for a local instance")
+    check_room(scale, gpu)
     payload = ray.put(cloudpickle.dumps((run, stage, model, cfg, make_batch, loss_fn, on_resume, extra_state, body)))
     storage = tempfile.mkdtemp(prefix="rlxf-train-")
     trainer = TorchTrainer(
@@ -240,3 +253,71 @@ def fit_data_parallel(run, stage: str, model: torch.nn.Module, cfg, make_batch: 
         if r["step"] >= out["start"]:
             run.trackers.log(stage, r["step"], {k: v for k, v in r.items() if k not in ("stage", "step")})
     return out
+
+
+# -- strategy = "fsdp": torch's own fully_shard ------------------------------------------------------
+
+
+def _wrap_units(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules to shard as units: every transformer block a Hugging Face model names in
+    ``_no_split_modules``, then each module the stage calls itself (the model, or each member of a
+    ``ModuleDict`` such as policy + value model), so every forward is an FSDP root."""
+    blocks = {name for m in model.modules() for name in (getattr(m, "_no_split_modules", None) or [])}
+    inner = [m for m in model.modules() if type(m).__name__ in blocks]
+    tops = list(model.values()) if isinstance(model, torch.nn.ModuleDict) else [model]
+    return inner + [m for m in tops if any(True for _ in m.parameters())]
+
+
+def shard_model(model: torch.nn.Module) -> None:
+    """Shard ``model`` in place over the process group with FSDP2's ``fully_shard``. Gradients are
+    reduce-scattered as SUMS (divide factor 1): every loss here is already a share of the global loss."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    for unit in _wrap_units(model):
+        fully_shard(unit)
+    for m in model.modules():
+        if isinstance(m, FSDPModule):  # a plain SUM: gloo has no pre-multiplied sum
+            m.set_gradient_divide_factor(1.0)
+            m.set_force_sum_reduction_for_comms(True)
+
+
+def check_fsdp_batches(batch_size: int, micro_batch_size: int, size: int) -> None:
+    """FSDP runs collectives inside each forward and backward, so every rank must run the same
+    number of micro-batches: the global batch must split evenly over ranks and micro-batches."""
+    per_rank, extra = divmod(batch_size, size)
+    if extra or (micro_batch_size > 0 and per_rank > micro_batch_size and per_rank % micro_batch_size):
+        raise LearnerError(f"run.strategy = \"fsdp\" needs the batch size ({batch_size}) to split evenly over "
+                           f"{size} learner workers and then into micro-batches of {micro_batch_size or per_rank}; "
+                           "change optim.batch_size or optim.micro_batch_size, or use run.strategy = \"ddp\"")
+
+
+def fsdp_sync_on(model: torch.nn.Module, last: bool) -> None:
+    """Reduce-scatter gradients only in the last micro-batch's backward (FSDP's ``no_sync``)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.set_requires_gradient_sync(last, recurse=False)
+
+
+def gather_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with every sharded tensor gathered whole, on the CPU: a collective under FSDP, so
+    every rank calls it."""
+    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu() for k, v in state.items()}
+
+
+def full_optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:
+    """The optimiser state of a sharded model as whole CPU tensors keyed by parameter name (every rank)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state(model: torch.nn.Module, opt: torch.optim.Optimizer, weights: dict, optim: dict) -> None:
+    """Load :func:`gather_weights` and :func:`full_optimizer_state`'s output into a sharded model and its optimiser (every rank)."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(model, weights, options=options)
+    set_optimizer_state_dict(model, opt, optim, options=options)
