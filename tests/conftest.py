@@ -84,3 +84,16 @@ def smollm2_dir(smollm2, smollm2_cache):
     from rlxf.policies.loading import SMOLLM2, ModelSettings, float_dir
 
     return float_dir(ModelSettings(path=SMOLLM2), smollm2_cache)
+
+
+# -- an untrained tiny language policy for the online controller and its executors -------------
+
+
+@pytest.fixture(scope="module")
+def tiny_policy():
+    """A one-layer GPT-2 over the words a..f (tests copy it before training)."""
+    from rlxf.policies.language import LanguagePolicy
+    from rlxf.policies.tiny import tiny_causal_lm, tiny_tokenizer
+
+    tok = tiny_tokenizer(["a", "b", "c", "d", "e", "f"])
+    return LanguagePolicy(tiny_causal_lm(tok, n_layer=1, n_embd=32, n_head=2, seed=0), tok)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 
 EXECUTORS = ("local", "ray")
 STRATEGIES = ("ddp", "fsdp")
+BACKENDS = ("hf", "vllm", "fake")  # rlxf.executors.generation; "fake" is the test engine
+WEIGHT_SYNCS = ("auto", "object_store", "collective")
 
 
 class ClusterError(RuntimeError):
@@ -30,9 +32,11 @@ class ScaleSettings:
     default); ``strategy``: "ddp" (every worker holds the whole model) or "fsdp" (torch's
     fully_shard; meant for GPUs); ``rollout_workers``: Ray actors that sample for online methods,
     each reserving ``rollout_cpus`` of a CPU; ``backend``: the generation engine of a rollout actor
-    ("hf"; "vllm" on a GPU); ``ray_address``: a running cluster ("" = ``$RAY_ADDRESS``, and without
-    it a local instance with ``num_cpus`` logical CPUs, 0 = every core); ``timeout_s`` bounds every
-    wait on a worker."""
+    ("hf"; "vllm" on a GPU; "fake", a test engine); ``weight_sync``: how a new version's weights reach
+    the rollout actors ("object_store": one ``ray.put``, for one node; "collective": a broadcast in a
+    process group of the learner and the actors, for several; "auto": by the node count);
+    ``ray_address``: a running cluster ("" = ``$RAY_ADDRESS``, and without it a local instance with
+    ``num_cpus`` logical CPUs, 0 = every core); ``timeout_s`` bounds every wait on a worker."""
 
     executor: str = "local"
     learner_workers: int = 1
@@ -41,6 +45,7 @@ class ScaleSettings:
     rollout_workers: int = 1
     rollout_cpus: float = 0.5
     backend: str = "hf"
+    weight_sync: str = "auto"
     ray_address: str = ""
     num_cpus: int = 0
     timeout_s: float = 300.0
@@ -60,6 +65,10 @@ class ScaleSettings:
             out.append(f"run.learner_threads must be >= 0, got {self.learner_threads}")
         if self.strategy not in STRATEGIES:
             out.append(f"run.strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.backend not in BACKENDS:
+            out.append(f"run.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.weight_sync not in WEIGHT_SYNCS:
+            out.append(f"run.weight_sync must be one of {', '.join(WEIGHT_SYNCS)}, got {self.weight_sync!r}")
         if not 0 < self.rollout_cpus <= 64:
             out.append(f"run.rollout_cpus must be a CPU share in (0, 64], got {self.rollout_cpus}")
         if self.timeout_s <= 0:
@@ -119,8 +128,12 @@ def connect_ray(scale: ScaleSettings | None = None):
         try:
             ray.init(address=address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
         except Exception as e:  # ConnectionError, or a timeout inside Ray's own client
-            raise ClusterError(f"cannot reach the Ray cluster at {address!r} ({where}): {type(e).__name__}: "
-                               f"{str(e).splitlines()[0] if str(e) else ''}. {fix}") from None
+            auth = ("" if os.environ.get("RAY_AUTH_MODE") else " A cluster started by `ray start` (Ray >= 2.59) "
+                    "asks for a token: export RAY_AUTH_MODE=token on this machine too.")
+            raise ClusterError(f"cannot join the Ray cluster at {address!r} ({where}): {type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else ''}.{auth} {fix}") from None
         return ray
-    ray.init(num_cpus=scale.num_cpus or os.cpu_count(), **quiet)
+    # "local" starts a new instance even while a `ray start` cluster runs on this machine (without it,
+    # ray.init would try to join that cluster and refuse num_cpus)
+    ray.init(address="local", num_cpus=scale.num_cpus or os.cpu_count(), **quiet)
     return ray

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from rlxf.core.steps import Steps
+from rlxf.executors.generation import GenerationBackend, HFBackend
 from rlxf.policies.language import LanguagePolicy, Rollout
 
 
@@ -30,10 +31,9 @@ def merge_rollouts(parts: list[Rollout]) -> Rollout:
                    [x for p in parts for x in p.finished], Steps.cat([p.steps for p in parts]))
 
 
-def sample_shard(policy: LanguagePolicy, prompts, n, max_new_tokens, temperature, top_p, seed) -> Rollout:
-    gen = torch.Generator().manual_seed(seed)
-    return policy.sample(prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                         generator=gen)
+def weights_of(policy: LanguagePolicy) -> dict[str, torch.Tensor]:
+    """The policy's state dict, detached, on the CPU: what a generation engine loads for a version."""
+    return {k: v.detach().cpu() for k, v in policy.model.state_dict().items()}
 
 
 def score_samples(ref: LanguagePolicy, scorer, samples, step: int):
@@ -43,21 +43,29 @@ def score_samples(ref: LanguagePolicy, scorer, samples, step: int):
 
 
 class LocalExecutor:
-    """Runs ``shards`` rollout shards one after another in this process."""
+    """Runs ``shards`` rollout shards one after another in this process, with a ``backend``
+    (a :class:`~rlxf.executors.generation.GenerationBackend` class) built on the driver's policy."""
 
-    def __init__(self, shards: int = 1):
+    def __init__(self, shards: int = 1, backend: type[GenerationBackend] = HFBackend):
         if shards < 1:
             raise ValueError(f"executor shards must be >= 1, got {shards}")
-        self.shards = shards
+        self.shards, self.backend = shards, backend
+        self.exact_logprobs = backend.exact_logprobs
+        self._engine, self._version = None, None
 
     def sample(self, policy, version, prompts, n, max_new_tokens, temperature, top_p, seed) -> Rollout:
+        if self._engine is None or self._engine.policy is not policy:
+            self._engine, self._version = self.backend(policy), None
+        if not self._engine.in_place and version != self._version:
+            self._engine.load_weights(weights_of(policy))
+        self._version = version
         return merge_rollouts([
-            sample_shard(policy, part, n, max_new_tokens, temperature, top_p, s)
-            for part, s in zip(split_prompts(prompts, self.shards), shard_seeds(seed, self.shards))
+            self._engine.generate(part, n, max_new_tokens, temperature, top_p, s)
+            for part, s in zip(split_prompts(prompts, self.shards), shard_seeds(seed, self.shards)) if part
         ])
 
     def score(self, ref, scorer, samples, step):
         return score_samples(ref, scorer, samples, step)
 
     def close(self) -> None:
-        pass
+        self._engine = None

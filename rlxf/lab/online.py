@@ -26,7 +26,7 @@ from rlxf.algorithms.online.ppo import Critic
 from rlxf.algorithms.reward_training import train_reward_model
 from rlxf.core.config import ConfigError, apply_table
 from rlxf.core.runs import atomic_write_text
-from rlxf.executors import EXECUTORS, make_executor
+from rlxf.executors import make_executor
 from rlxf.lab import report
 from rlxf.lab.config import PipelineConfig, online_config
 from rlxf.lab.pipeline import Pipeline, PipelineError
@@ -65,7 +65,6 @@ class OnlineLabSection(OnlineConfig):
     ensemble_size: int = 3
     uwo_lambda: float = 0.5
     labeler_weights: list[float] = field(default_factory=lambda: [0.6, 0.4])  # gold, brevity (intransitive mix)
-    executor: str = "local"
     runs: list[str] = field(default_factory=lambda: ["ppo:ppo:rm", "ppo_wco:ppo:ensemble_wco",
                                                      "ppo_uwo:ppo:ensemble_uwo", "grpo:grpo:rm",
                                                      "online_dpo:online_dpo:rm", "spo:spo:preferences"])
@@ -164,8 +163,6 @@ class OnlineLab(Pipeline):
                 raise PipelineError(f"online.runs[{r.name}].reward must be one of {', '.join(REWARDS)}, "
                                     f"got {r.reward!r}")
         self.validate_online("online", o, {f"online.runs[{r.name}]": self.run_config(r) for r in runs})
-        if o.executor not in EXECUTORS:
-            raise PipelineError(f"online.executor must be one of {', '.join(EXECUTORS)}, got {o.executor!r}")
         if any(r.reward.startswith("ensemble") for r in runs) and o.ensemble_size < 2:
             raise PipelineError("online.ensemble_size must be >= 2 when a run uses an ensemble reward")
 
@@ -271,7 +268,7 @@ class OnlineLab(Pipeline):
         monitors = {"gold": self._gold_fn(policy)}
         if r.reward != "rm":
             monitors["rm"] = model_reward(rm)
-        executor = make_executor(o.executor)
+        executor = make_executor(self.run.scale)
         try:
             prompts = policy.encode(self.task.prompts("train"))
             train_online(self.run, f"online_{r.name}", policy, policy.reference(), prompts, Scorer(rewards, monitors),

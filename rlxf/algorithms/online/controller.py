@@ -40,7 +40,7 @@ from rlxf.objectives.policy_gradient import (
     kl_penalized_rewards,
     ppo_clip_loss,
 )
-from rlxf.policies.language import LanguagePolicy
+from rlxf.policies.language import LanguagePolicy, Rollout
 from rlxf.rewards.scoring import Samples, Scorer
 
 METHODS: dict[str, str] = {
@@ -262,6 +262,8 @@ def collect(executor, policy: LanguagePolicy, ref: LanguagePolicy, prompts: list
     gen_seed = int(rng.integers(2**62))
     k = cfg.samples_per_prompt
     ro = executor.sample(policy, index, chosen, k, cfg.max_new_tokens, cfg.temperature, cfg.top_p, gen_seed)
+    if not getattr(executor, "exact_logprobs", True):  # the engine's own kernels: score with the learner's
+        ro = behaviour_logprobs(policy, ro)
     samples = Samples(ro.prompt_ids, ro.response_ids, ro.finished, k, prompt_index=[i for i in picked for _ in range(k)])
     ref_logps, (scores, parts) = executor.score(ref if cfg.kl.monitor else None, scorer, samples, index)
     if ref_logps is None:  # no reference pass: nothing reads ref_logps (validate() made sure)
@@ -288,6 +290,16 @@ def collect(executor, policy: LanguagePolicy, ref: LanguagePolicy, prompts: list
     if not bool(valid.all()):  # unscored samples leave the loss (after the stats, which describe the rollout)
         steps = steps.replace(mask=steps.mask * valid[:, None].to(steps.mask.dtype))
     return Batch(samples, steps, learner, parts, token_rewards, stats)
+
+
+def behaviour_logprobs(policy: LanguagePolicy, ro: Rollout) -> Rollout:
+    """``ro`` with its log-probs recomputed by ``policy`` (the learner's forward), so the importance
+    ratio at the first update on a rollout is exactly 1, whatever engine sampled it."""
+    scored = policy.score(ro.prompt_ids, ro.response_ids)
+    T = ro.steps.num_steps
+    logps = torch.zeros_like(ro.steps.logps)
+    logps[:, : min(T, scored.num_steps)] = scored.logps[:, :T]
+    return Rollout(ro.prompt_ids, ro.response_ids, ro.finished, ro.steps.replace(logps=logps * ro.steps.mask))
 
 
 def impute_missing(scores: Tensor, valid: Tensor, k: int) -> Tensor:
@@ -337,7 +349,7 @@ def train_online(run: Run, stage: str, policy: LanguagePolicy, ref: LanguagePoli
 
     method = method if method is not None else build_method(cfg)
     validate(cfg, method)
-    executor = executor if executor is not None else make_executor("local")
+    executor = executor if executor is not None else make_executor(run.scale)
     reduction = cfg.loss_reduction or method.reduction
     ctx = Context(cfg, policy, ref, cfg.kl.coef, reduction)
     moments = RunningMoments()
