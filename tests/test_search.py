@@ -95,6 +95,11 @@ class StepCheck:
         return [sum(check_steps(t.prompt, t.response_text(n))) / max(1, n.depth) for t, n in items]
 
 
+def guided() -> First:
+    """The verifier on terminal nodes, the share of valid steps elsewhere."""
+    return First([Verifier(check_answer), StepCheck()])
+
+
 # -- selection and backup --------------------------------------------------------------------
 
 
@@ -113,6 +118,19 @@ def test_uct_and_puct_pick_the_hand_computed_child(tok):
     assert select_child(tree, tree.root, puct(1.0)) is b
     # PUCT c=0.1: a .6090, b .5395, c .2474
     assert select_child(tree, tree.root, puct(0.1)) is a
+    # growing P-UCB (PG-TD/RethinkMCTS), c=4, c_base=10: (log(21/10) + 4) * P * sqrt(ln 10) / (1 + n):
+    # a .6+4.7419*.2*1.5174/7=.8056, b .5+4.7419*.5*1.5174/4=1.3994, c .2+4.7419*.3*1.5174/2=1.2793
+    grow = math.log(2.1) + 4
+    assert puct(4.0, c_base=10)(tree.root, a) == pytest.approx(0.6 + grow * 0.2 * math.sqrt(math.log(10)) / 7)
+    assert select_child(tree, tree.root, puct(4.0, c_base=10)) is b
+    # "max" reads the best value backed up through a child: a's best is 1.0, b's .5, c's .2
+    a.value_max, b.value_max, c.value_max = 1.0, 0.5, 0.2
+    assert select_child(tree, tree.root, uct(0.0, stat="max")) is a
+    assert select_child(tree, tree.root, uct(0.0)) is a and select_child(tree, tree.root, puct(0.0)) is a
+    b.value_max = 1.5
+    assert select_child(tree, tree.root, uct(0.0, stat="max")) is b
+    with pytest.raises(ValueError, match="stat must be 'q' or 'max', got 'mean'"):
+        uct(1.0, stat="mean")
     c.visits = 0
     assert select_child(tree, tree.root, uct(0.1)) is c  # UCT tries an unvisited child first
 
@@ -124,7 +142,7 @@ def test_backup_is_the_mean_of_every_evaluation_below(tok):
     tree.backup(b, 1.0)
     tree.backup(c, 0.0)
     tree.backup(b, 1.0)
-    assert (b.visits, b.q) == (2, 1.0)
+    assert (b.visits, b.q, b.value_max) == (2, 1.0, 1.0) and (a.value_max, root.value_max) == (1.0, 1.0)
     assert (c.visits, c.q) == (1, 0.0)
     assert (a.visits, a.q) == (4, pytest.approx((0.5 + 1 + 0 + 1) / 4))
     assert (root.visits, root.q) == (4, pytest.approx(0.625))
@@ -198,7 +216,8 @@ def test_rollouts_average_the_verifier_over_completions(tok):
     "4*2=9\\n": both wrong -> 0; a terminal node is checked as it is -> 1."""
     tree = hand_tree(tok, [(0, RIGHT[0], 0, 0), (1, RIGHT[1], 0, 0), (0, "4*2=9\n", 0, 0), (2, RIGHT[2], 0, 0)])
     tree.nodes[4].terminal = tree.nodes[4].finished = True
-    policy = Scripted(tok, lambda r: ["answer: 11", "answer: 12"] if r == "".join(RIGHT[:2]) else ["3+9=12\nanswer: 12"] * 2)
+    policy = Scripted(tok, lambda r: ["answer: 11", "answer: 12"] if r == "".join(RIGHT[:2])
+                      else ["3+9=12\nanswer: 12"] * 2)
     out = Rollouts(policy, check_answer, n=2)([(tree, tree.nodes[i]) for i in (2, 3, 4)])
     assert out == [0.5, 0.0, 1.0] and policy.calls == 1 and tree.compute.rollouts == 4
 
@@ -278,7 +297,7 @@ def test_beam_search_of_width_one_follows_the_valid_steps_to_the_right_answer(to
     at the end), a width-1 beam keeps the right one: 3 levels, 3 sampling calls, 6 generations."""
     policy = Scripted(tok, right_or_slip)
     tree = Tree(PROBLEM, tok(PROBLEM, add_special_tokens=False).input_ids)
-    beam_search(tree, Expander(policy, delimiter_steps(tok), k=2), First([Verifier(check_answer), StepCheck()]), width=1)
+    beam_search(tree, Expander(policy, delimiter_steps(tok), k=2), guided(), width=1)
     assert tree.response_text(tree.best()) == "".join(RIGHT) and tree.best().value == 1.0
     assert (policy.calls, tree.compute.sample_calls, tree.compute.generations) == (3, 3, 6)
 
@@ -359,7 +378,7 @@ def test_mcts_with_uct_finds_the_right_answer_on_the_scripted_task(tok):
 def test_tree_round_trips_through_jsonl_one_node_per_line(tmp_path, tok):
     policy = Scripted(tok, right_or_slip)
     tree = Tree(PROBLEM, tok(PROBLEM, add_special_tokens=False).input_ids)
-    beam_search(tree, Expander(policy, delimiter_steps(tok), k=2), First([Verifier(check_answer), StepCheck()]), width=2)
+    beam_search(tree, Expander(policy, delimiter_steps(tok), k=2), guided(), width=2)
     tree.save(tmp_path / "t.jsonl")
     lines = (tmp_path / "t.jsonl").read_text().splitlines()
     assert len(lines) == len(tree.nodes)
@@ -391,7 +410,8 @@ def _two_paths(tok) -> Tree:
     """Root -> right first step -> {right second step -> right answer (1), slip "3+8=12" -> "answer: 12" (0)};
     root -> slip "4*2=9" -> "3+9=12" -> "answer: 12" (0). Terminal values backed up once each."""
     tree = hand_tree(tok, [(0, RIGHT[0], 0, 0), (1, RIGHT[1], 0, 0), (2, RIGHT[2], 0, 0), (1, "3+8=12\n", 0, 0),
-                           (4, "answer: 12", 0, 0), (0, "4*2=9\n", 0, 0), (6, "3+9=12\n", 0, 0), (7, "answer: 12", 0, 0)])
+                           (4, "answer: 12", 0, 0), (0, "4*2=9\n", 0, 0), (6, "3+9=12\n", 0, 0),
+                           (7, "answer: 12", 0, 0)])
     for i, v in ((3, 1.0), (5, 0.0), (8, 0.0)):
         n = tree.nodes[i]
         n.terminal = n.finished = True

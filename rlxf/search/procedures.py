@@ -18,22 +18,45 @@ from rlxf.search.values import Evaluator, evaluate
 Rule = Callable[[Node, Node], float]  # (parent, child) -> selection score; the highest is chosen
 
 
-def uct(c: float = 1.0) -> Rule:
-    """UCB1 (Kocsis & Szepesvari 2006): ``q + c * sqrt(ln N_parent / N_child)``; unvisited first."""
+def _exploit(child: Node, stat: str) -> float:
+    """The child's value term: its mean backup ``q`` or (``stat="max"``) the best value below it."""
+    if stat == "max":
+        return child.value_max if child.value_max is not None else 0.0
+    return child.q
+
+
+def _stat(stat: str) -> str:
+    if stat not in ("q", "max"):
+        raise ValueError(f"selection stat must be 'q' or 'max', got {stat!r}")
+    return stat
+
+
+def uct(c: float = 1.0, stat: str = "q") -> Rule:
+    """UCB1 (Kocsis & Szepesvari 2006): ``V + c * sqrt(ln N_parent / N_child)``; unvisited first.
+    ``V`` is ``q`` or, with ``stat="max"``, the best value backed up through the child."""
+    stat = _stat(stat)
 
     def score(parent: Node, child: Node) -> float:
         if child.visits == 0:
             return math.inf
-        return child.q + c * math.sqrt(math.log(max(parent.visits, 1)) / child.visits)
+        return _exploit(child, stat) + c * math.sqrt(math.log(max(parent.visits, 1)) / child.visits)
 
     return score
 
 
-def puct(c: float = 1.0) -> Rule:
-    """PUCT with the policy as prior (AlphaZero): ``q + c * P * sqrt(N_parent) / (1 + N_child)``."""
+def puct(c: float = 1.0, stat: str = "q", c_base: float | None = None) -> Rule:
+    """PUCT with the policy as prior (AlphaZero): ``V + c * P * sqrt(N_parent) / (1 + N_child)``.
+    With ``c_base`` the exploration grows with the parent's visits and the square root takes a log,
+    as in PG-TD and RethinkMCTS: ``V + (log((N_parent + c_base + 1) / c_base) + c) * P *
+    sqrt(log N_parent) / (1 + N_child)``. ``stat`` as in :func:`uct`."""
+    stat = _stat(stat)
 
     def score(parent: Node, child: Node) -> float:
-        return child.q + c * child.prior * math.sqrt(parent.visits) / (1 + child.visits)
+        if c_base is None:
+            return _exploit(child, stat) + c * child.prior * math.sqrt(parent.visits) / (1 + child.visits)
+        grow = math.log((parent.visits + c_base + 1) / c_base) + c
+        return _exploit(child, stat) + grow * child.prior * math.sqrt(math.log(max(parent.visits, 1))) / (
+            1 + child.visits)
 
     return score
 

@@ -3,7 +3,7 @@
 A node holds its step's token ids and text, the policy's per-token log-probs of them (recorded
 when the step was sampled, so off-policy methods need no second pass), its own evaluation
 (``value`` and the ``source`` that gave it) and the statistics backed up through it (``visits``,
-``value_sum``; ``q = value_sum / visits``). A node's response is the concatenation of the steps
+``value_sum``, ``value_max``; ``q = value_sum / visits``). A node's response is the concatenation of the steps
 on its path from the root. The tree saves as JSONL, one node per line, the root (the prompt) first.
 """
 
@@ -33,6 +33,7 @@ class Node:
     source: str = ""
     visits: int = 0
     value_sum: float = 0.0
+    value_max: float | None = None  # the best evaluation backed up through this node
     children: list[int] = field(default_factory=list)
 
     @property
@@ -129,6 +130,7 @@ class Tree:
         while True:
             node.visits += 1
             node.value_sum += value
+            node.value_max = value if node.value_max is None else max(node.value_max, value)
             if node.parent is None:
                 return
             node = self.nodes[node.parent]
