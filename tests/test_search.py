@@ -420,6 +420,18 @@ def _two_paths(tok) -> Tree:
     return tree
 
 
+def test_draw_shows_each_step_with_its_visits_q_and_value(tok):
+    tree = _two_paths(tok)
+    tree.nodes[1].value, tree.nodes[1].source = 0.5, "prm"
+    assert tree.draw(max_depth=1) == "\n".join([
+        "3+4*2=  [N=3 q=0.33]",
+        "|- 4*2=8\\n  [N=2 q=0.50 v=0.50 prm]",
+        "|  ... 2 children",
+        "`- 4*2=9\\n  [N=1 q=0.00]",
+        "   ... 1 children"])
+    assert tree.draw().splitlines()[3] == "|  |  `- answer: 11  [N=1 q=1.00 v=1.00]"
+
+
 def test_value_targets_are_the_backed_up_mean_or_the_terminal_mean(tok):
     tree = _two_paths(tok)
     q = {r["node"]: r["target"] for r in value_targets(tree, "q")}

@@ -135,6 +135,28 @@ class Tree:
                 return
             node = self.nodes[node.parent]
 
+    def draw(self, max_depth: int | None = None) -> str:
+        """The tree as indented text, one node per line: its step (newlines shown as ``\\n``),
+        visits, q and its own value with the value's source, children in order."""
+        lines: list[str] = []
+
+        def walk(node: Node, lead: str, last: bool) -> None:
+            text = node.text.replace("\n", "\\n")
+            stats = f"N={node.visits} q={node.q:.2f}" + (
+                f" v={node.value:.2f} {node.source}".rstrip() if node.value is not None else "")
+            mark = "" if node.parent is None else ("`- " if last else "|- ")
+            lines.append(f"{lead}{mark}{text}  [{stats}]")
+            kids = self.children(node)
+            inner = lead if node.parent is None else lead + ("   " if last else "|  ")
+            if kids and max_depth is not None and node.depth >= max_depth:
+                lines.append(f"{inner}... {len(kids)} children")
+                return
+            for i, kid in enumerate(kids):
+                walk(kid, inner, i == len(kids) - 1)
+
+        walk(self.root, "", True)
+        return "\n".join(lines)
+
     # -- JSONL ----------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """One node per line: id, parent, depth, text, visits, value, q, source and the rest."""
