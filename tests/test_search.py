@@ -258,6 +258,9 @@ def test_implicit_reward_is_beta_times_the_policy_reference_log_ratio(tiny, tok)
         want = 0.5 * (tiny.score(p, r).logps.sum() - ref.score(p, r).logps.sum())
         assert v == pytest.approx(want.item(), abs=1e-4)
     assert tree.compute.reference_tokens == sum(len(tree.prefix_ids(n)) for _, n in items)
+    hand = hand_tree(tok, [(0, RIGHT[0], 0, 0)])
+    with pytest.raises(SearchError, match="node 1 has 6 response tokens but 0 recorded log-probs"):
+        ImplicitReward(ref)([(hand, hand.nodes[1])])
 
 
 def test_critique_reads_p_yes_against_p_no_after_the_question(tiny, tok):

@@ -181,9 +181,13 @@ class ImplicitReward:
         prompts = [t.root.ids for t, _ in items]
         responses = [t.response_ids(n) for t, n in items]
         policy_logps = [[lp for s in t.path(n) for lp in s.logps] for t, n in items]
+        for (_, n), row, r in zip(items, policy_logps, responses):
+            if len(row) != len(r):
+                raise SearchError(f"ImplicitReward: node {n.id} has {len(r)} response tokens but {len(row)} recorded "
+                                  "log-probs; it needs nodes sampled by an Expander")
         ref = self.ref.score(prompts, responses)
         width = ref.logps.shape[1]
-        logps = torch.tensor([row + [0.0] * (width - len(row)) for row in policy_logps])
+        logps = torch.tensor([row + [0.0] * (width - len(row)) for row in policy_logps], device=ref.logps.device)
         steps = Steps(logps=logps, mask=ref.mask, ref_logps=ref.logps)
         for (t, _), p, r in zip(items, prompts, responses):
             t.compute.reference_tokens += len(p) + len(r)
