@@ -51,6 +51,8 @@ class Scripted:
     """A stand-in policy: ``script(response_so_far) -> k step texts`` (a text starting ``answer`` ends
     the response with EOS); every token has log-prob -1, so a step's prior follows its length."""
 
+    device = torch.device("cpu")
+
     def __init__(self, tok, script):
         self.tokenizer, self.script, self.calls = tok, script, 0
 

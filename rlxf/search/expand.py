@@ -78,7 +78,7 @@ class Expander:
     def __post_init__(self):
         if self.k < 1:
             raise ValueError(f"Expander.k must be >= 1, got {self.k}")
-        self.generator = torch.Generator().manual_seed(self.seed)
+        self.generator = torch.Generator(device=self.policy.device).manual_seed(self.seed)
 
     def expand(self, items: list[Item]) -> list[Item]:
         """Expand every (tree, node) of ``items`` in one sampling call; returns the new children."""

@@ -75,7 +75,7 @@ class Rollouts:
     generator: torch.Generator = field(init=False, repr=False)
 
     def __post_init__(self):
-        self.generator = torch.Generator().manual_seed(self.seed)
+        self.generator = torch.Generator(device=self.policy.device).manual_seed(self.seed)
 
     def __call__(self, items):
         open_ = [(t, n) for t, n in items if not n.terminal]
