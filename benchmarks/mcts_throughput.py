@@ -22,7 +22,7 @@ import argparse
 import time
 
 
-def load(spec: str, seed: int):
+def load(spec: str, seed: int, device: str = "cpu"):
     """A LanguagePolicy: ``tiny`` (a 4-layer character GPT-2 over the arithmetic alphabet, random
     weights: speed does not depend on training), ``smollm2``, or a local HF model directory."""
     import torch
@@ -35,13 +35,14 @@ def load(spec: str, seed: int):
         from rlxf.policies.tiny import tiny_causal_lm
 
         tok = arithmetic_tokenizer()
-        return LanguagePolicy(tiny_causal_lm(tok, n_layer=4, n_embd=128, n_head=4, max_positions=256, seed=seed), tok)
+        return LanguagePolicy(tiny_causal_lm(tok, n_layer=4, n_embd=128, n_head=4, max_positions=256, seed=seed), tok,
+                              device)
     if spec == "smollm2":
         from rlxf.policies.loading import ModelSettings, load_policy
 
-        return load_policy(ModelSettings(path=spec, dtype="float32"))
+        return load_policy(ModelSettings(path=spec, dtype="float32", device=device))
     model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32, local_files_only=True)
-    return LanguagePolicy(model.eval(), AutoTokenizer.from_pretrained(spec, local_files_only=True))
+    return LanguagePolicy(model.eval(), AutoTokenizer.from_pretrained(spec, local_files_only=True), device)
 
 
 def level(policy, nodes: int):
@@ -88,6 +89,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda untested: no GPU where this was written)")
     args = p.parse_args()
     import torch
 
@@ -95,7 +97,7 @@ def main() -> None:
     from rlxf.search import Expander, delimiter_steps
 
     torch.set_num_threads(args.threads)
-    policy = load(args.model, args.seed)
+    policy = load(args.model, args.seed, args.device)
     policy.model.eval()
     split = delimiter_steps(policy.tokenizer, "\n", args.step_tokens)
     print(f"model {args.model}: {args.nodes} nodes x {args.k} children, steps of at most {args.step_tokens} tokens, "
@@ -122,6 +124,8 @@ def main() -> None:
             t0, c0 = time.perf_counter(), time.process_time()
             with torch.no_grad():
                 count[side], tokens[side] = run(side, rep)
+            if policy.device.type == "cuda":
+                torch.cuda.synchronize()
             w, c = time.perf_counter() - t0, time.process_time() - c0
             wall[side], cpu[side] = min(wall[side], w), min(cpu[side], c)
             print(f"run {rep + 1}/{args.repeats} {name}: {count[side]} expansions ({tokens[side]} tokens) "
