@@ -19,6 +19,7 @@ class GenerationBackend:
 
     exact_logprobs = True
     in_place = True  # samples with the very policy object it holds: in the driver it needs no weight copies
+    needs_gpu = False  # a Ray rollout actor of this backend reserves a GPU (otherwise it samples on its CPUs)
 
     def __init__(self, policy: LanguagePolicy):
         self.policy = policy
@@ -73,6 +74,7 @@ class VLLMBackend(GenerationBackend):
 
     exact_logprobs = False
     in_place = False
+    needs_gpu = True
 
     def __init__(self, policy: LanguagePolicy, gpu_memory_utilization: float = 0.5):
         super().__init__(policy)

@@ -1,11 +1,13 @@
 """The Ray executor: rollout workers and a reward worker as Ray actors, the learner where it runs.
 
 ``run.rollout_workers`` rollout actors each reserve ``run.rollout_cpus`` of a CPU (fractions, so
-several share a core) and generate with ``run.backend``. Weights travel once per version, by
+several share a core) and generate with ``run.backend`` ("hf" samples on the actor's CPUs; a
+backend that needs a GPU, vLLM, reserves one per actor). Weights travel once per version, by
 ``run.weight_sync``: "object_store" ``ray.put``s the state dict once and every actor loads that one
-object (one node); "collective" broadcasts it in a process group of the learner and the actors
-(gloo on CPU, NCCL on GPU), so it crosses the network once per link rather than once per actor
-(several nodes); "auto" picks the object store on one node and the collective otherwise.
+object (one node); "collective" broadcasts it as one flat buffer in a process group of the learner
+and the actors (gloo; NCCL when both hold GPUs, so GPU weights skip the object store's host copies),
+the way multi-node RLHF systems sync their engines; "auto" picks the object store on one node and
+the collective otherwise. Only gloo between CPU processes is tested here.
 
 An actor that dies is restarted by Ray; the executor sends it the current version's weights
 again and re-runs its shard with the same seed, so the rollout is the one an uninterrupted run
@@ -66,6 +68,8 @@ def broadcast(group, flat: torch.Tensor) -> None:
 
 
 class Pingable:
+    """An actor the executor can ping: a call that returns once the actor is up (again)."""
+
     def ready(self) -> bool:
         return True
 
@@ -76,7 +80,7 @@ class RolloutWorker(Pingable):
     def __init__(self, policy, backend: type[GenerationBackend], threads: int):
         torch.set_num_threads(threads)
         self.engine = backend(policy)
-        self.version, self.group = None, None
+        self.version, self.group, self.cuda = None, None, False
 
     def set_weights(self, state: dict, version) -> None:
         self.engine.load_weights(state)
@@ -86,12 +90,12 @@ class RolloutWorker(Pingable):
         import torch.distributed as dist
 
         store = dist.TCPStore(host, port, size, is_master=False, timeout=timedelta(seconds=timeout_s))
-        self.group = weight_group(store, rank, size, timeout_s, cuda)
+        self.group, self.cuda = weight_group(store, rank, size, timeout_s, cuda), cuda
 
     def receive_weights(self, version) -> None:
         like = weights_of(self.engine.policy)
         flat = torch.empty(sum(t.numel() * t.element_size() for t in like.values()), dtype=torch.uint8,
-                           device=self.engine.policy.device)
+                           device="cuda" if self.cuda else "cpu")
         broadcast(self.group, flat)
         self.set_weights(unpack(flat.cpu(), like), version)
 
@@ -185,8 +189,12 @@ class RayExecutor:
 
     # -- weights ---------------------------------------------------------------------------
     def _start(self, policy) -> None:
-        actor = self.ray.remote(num_cpus=self.scale.rollout_cpus, max_restarts=-1, max_task_retries=0)
-        self._skeleton = self.ray.put(policy.copy())  # kept in scope: Ray rebuilds a restarted actor from it
+        actor = self.ray.remote(num_cpus=self.scale.rollout_cpus, num_gpus=int(self.backend.needs_gpu),
+                                max_restarts=-1, max_task_retries=0)
+        skeleton = policy.copy()  # on the CPU: an actor without a GPU cannot unpickle CUDA tensors
+        skeleton.model.to("cpu")
+        skeleton.device = torch.device("cpu")
+        self._skeleton = self.ray.put(skeleton)  # kept in scope: Ray rebuilds a restarted actor from it
         self._rollout = [actor(RolloutWorker).remote(self._skeleton, self.backend, self.threads)
                          for _ in range(self.scale.rollout_workers)]
 
@@ -218,7 +226,7 @@ class RayExecutor:
         host, size = self.ray.util.get_node_ip_address(), len(self._rollout) + 1
         timeout = timedelta(seconds=self.timeout_s)
         store = dist.TCPStore(host, 0, size, is_master=True, timeout=timeout, wait_for_workers=False)
-        cuda = self._flat.is_cuda
+        cuda = self._flat.is_cuda  # NCCL when the learner and the actors both hold GPUs
         refs = [w.join_group.remote(host, store.port, i + 1, size, self.timeout_s, cuda)
                 for i, w in enumerate(self._rollout)]
         self._group = weight_group(store, 0, size, self.timeout_s, cuda)
@@ -231,7 +239,8 @@ class RayExecutor:
             self._state_ref = self.ray.put(state)
             self.weight_puts += 1
         else:
-            self._flat = pack(state).to(policy.device)
+            gpus = self.backend.needs_gpu and policy.device.type == "cuda"
+            self._flat = pack(state).to(policy.device if gpus else "cpu")
             self.broadcasts += 1
         self._push(list(range(len(self._rollout))))
 
