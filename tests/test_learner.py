@@ -240,6 +240,36 @@ def test_dpo_on_two_ray_workers_equals_one_process(tmp_path, ray_cluster):
     _assert_same(one, two, "dpo", m1, m2)
 
 
+@pytest.mark.slow
+def test_grpo_on_two_ray_workers_equals_one_process(tmp_path, ray_cluster):
+    """Within 1e-5 (module docstring). Rank 0 samples and broadcasts each rollout with its state: the
+    adaptive KL coefficient, used by every rank's loss (kl.mode = "loss"), moves each rollout."""
+    from rlxf.algorithms.online.controller import KLSettings, OnlineConfig, train_online
+    from rlxf.executors.local import LocalExecutor
+    from rlxf.rewards.scoring import Scorer
+
+    class Rank0Only(LocalExecutor):  # other ranks must receive the rollout, never sample it
+        def sample(self, *args):
+            if world()[0] != 0:
+                raise RuntimeError(f"rank {world()[0]} sampled")
+            return super().sample(*args)
+
+    cfg = OnlineConfig(method="grpo", samples_per_prompt=2, max_new_tokens=5, updates_per_rollout=2,
+                       kl=KLSettings(mode="loss", estimator="k3", coef=0.1, target=0.01, horizon=4),
+                       optim=OptimConfig(steps=4, batch_size=3, micro_batch_size=1, lr=1e-2, checkpoint_every=2))
+
+    def fit(run, policy):
+        a = policy.tokenizer.convert_tokens_to_ids("a")
+        scorer = Scorer({"a": (lambda s: [float(r.count(a)) for r in s.response_ids], 1.0)})
+        prompts = policy.encode(["a b", "c d", "e f", "b c"])
+        train_online(run, "grpo", policy, policy.reference(), prompts, scorer, cfg, seed=3,
+                     executor=Rank0Only(), quiet=True)
+
+    one, two, m1, m2 = _both(tmp_path, "grpo", fit)
+    _assert_same(one, two, "grpo", m1, m2)
+    assert len({r["kl_coef"] for r in two.metrics("grpo")}) == 2  # the coefficient moved
+
+
 def _raises_on_rank_1(micro, batch):
     if world()[0] == 1:
         raise ValueError(f"bad row {micro[0]}")
@@ -253,5 +283,31 @@ def test_a_failing_worker_names_stage_rank_and_error(tmp_path, ray_cluster):
     with pytest.raises(LearnerError, match=r"toy: .*learner worker 1 raised ValueError: bad row 2"):
         train(run, "toy", torch.nn.Linear(2, 1), cfg, lambda step: [0, 1, 2, 3], _raises_on_rank_1, quiet=True)
     too_many = Run(tmp_path / "many", "cfg", scale=ScaleSettings(executor="ray", learner_workers=3, learner_threads=1))
-    with pytest.raises(ClusterError, match="needs 3 CPUs, but the Ray cluster has 2"):
+    with pytest.raises(ClusterError, match="3 learner worker.s. x 1 thread.s. need 3 CPUs, but the Ray cluster has 2"):
         train(too_many, "toy", torch.nn.Linear(2, 1), cfg, lambda step: [0, 1, 2, 3], _raises_on_rank_1, quiet=True)
+
+
+@pytest.mark.slow
+def test_rollout_actors_that_cannot_fit_beside_the_learner_are_refused(tmp_path, ray_cluster):
+    from rlxf.algorithms.online.controller import OnlineConfig, train_online
+    from rlxf.executors import make_executor
+
+    policy = _tiny()
+    from rlxf.rewards.scoring import Scorer
+
+    executor = make_executor(ScaleSettings(executor="ray", rollout_workers=1, rollout_cpus=0.5))
+    scorer = Scorer({"zero": (lambda s: [0.0] * len(s), 1.0)})
+    with pytest.raises(ClusterError, match=r"1 rollout worker\(s\) x 0.5 CPU need 2.5 CPUs, but the Ray cluster has 2"):
+        train_online(Run(tmp_path / "r", "cfg", scale=DP), "online", policy, policy.reference(), [[4]], scorer,
+                     OnlineConfig(), seed=0, executor=executor)
+    assert not Run(tmp_path / "r", "cfg").metrics()  # refused before any step
+
+
+def test_on_rollout_with_several_learner_workers_is_refused(tmp_path):
+    from rlxf.algorithms.online.controller import OnlineConfig, OnlineError, train_online
+
+    run = Run(tmp_path / "r", "cfg", scale=DP)
+    policy = _tiny()
+    with pytest.raises(OnlineError, match="on_rollout sees batches in the driver"):
+        train_online(run, "online", policy, policy.reference(), [[4]], None, OnlineConfig(), seed=0,
+                     on_rollout=print)

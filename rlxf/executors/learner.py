@@ -185,7 +185,7 @@ def _follow(run, stage: str, bar, stop: threading.Event) -> None:
                 bar.refresh()
 
 
-def _failure(stage: str, error: Exception) -> LearnerError:
+def _failure(stage: str, error: Exception, timeout_s: float) -> LearnerError:
     """A :class:`LearnerError` naming the stage, the failed rank(s) and each one's own exception."""
     failures = getattr(error, "worker_failures", None)
     if not failures:
@@ -195,7 +195,10 @@ def _failure(stage: str, error: Exception) -> LearnerError:
     for rank, exc in sorted(failures.items()):
         exc = getattr(exc, "cause", None) or exc  # a RayTaskError wraps the worker's own exception
         lines = str(exc).strip().splitlines()
-        parts.append(f"learner worker {rank} raised {type(exc).__name__}: {lines[-1] if lines else ''}")
+        text = lines[-1] if lines else ""
+        if "timed out" in text.lower():
+            text += f" (it waited run.timeout_s = {timeout_s:g}s for another learner worker)"
+        parts.append(f"learner worker {rank} raised {type(exc).__name__}: {text}")
     return LearnerError(f"{stage}: " + "; ".join(parts))
 
 
@@ -239,7 +242,7 @@ def fit_data_parallel(run, stage: str, model: torch.nn.Module, cfg, make_batch: 
         from ray.train import TrainingFailedError
 
         if isinstance(e, TrainingFailedError):
-            raise _failure(stage, e) from None
+            raise _failure(stage, e, scale.timeout_s) from None
         raise
     finally:
         stop.set()
@@ -247,7 +250,7 @@ def fit_data_parallel(run, stage: str, model: torch.nn.Module, cfg, make_batch: 
         bar.close()
         shutil.rmtree(storage, ignore_errors=True)
     if result.error is not None:
-        raise _failure(stage, result.error)
+        raise _failure(stage, result.error, scale.timeout_s)
     out = torch.load(io.BytesIO(result.return_value), map_location="cpu", weights_only=False)
     for r in run.metrics(stage):
         if r["step"] >= out["start"]:

@@ -32,6 +32,7 @@ from rlxf.algorithms.batching import step_rng
 from rlxf.algorithms.loop import OptimConfig, train
 from rlxf.core.runs import Run
 from rlxf.core.steps import Steps
+from rlxf.executors.learner import broadcast_object, check_room, world
 from rlxf.objectives.policy_gradient import (
     KL_ESTIMATORS,
     REWARD_ONLY,
@@ -349,6 +350,9 @@ def train_online(run: Run, stage: str, policy: LanguagePolicy, ref: LanguagePoli
 
     method = method if method is not None else build_method(cfg)
     validate(cfg, method)
+    if on_rollout is not None and run.scale.distributed:
+        raise OnlineError(f"{stage}: on_rollout sees batches in the driver, which a data-parallel learner "
+                          f"(run.learner_workers = {run.scale.learner_workers}) does not have; use one learner worker")
     executor = executor if executor is not None else make_executor(run.scale)
     reduction = cfg.loss_reduction or method.reduction
     ctx = Context(cfg, policy, ref, cfg.kl.coef, reduction)
@@ -361,14 +365,21 @@ def train_online(run: Run, stage: str, policy: LanguagePolicy, ref: LanguagePoli
     def make_batch(step: int) -> list:
         index, within = divmod(step, U)
         if cache["index"] != index:
-            batch = collect(executor, policy, ref, prompts, scorer, cfg, seed, index, ctx.kl_coef, moments)
-            watch.update(batch.scores, batch.k, step)
-            method.prepare(batch, ctx)
-            if on_rollout is not None:
-                on_rollout(batch)
-            if cfg.kl.target > 0:
-                ctx.kl_coef = adaptive_kl_beta(ctx.kl_coef, batch.stats["kl"], cfg.kl.target, cfg.kl.horizon,
-                                               batch.samples.k * P)
+            rank, size = world()
+            batch = None
+            if rank == 0:  # in a data-parallel learner only rank 0 samples, scores and prepares
+                batch = collect(executor, policy, ref, prompts, scorer, cfg, seed, index, ctx.kl_coef, moments)
+                watch.update(batch.scores, batch.k, step)
+                method.prepare(batch, ctx)
+                if on_rollout is not None:
+                    on_rollout(batch)
+                if cfg.kl.target > 0:
+                    ctx.kl_coef = adaptive_kl_beta(ctx.kl_coef, batch.stats["kl"], cfg.kl.target, cfg.kl.horizon,
+                                                   batch.samples.k * P)
+            if size > 1:  # the other ranks get the batch and rank 0's state (KL coefficient, moments, method)
+                batch, state = broadcast_object((batch, extra_state()))
+                if rank > 0:
+                    on_resume(state)
             cache.update(index=index, batch=batch)
         batch = cache["batch"]
         epoch, mb = divmod(within, cfg.minibatches)
@@ -403,6 +414,11 @@ def train_online(run: Run, stage: str, policy: LanguagePolicy, ref: LanguagePoli
         method.load_state(state)
 
     model = torch.nn.ModuleDict({"policy": policy.model, **method.modules()})
+    if run.scale.distributed:  # rollout actors must find room beside the learner workers
+        from rlxf.executors.ray_backend import RayExecutor
+
+        actors = executor.scale.rollout_workers * executor.scale.rollout_cpus if isinstance(executor, RayExecutor) else 0
+        check_room(run.scale, next(model.parameters()).device.type == "cuda", actors)
     train(run, stage, model, cfg.optim, make_batch, loss_fn, quiet=quiet, extra_state=extra_state,
           on_resume=on_resume)
     return method
