@@ -129,7 +129,8 @@ def ray_instance():
     from rlxf.core.cluster import connect_ray
 
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray = connect_ray(ScaleSettings(executor="ray", num_cpus=2))
+    # 4 logical CPUs on a 2-core machine: room for 2 learner workers beside the rollout actors
+    ray = connect_ray(ScaleSettings(executor="ray", num_cpus=4))
     yield ray
     ray.shutdown()
 
@@ -144,7 +145,7 @@ def local_result(tmp_path_factory, tiny_policy):
 @pytest.mark.parametrize("sync", ["object_store", "collective"])
 def test_weight_sync_ships_each_version_once_and_matches_local(tmp_path, tiny_policy, ray_instance, local_result,
                                                                sync):
-    """Two rollout actors at half a CPU each on a 2-CPU instance: 4 updates at 2 per rollout are 2
+    """Two rollout actors at half a CPU each: 4 updates at 2 per rollout are 2
     weight versions, each shipped once (one ray.put, or one broadcast in the gloo group), and
     every metric and weight equals the local run's."""
     ex = make_executor(ScaleSettings(executor="ray", rollout_workers=2, rollout_cpus=0.5, weight_sync=sync))
@@ -192,3 +193,21 @@ def test_killed_rollout_actor_is_restarted_and_the_run_is_unchanged(tmp_path, ti
     rows, pol = _train(tmp_path, tiny_policy, ex, "killed")
     assert marker.exists() and ex.restarts >= 1
     assert rows == local_result[0] and _same_weights(pol, local_result[1])
+
+
+@pytest.mark.slow  # ~100 s on 2 busy cores: a Ray Train fit beside the rollout actors
+def test_data_parallel_learner_with_rollout_actors_matches_local(tmp_path, tiny_policy, ray_instance, local_result):
+    """2 learner workers (1 thread each) with 2 rollout actors synced by the collective: rank 0 samples
+    through the actors, and the losses and final weights are the local run's within 1e-5 (the
+    equivalence tolerance of the data-parallel learner, chosen before the first run)."""
+    pol = tiny_policy.copy()
+    scale = ScaleSettings(executor="ray", learner_workers=2, learner_threads=1, rollout_workers=2, rollout_cpus=0.5,
+                          weight_sync="collective", num_cpus=4)
+    run = Run(tmp_path / "dp", "cfg", scale=scale)
+    train_online(run, "online", pol, pol.reference(), pol.encode(["a b", "c d", "e f", "b c"]), _scorer(pol),
+                 _cfg(), seed=3, quiet=True)
+    local_rows, local_pol = local_result
+    rows = run.metrics("online")
+    assert [m["step"] for m in rows] == [m["step"] for m in local_rows]
+    assert max(abs(m["loss"] - n["loss"]) for m, n in zip(rows, local_rows)) <= 1e-5
+    assert max(float((x - y).abs().max()) for x, y in zip(pol.model.parameters(), local_pol.model.parameters())) <= 1e-5
