@@ -40,7 +40,8 @@ def _train(tmp_path, policy, executor, name, cfg=None, on_rollout=None):
         train_online(run, "online", pol, pol.reference(), prompts, _scorer(policy), cfg or _cfg(), seed=3,
                      executor=executor, quiet=True, on_rollout=on_rollout)
     finally:
-        executor.close()
+        if executor is not None:
+            executor.close()
     return run.metrics("online"), pol
 
 
@@ -118,6 +119,28 @@ def test_inexact_engine_logprobs_are_recomputed_so_the_first_ratio_is_one(tmp_pa
     recomputed, trusted = (Run(tmp_path / n, "cfg").metrics("online")[0] for n in ("FakeEngine", "Trusted"))
     assert fake_gap <= 1e-6 and recomputed["approx_kl"] <= 1e-9
     assert trusted_gap > 1e-3 and trusted["approx_kl"] >= 1e-5
+
+
+def test_train_online_closes_only_the_executor_it_made(tmp_path, tiny_policy, monkeypatch):
+    """An executor train_online builds from run.scale is closed when the stage ends (a Ray executor's
+    actors would keep their CPUs); one the caller passes stays open for the caller."""
+    import rlxf.executors
+    from rlxf.executors.local import LocalExecutor
+
+    closed = []
+
+    class Recording(LocalExecutor):
+        def close(self):
+            closed.append(self)
+
+    monkeypatch.setattr(rlxf.executors, "make_executor", lambda scale: Recording())
+    _train(tmp_path, tiny_policy, None, "made", cfg=_cfg(steps=1, updates=1))
+    assert len(closed) == 1
+    given = Recording()
+    pol = tiny_policy.copy()
+    train_online(Run(tmp_path / "given", "cfg"), "online", pol, pol.reference(), pol.encode(["a b"]),
+                 _scorer(pol), _cfg(steps=1, updates=1), seed=3, executor=given, quiet=True)
+    assert len(closed) == 1 and closed[0] is not given
 
 
 # -- on Ray: one local instance for the module ---------------------------------------------------

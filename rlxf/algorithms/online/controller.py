@@ -353,6 +353,7 @@ def train_online(run: Run, stage: str, policy: LanguagePolicy, ref: LanguagePoli
     if on_rollout is not None and run.scale.distributed:
         raise OnlineError(f"{stage}: on_rollout sees batches in the driver, which a data-parallel learner "
                           f"(run.learner_workers = {run.scale.learner_workers}) does not have; use one learner worker")
+    own_executor = executor is None  # made here, so closed here (a Ray executor's actors hold CPUs)
     executor = executor if executor is not None else make_executor(run.scale)
     reduction = cfg.loss_reduction or method.reduction
     ctx = Context(cfg, policy, ref, cfg.kl.coef, reduction)
@@ -419,8 +420,12 @@ def train_online(run: Run, stage: str, policy: LanguagePolicy, ref: LanguagePoli
 
         actors = executor.scale.rollout_workers * executor.scale.rollout_cpus if isinstance(executor, RayExecutor) else 0
         check_room(run.scale, next(model.parameters()).device.type == "cuda", actors)
-    train(run, stage, model, cfg.optim, make_batch, loss_fn, quiet=quiet, extra_state=extra_state,
-          on_resume=on_resume)
+    try:
+        train(run, stage, model, cfg.optim, make_batch, loss_fn, quiet=quiet, extra_state=extra_state,
+              on_resume=on_resume)
+    finally:
+        if own_executor:
+            executor.close()
     return method
 
 
