@@ -81,8 +81,8 @@ def _collectives(rank: int) -> dict:
             "metrics": metrics, "from0": broadcast_object({"rank": rank})}
 
 
-def test_gradients_and_metrics_are_summed_over_ranks(tmp_path):
-    for rank, got in enumerate(_in_group(tmp_path, _collectives)):
+def test_gradients_and_metrics_are_summed_over_ranks(two_ranks):
+    for rank, got in enumerate(r["collectives"] for r in two_ranks[1]):
         assert got["world"] == (rank, 2)
         # a: 1,2 + 10,20; b: none on rank 0 counts as zero; c: no rank has one, stays None; d: 2 x
         assert got["grads"] == [[11.0, 22.0], [3.0], None, [1.0, -2.0]]
@@ -122,12 +122,24 @@ def _toy_job(run_dir, rank: int) -> dict:
     return {"start": start, "weights": [p.detach().clone() for p in model.parameters()]}
 
 
-def test_the_loop_on_two_ranks_equals_one_process_and_resumes(tmp_path):
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """``(run dir of the toy stage, results by rank)`` of one 2-process gloo group that runs the
+    collective checks and the toy stage (starting the processes is most of the cost)."""
+    tmp = tmp_path_factory.mktemp("group")
+    return tmp / "two", _in_group(tmp, functools.partial(_group_checks, tmp / "two"))
+
+
+def _group_checks(run_dir, rank: int) -> dict:
+    return {"collectives": _collectives(rank), "toy": _toy_job(run_dir, rank)}
+
+
+def test_the_loop_on_two_ranks_equals_one_process_and_resumes(tmp_path, two_ranks):
     """Within 1e-5 (see the module docstring); the rerun resumes at step 2 on both ranks."""
     run, stage, model, cfg, make_batch, loss_fn = _toy_stage(tmp_path / "one", steps=5)
     optimise(run, stage, model, cfg, make_batch, loss_fn, quiet=True)
-    got = _in_group(tmp_path, functools.partial(_toy_job, tmp_path / "two"))
-    two = Run(tmp_path / "two", "toy")
+    got = [r["toy"] for r in two_ranks[1]]
+    two = Run(two_ranks[0], "toy")
     assert [r["step"] for r in two.metrics("toy")] == list(range(5))  # rank 0 alone wrote, each step once
     for a, b in zip(run.metrics("toy"), two.metrics("toy")):
         assert a.keys() == b.keys() and max(abs(a[k] - b[k]) for k in a if k != "stage") <= TOL
