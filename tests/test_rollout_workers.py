@@ -143,6 +143,32 @@ def test_train_online_closes_only_the_executor_it_made(tmp_path, tiny_policy, mo
     assert len(closed) == 1 and closed[0] is not given
 
 
+def test_lost_actor_calls_are_rerun_then_give_up_with_the_cause():
+    """The retry rule on its own (no Ray): a lost actor's call, or one answered by a restarted actor
+    without the current weights (None), is resubmitted; after RETRIES re-runs the error names it."""
+    from rlxf.executors.ray_backend import RETRIES, RayExecutor, WorkerLost
+
+    ex = object.__new__(RayExecutor)
+    ex.restarts, ex._push_error = 0, ""
+    answers = iter([WorkerLost("rollout worker 1 died at step 4 (ActorDiedError)"), None, "rollout"])
+
+    def get(ref, what, step):
+        out = next(answers)
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    ex._get = get
+    submitted = []
+    assert ex._result("ref", "rollout worker 1", 4, lambda: submitted.append(1)) == "rollout"
+    assert ex.restarts == 2 and len(submitted) == 2
+    answers = iter([WorkerLost("rollout worker 1 died at step 4 (ActorDiedError)")] * (RETRIES + 1))
+    ex._push_error = "rollout worker set_weights died at step 4 (ActorUnavailableError)"
+    with pytest.raises(RuntimeError, match=r"rollout worker 1 was lost 4 times, giving up: .*ActorDiedError.*"
+                                           r"last weight push: .*set_weights"):
+        ex._result("ref", "rollout worker 1", 4, lambda: "ref")
+
+
 # -- on Ray: one local instance for the module ---------------------------------------------------
 
 
@@ -171,6 +197,7 @@ def test_weight_sync_ships_each_version_once_and_matches_local(tmp_path, tiny_po
     """Two rollout actors at half a CPU each: 4 updates at 2 per rollout are 2
     weight versions, each shipped once (one ray.put, or one broadcast in the gloo group), and
     every metric and weight equals the local run's."""
+    assert make_executor(ScaleSettings(executor="ray")).weight_sync == "object_store"  # "auto" on one node
     ex = make_executor(ScaleSettings(executor="ray", rollout_workers=2, rollout_cpus=0.5, weight_sync=sync))
     rows, pol = _train(tmp_path, tiny_policy, ex, sync)
     assert (ex.weight_puts, ex.broadcasts) == ((2, 0) if sync == "object_store" else (0, 2))
