@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from rlxf.cli import main
-from rlxf.core.config import ConfigError
+from rlxf.core.cluster import scale_of
+from rlxf.core.config import ConfigError, load_config
+from rlxf.lab.config import PipelineConfig
 from rlxf.lab import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,3 +220,24 @@ def test_the_guides_commands_are_valid_sweeps(tmp_path):
         assert len(s.trials) == len(s.params[0][1]) * args.seeds
     s = sweep.plan(ROOT / "configs" / "lab_direct.toml", ['direct.objectives=["dpo"],["ipo"]'], 1, [], str(tmp_path / "d"))
     assert [t.overrides[0] for t in s.trials] == ['direct.objectives=["dpo"]', 'direct.objectives=["ipo"]']
+
+
+def test_trials_that_start_ray_workers_are_limited_to_what_the_cluster_holds(tmp_path):
+    """A trial holds its own CPUs plus its learner workers' threads and its rollout actors' shares;
+    the sweep runs no more at once than fit, and refuses a trial that cannot fit at all."""
+    def plan(*sets):
+        return sweep.plan(QUICKSTART, ["dpo.beta=0.1,0.2,0.5"], 2, list(sets), str(tmp_path / "sw"))
+
+    local = plan()
+    assert sweep.concurrency(local, local.trials, 2.0, 0, 1.0) == 0  # Tune's own count
+    assert sweep.concurrency(local, local.trials, 2.0, 3, 1.0) == 3
+    on_ray = plan("run.executor=\"ray\"", "run.learner_workers=2")
+    scale = scale_of(load_config(PipelineConfig, QUICKSTART, list(on_ray.trials[0].overrides)).run)
+    assert sweep.held_cpus(scale, 1.0) == 1 + 2 * 1 + 0.5  # 1 thread per worker, one rollout actor of 0.5
+    assert sweep.held_cpus(scale, 4.0) == 4 + 2 * 2 + 0.5  # a 4-thread trial's workers get 2 threads each
+    scale.learner_threads = 3
+    assert sweep.held_cpus(scale, 1.0) == 1 + 2 * 3 + 0.5
+    assert sweep.concurrency(on_ray, on_ray.trials, 8.0, 0, 1.0) == 2  # 8 // 3.5
+    assert sweep.concurrency(on_ray, on_ray.trials, 8.0, 1, 1.0) == 1
+    with pytest.raises(ConfigError, match="a trial holds 3.5 CPUs .* the Ray cluster has 2"):
+        sweep.concurrency(on_ray, on_ray.trials, 2.0, 0, 1.0)

@@ -172,6 +172,36 @@ def _run_trial(space: dict) -> None:
     tune.report(numbers(json.loads((Path(cfg.run.dir) / "summary.json").read_text())))
 
 
+def held_cpus(scale: ScaleSettings, cpus_per_trial: float) -> float:
+    """CPUs one trial holds while it runs: its own and, when its config runs on Ray, those of its
+    learner workers (one per torch thread) and rollout actors, which Ray places apart from the trial."""
+    cpus = cpus_per_trial
+    if scale.executor == "ray":
+        if scale.learner_workers > 1:  # a worker's threads as the trial will count them (rlxf.executors.learner)
+            threads = scale.learner_threads or max(1, max(1, int(cpus_per_trial)) // scale.learner_workers)
+            cpus += scale.learner_workers * threads
+        cpus += scale.rollout_workers * scale.rollout_cpus
+    return cpus
+
+
+def concurrency(sweep: Sweep, trials: list[Trial], cluster_cpus: float, max_concurrent: int,
+                cpus_per_trial: float) -> int:
+    """How many trials may run at once (0 = as many as Tune fits): at most ``max_concurrent``, and,
+    when trials start Ray workers of their own, as many as the cluster holds with all their workers,
+    so that no trial waits forever for workers while others hold the CPUs."""
+    cls = lab_class(sweep.lab).Config
+    scales = [scale_of(load_config(cls, sweep.config, list(t.overrides)).run) for t in trials]
+    if all(s.executor != "ray" for s in scales):
+        return max_concurrent
+    need = max(held_cpus(s, cpus_per_trial) for s in scales)
+    if need > cluster_cpus:
+        raise ConfigError(f"a trial holds {need:g} CPUs ({cpus_per_trial:g} of its own with --cpus-per-trial, the rest "
+                          f"for its run.learner_workers and run.rollout_workers), but the Ray cluster has "
+                          f"{cluster_cpus:g}: lower those, or raise run.num_cpus for a local instance")
+    fits = int(cluster_cpus // need)
+    return min(max_concurrent, fits) if max_concurrent else fits
+
+
 def run_trials(sweep: Sweep, trials: list[Trial], scale: ScaleSettings, max_concurrent: int = 0,
                cpus_per_trial: float = 1.0, log: Callable[[str], None] = print) -> dict[str, str]:
     """Run ``trials`` as one Ray Tune experiment (each reserving ``cpus_per_trial`` CPUs, at most
@@ -219,11 +249,12 @@ def execute(sweep: Sweep, scale: ScaleSettings, metric: str = "", max_concurrent
     if cpus_per_trial <= 0 or max_concurrent < 0:
         raise ConfigError(f"--cpus-per-trial must be > 0 and --max-concurrent >= 0, got {cpus_per_trial} and "
                           f"{max_concurrent}")
+    todo = list(sweep.trials) if fresh else [t for t in sweep.trials if not sweep.finished(t)]
+    if todo:
+        cpus = float(connect_ray(scale).cluster_resources().get("CPU", 0))
+        max_concurrent = concurrency(sweep, todo, cpus, max_concurrent, cpus_per_trial)
     if fresh and sweep.dir.exists():
         shutil.rmtree(sweep.dir)
-    todo = [t for t in sweep.trials if not sweep.finished(t)]
-    if todo:
-        connect_ray(scale)
     sweep.dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(sweep.dir / "sweep.json", json.dumps(
         {"config": str(sweep.config), "lab": sweep.lab, "params": dict(sweep.params), "seeds": sweep.seeds}, indent=2))
