@@ -48,6 +48,31 @@ def test_a_run_travels_without_its_trackers(tmp_path, monkeypatch):
     assert copy.dir == tmp_path / "rel" and copy.metrics_path == tmp_path / "rel" / "metrics.jsonl"
 
 
+class WorkerHealthCheckFailedError(Exception):
+    """Stands for Ray Train's error about a worker whose process is gone (matched by name)."""
+
+
+def test_a_failure_names_the_dead_worker_first_and_where_the_run_stands(tmp_path):
+    from types import SimpleNamespace
+
+    from rlxf.executors.learner import _failure
+
+    run = Run(tmp_path / "r", "cfg")
+    cfg = OptimConfig(checkpoint_every=2)
+    error = SimpleNamespace(worker_failures={
+        0: RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:42169: Connection reset by peer"),
+        1: WorkerHealthCheckFailedError("The actor is dead because its worker process has died.")})
+    assert str(_failure(run, "sft", cfg, error)) == (
+        "sft: learner worker 1 died (its process ended: killed, out of memory or crashed); the other worker(s) (0) "
+        "lost their connection to it. No checkpoint was written yet (optim.checkpoint_every = 2); run the same "
+        "command again to start the stage over")
+    run.save_checkpoint("sft", 3, {"model": {"w": torch.zeros(2)}})
+    error.worker_failures = {0: RuntimeError("Connection closed by peer")}
+    assert str(_failure(run, "sft", cfg, error)) == (
+        "sft: learner worker(s) 0 lost their connection to another worker (did a worker or node die?). The last "
+        f"checkpoint of step 3 is kept in {run.dir / 'stages' / 'sft'}; run the same command again to resume from it")
+
+
 # -- a 2-process gloo group in this machine (no Ray) -------------------------------------------------
 
 
@@ -292,7 +317,8 @@ def _raises_on_rank_1(micro, batch):
 def test_a_failing_worker_names_stage_rank_and_error(tmp_path, ray_cluster):
     run = Run(tmp_path / "fail", "cfg", scale=DP)
     cfg = OptimConfig(steps=2, batch_size=4, checkpoint_every=0)
-    with pytest.raises(LearnerError, match=r"toy: .*learner worker 1 raised ValueError: bad row 2"):
+    with pytest.raises(LearnerError, match=r"toy: learner worker 1 raised ValueError: bad row 2.*No checkpoint was "
+                       r"written yet \(optim.checkpoint_every = 0\); run the same command again to start the stage over"):
         train(run, "toy", torch.nn.Linear(2, 1), cfg, lambda step: [0, 1, 2, 3], _raises_on_rank_1, quiet=True)
     too_many = Run(tmp_path / "many", "cfg", scale=ScaleSettings(executor="ray", learner_workers=3, learner_threads=1))
     with pytest.raises(ClusterError, match="3 learner worker.s. x 1 thread.s. need 3 CPUs, but the Ray cluster has 2"):

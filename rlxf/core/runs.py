@@ -182,6 +182,13 @@ class Run:
             self.truncate_metrics(stage, after_step=-1 if blob is None else blob["step"])
         return None if blob is None else (blob["step"], blob["state"])
 
+    def checkpoint_step(self, stage: str) -> int | None:
+        """The step of the stage's last checkpoint (None without one), read without loading its tensors."""
+        path = self.dir / "stages" / stage / "checkpoint.pt"
+        if not path.exists():
+            return None
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)["step"]
+
     # -- metrics ----------------------------------------------------------
     def _repair_metrics(self) -> None:
         """Drop a trailing half-written line left by a kill mid-write."""

@@ -185,21 +185,48 @@ def _follow(run, stage: str, bar, stop: threading.Event) -> None:
                 bar.refresh()
 
 
-def _failure(stage: str, error: Exception, timeout_s: float) -> LearnerError:
-    """A :class:`LearnerError` naming the stage, the failed rank(s) and each one's own exception."""
-    failures = getattr(error, "worker_failures", None)
-    if not failures:
-        cause = getattr(error, "controller_failure", error)
-        return LearnerError(f"{stage}: the data-parallel learner failed: {type(cause).__name__}: {cause}")
-    parts = []
+DIED = ("WorkerHealthCheckFailedError", "ActorDiedError", "RayActorError", "ActorUnavailableError")
+LOST_PEER = ("connection reset", "connection closed", "closed by peer", "read error", "broken pipe",
+             "socket closed", "remote process exited", "communicator was aborted")
+
+
+def _where_it_stands(run, stage: str, checkpoint_every: int) -> str:
+    """The sentence that tells a user what is kept and how to go on after a failed fit."""
+    step = run.checkpoint_step(stage)
+    if step is None:
+        return (f"no checkpoint was written yet (optim.checkpoint_every = {checkpoint_every}); run the same "
+                "command again to start the stage over")
+    return (f"the last checkpoint of step {step} is kept in {run.dir / 'stages' / stage}; run the same command "
+            "again to resume from it")
+
+
+def _failure(run, stage: str, cfg, error: Exception) -> LearnerError:
+    """A :class:`LearnerError`: which worker died or what it raised (a rank that only lost its
+    connection to a failed peer is summarised, not quoted), then where the run stands."""
+    failures = getattr(error, "worker_failures", None) or {}
+    died, raised, lost = [], [], []
     for rank, exc in sorted(failures.items()):
         exc = getattr(exc, "cause", None) or exc  # a RayTaskError wraps the worker's own exception
         lines = str(exc).strip().splitlines()
         text = lines[-1] if lines else ""
-        if "timed out" in text.lower():
-            text += f" (it waited run.timeout_s = {timeout_s:g}s for another learner worker)"
-        parts.append(f"learner worker {rank} raised {type(exc).__name__}: {text}")
-    return LearnerError(f"{stage}: " + "; ".join(parts))
+        if type(exc).__name__ in DIED:
+            died.append(f"learner worker {rank} died (its process ended: killed, out of memory or crashed)")
+        elif any(m in str(exc).lower() for m in LOST_PEER):
+            lost.append(rank)
+        else:
+            if "timed out" in text.lower():
+                text += f" (it waited run.timeout_s = {run.scale.timeout_s:g}s for another learner worker)"
+            raised.append(f"learner worker {rank} raised {type(exc).__name__}: {text}")
+    parts = died + raised
+    if lost:
+        ranks = ", ".join(map(str, lost))
+        parts.append(f"the other worker(s) ({ranks}) lost their connection to it" if parts else
+                     f"learner worker(s) {ranks} lost their connection to another worker (did a worker or node die?)")
+    if not failures:
+        cause = getattr(error, "controller_failure", error)
+        parts.append(f"the data-parallel learner failed: {type(cause).__name__}: {cause}")
+    where = _where_it_stands(run, stage, cfg.checkpoint_every)
+    return LearnerError(f"{stage}: {'; '.join(parts)}. {where[0].upper()}{where[1:]}")
 
 
 def fit_data_parallel(run, stage: str, model: torch.nn.Module, cfg, make_batch: Callable[[int], list],
@@ -242,7 +269,7 @@ def fit_data_parallel(run, stage: str, model: torch.nn.Module, cfg, make_batch: 
         from ray.train import TrainingFailedError
 
         if isinstance(e, TrainingFailedError):
-            raise _failure(stage, e, scale.timeout_s) from None
+            raise _failure(run, stage, cfg, e) from None
         raise
     finally:
         stop.set()
@@ -250,7 +277,7 @@ def fit_data_parallel(run, stage: str, model: torch.nn.Module, cfg, make_batch: 
         bar.close()
         shutil.rmtree(storage, ignore_errors=True)
     if result.error is not None:
-        raise _failure(stage, result.error, scale.timeout_s)
+        raise _failure(run, stage, cfg, result.error)
     out = torch.load(io.BytesIO(result.return_value), map_location="cpu", weights_only=False)
     for r in run.metrics(stage):
         if r["step"] >= out["start"]:
