@@ -22,6 +22,7 @@ from rlxf.policies.tiny import tiny_causal_lm, tiny_scorer
 from rlxf.search import (PRM, Critique, Expander, First, ImplicitReward, Mix, ModelValue, Rollouts, SearchError, Tree,
                          Verifier, beam_search, best_first, delimiter_steps, evaluate, mcts, puct, revisions,
                          select_child, select_leaves, step_pairs, step_targets, token_steps, uct, value_targets)
+from rlxf.search.expand import TopTokens
 from rlxf.tasks.arithmetic import check_answer, check_steps
 
 PROBLEM = "3+4*2="
@@ -198,6 +199,29 @@ def test_token_steps_sample_one_token_and_the_length_limit_makes_nodes_terminal(
     tree = hand_tree(tok, [(0, "4*2=8\n", 0, 0)])
     kids = Expander(tiny, token_steps(), k=3, max_response_tokens=7).expand([(tree, tree.nodes[1])])
     assert all(len(k.ids) == 1 and k.terminal for _, k in kids)  # 6 tokens so far + 1 = the limit of 7
+
+
+def test_top_tokens_propose_each_nodes_most_likely_next_tokens_deterministically(tiny, tok):
+    """The children are the k highest-probability next tokens of a fresh forward on each prefix,
+    with those log-probs; implicit-reward beam search on them gives the same tree twice."""
+    tree = hand_tree(tok, [(0, RIGHT[0], 0, 0)])
+    kids = TopTokens(tiny, k=3).expand([(tree, n) for n in tree.nodes])
+    for node in tree.nodes[:2]:
+        ids = torch.tensor([tree.prefix_ids(node)])
+        with torch.no_grad():
+            logp = tiny.model(input_ids=ids).logits[0, -1].log_softmax(-1)
+        want = logp.topk(3)
+        got = [k for _, k in kids if k.parent == node.id]
+        assert [k.ids[0] for k in got] == want.indices.tolist()
+        assert [k.logps[0] for k in got] == pytest.approx(want.values.tolist(), abs=1e-5)
+        assert sum(k.prior for k in got) == pytest.approx(1.0)
+    ref = LanguagePolicy(tiny_causal_lm(tok, n_layer=2, n_embd=32, max_positions=128, seed=2), tok)
+    runs = []
+    for _ in range(2):
+        t = Tree(PROBLEM, tok(PROBLEM, add_special_tokens=False).input_ids)
+        beam_search(t, TopTokens(tiny, k=3, max_response_tokens=4), ImplicitReward(ref, 1.0), width=2)
+        runs.append([(n.parent, n.ids, n.value and round(n.value, 6)) for n in t.nodes])
+    assert runs[0] == runs[1] and len(runs[0]) == 1 + 3 + 6 * 3  # depth 1: 3 kids; then 2 kept x 3, 3 levels
 
 
 # -- evaluators ------------------------------------------------------------------------------

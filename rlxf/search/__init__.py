@@ -16,13 +16,13 @@ turns it into step-level preference pairs, value targets and revision trajectori
 """
 
 from rlxf.search.data import revisions, step_pairs, step_targets, value_targets
-from rlxf.search.expand import Expander, StepSplit, delimiter_steps, token_steps
+from rlxf.search.expand import Expander, StepSplit, TopTokens, delimiter_steps, token_steps
 from rlxf.search.procedures import beam_search, best_first, mcts, puct, select_child, select_leaves, uct
 from rlxf.search.tree import Compute, Node, Tree
 from rlxf.search.values import (PRM, Critique, First, ImplicitReward, Mix, ModelValue, Rollouts, SearchError,
                                 Verifier, evaluate)
 
 __all__ = ["PRM", "Compute", "Critique", "Expander", "First", "ImplicitReward", "Mix", "ModelValue", "Node",
-           "Rollouts", "SearchError", "StepSplit", "Tree", "Verifier", "beam_search", "best_first",
+           "Rollouts", "SearchError", "StepSplit", "TopTokens", "Tree", "Verifier", "beam_search", "best_first",
            "delimiter_steps", "evaluate", "mcts", "puct", "revisions", "select_child", "select_leaves",
            "step_pairs", "step_targets", "token_steps", "uct", "value_targets"]

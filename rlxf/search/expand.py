@@ -92,20 +92,57 @@ class Expander:
         for i, (tree, node) in enumerate(items):
             rows = range(i * self.k, (i + 1) * self.k)
             tree.compute.generations += self.k
-            done = len(tree.response_ids(node))
-            children: dict[tuple[int, ...], Node] = {}
-            for r in rows:
-                ids = ro.response_ids[r]
-                if tuple(ids) in children:
-                    children[tuple(ids)].count += 1
-                    continue
-                children[tuple(ids)] = tree.add(
-                    node, ids=ids, text=self.policy.decode(ids), logps=logps[r][: len(ids)], finished=ro.finished[r],
-                    terminal=ro.finished[r] or done + len(ids) >= self.max_response_tokens)
-            kids = list(children.values())
-            top = max(k.logp for k in kids)
-            z = sum(math.exp(k.logp - top) for k in kids)
-            for kid in kids:
-                kid.prior = math.exp(kid.logp - top) / z
-            out += [(tree, kid) for kid in kids]
+            steps = [(ro.response_ids[r], logps[r][: len(ro.response_ids[r])], ro.finished[r]) for r in rows]
+            out += add_children(tree, node, steps, self.policy.decode, self.max_response_tokens)
+        return out
+
+
+def add_children(tree: Tree, node: Node, steps: list[tuple[list[int], list[float], bool]], decode,
+                 max_response_tokens: int) -> list[Item]:
+    """Add each ``(ids, logps, finished)`` step under ``node`` (repeats merge into one child's
+    ``count``); priors are the step probabilities normalised over the new children."""
+    done = len(tree.response_ids(node))
+    children: dict[tuple[int, ...], Node] = {}
+    for ids, logps, finished in steps:
+        if tuple(ids) in children:
+            children[tuple(ids)].count += 1
+            continue
+        children[tuple(ids)] = tree.add(node, ids=list(ids), text=decode(ids), logps=list(logps), finished=finished,
+                                        terminal=finished or done + len(ids) >= max_response_tokens)
+    kids = list(children.values())
+    top = max(k.logp for k in kids)
+    z = sum(math.exp(k.logp - top) for k in kids)
+    for kid in kids:
+        kid.prior = math.exp(kid.logp - top) / z
+    return [(tree, kid) for kid in kids]
+
+
+@dataclass
+class TopTokens:
+    """Deterministic token-level expansion: each node's ``k`` most likely next tokens, from one
+    batched forward over all nodes' prefixes (the proposals of classic beam search; with
+    :class:`rlxf.search.values.ImplicitReward` it is From r to Q*'s beam search)."""
+
+    policy: LanguagePolicy
+    k: int = 4
+    max_response_tokens: int = 64
+
+    def expand(self, items: list[Item]) -> list[Item]:
+        items = [(t, n) for t, n in items if not n.terminal]
+        if not items:
+            return []
+        prefixes = [t.prefix_ids(n) for t, n in items]
+        eos = self.policy.tokenizer.eos_token_id
+        was_training = self.policy.model.training
+        self.policy.model.eval()
+        with torch.no_grad():  # a one-token dummy response: its logits are the next-token distribution
+            logits, _, _ = self.policy.logits(prefixes, [[eos]] * len(prefixes))
+        self.policy.model.train(was_training)
+        best = logits[:, 0].log_softmax(-1).topk(min(self.k, logits.shape[-1]), -1)
+        out: list[Item] = []
+        for (tree, node), prefix, lps, toks in zip(items, prefixes, best.values.tolist(), best.indices.tolist()):
+            tree.compute.generations += len(toks)
+            tree.compute.scored_tokens += len(prefix) + 1
+            steps = [([t], [lp], t == eos) for t, lp in zip(toks, lps)]
+            out += add_children(tree, node, steps, self.policy.decode, self.max_response_tokens)
         return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from rlxf.search.expand import Expander, Item
+from rlxf.search.expand import Expander, Item, TopTokens
 from rlxf.search.tree import Node, Tree
 from rlxf.search.values import Evaluator, evaluate
 
@@ -93,7 +93,7 @@ def select_leaves(tree: Tree, rule: Rule, batch: int = 1) -> list[Node]:
 Trees = Tree | list[Tree]
 
 
-def _grow(items: list[Item], expander: Expander, evaluator: Evaluator) -> list[Item]:
+def _grow(items: list[Item], expander: Expander | TopTokens, evaluator: Evaluator) -> list[Item]:
     """Expand ``items`` in one sampling call, value the children in one evaluator call, back them up."""
     kids = expander.expand(items)
     evaluate(kids, evaluator)
@@ -106,8 +106,8 @@ def _many(trees: Trees) -> list[Tree]:
     return trees if isinstance(trees, list) else [trees]
 
 
-def mcts(trees: Trees, expander: Expander, evaluator: Evaluator, simulations: int = 16, rule: Rule | None = None,
-         batch: int = 1) -> Trees:
+def mcts(trees: Trees, expander: Expander | TopTokens, evaluator: Evaluator, simulations: int = 16,
+         rule: Rule | None = None, batch: int = 1) -> Trees:
     """Monte-Carlo tree search for ``simulations`` selected leaves per tree (or until every leaf is
     terminal). Each round selects up to ``batch`` leaves of every tree (virtual visits keep them
     apart), expands the open ones of all trees in one sampling call, values their children and
@@ -127,7 +127,7 @@ def mcts(trees: Trees, expander: Expander, evaluator: Evaluator, simulations: in
             done[id(tree)] += 1
 
 
-def beam_search(trees: Trees, expander: Expander, evaluator: Evaluator, width: int = 4,
+def beam_search(trees: Trees, expander: Expander | TopTokens, evaluator: Evaluator, width: int = 4,
                 max_depth: int = 64) -> Trees:
     """Keep the ``width`` best children (by value) of each tree's beam at every level, all trees'
     beams expanded in one sampling call; terminal nodes among the kept leave the beam as
@@ -143,7 +143,7 @@ def beam_search(trees: Trees, expander: Expander, evaluator: Evaluator, width: i
             beams[id(tree)] = [n for n in top if not n.terminal]
 
 
-def best_first(trees: Trees, expander: Expander, evaluator: Evaluator, expansions: int = 16,
+def best_first(trees: Trees, expander: Expander | TopTokens, evaluator: Evaluator, expansions: int = 16,
                batch: int = 1) -> Trees:
     """Expand each tree's ``batch`` highest-valued open nodes at a time (all trees in one sampling
     call) until its best node is a finished response or ``expansions`` of its nodes have been
