@@ -314,7 +314,7 @@ def load_inputs(cfg: TrainConfig) -> Inputs:
     fam = check_settings(cfg)
     cache = cache_root(resolved(cfg).run.dir)
     check_model(cfg.model, cfg.lora, cache)
-    policy = load_policy(cfg.model, cfg.lora, cache)
+    policy = load_policy(cfg.model, cfg.lora, cache, seed=cfg.run.seed)
     data = prepare_data(cfg.data, DATA_KIND[fam], policy.tokenizer, cfg.run.seed)
     inputs = Inputs(policy, data)
     if fam == ONLINE:

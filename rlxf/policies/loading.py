@@ -234,10 +234,11 @@ def _hf_load(path: Path, dtype: torch.dtype):
 
 
 def load_policy(settings: ModelSettings, lora: LoraSettings | None = None,
-                cache_root: Path | None = None) -> LanguagePolicy:
+                cache_root: Path | None = None, seed: int = 0) -> LanguagePolicy:
     """Load ``settings.path`` as a policy: the chat template from ``settings.chat_template`` if given,
-    pad token = EOS when the tokenizer has none, LoRA adapters when ``lora.r > 0``, gradient
-    checkpointing if asked. A directory of adapters loads its base model and the adapters (trainable)."""
+    pad token = EOS when the tokenizer has none, LoRA adapters when ``lora.r > 0`` (initialised from
+    ``seed``, whatever ran before), gradient checkpointing if asked. A directory of adapters loads its
+    base model and the adapters (trainable)."""
     check_model(settings, lora, cache_root)
     kind, path = _source(settings.path)
     dtype, device = _resolve(settings)
@@ -252,7 +253,7 @@ def load_policy(settings: ModelSettings, lora: LoraSettings | None = None,
     else:
         model, tokenizer = _hf_load(float_dir(settings, cache_root), dtype)
         if lora is not None and lora.r > 0:
-            model = _add_lora(model, lora, settings.path if settings.path == SMOLLM2 else str(path.resolve()))
+            model = _add_lora(model, lora, settings.path if settings.path == SMOLLM2 else str(path.resolve()), seed)
     if tokenizer.eos_token_id is None:
         raise ModelError(f"{_MODEL}: the tokenizer of {path} has no EOS token; sampling needs one to stop")
     if tokenizer.pad_token_id is None:
@@ -301,8 +302,9 @@ def _check_targets(model, targets: list[str]) -> None:
                          f"its linear layers are {available}")
 
 
-def _add_lora(model, lora: LoraSettings, base_spec: str):
-    """Inject LoRA layers (every other weight frozen); returns the same transformers model."""
+def _add_lora(model, lora: LoraSettings, base_spec: str, seed: int):
+    """Inject LoRA layers (every other weight frozen), their random init drawn from ``seed``; returns
+    the same transformers model."""
     from peft import LoraConfig, get_peft_model
     from transformers.pytorch_utils import Conv1D
 
@@ -312,7 +314,8 @@ def _add_lora(model, lora: LoraSettings, base_spec: str):
     conv1d = any(isinstance(m, Conv1D) for m in model.modules())  # GPT-2 stores its weights transposed
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
                         fan_in_fan_out=conv1d, task_type="CAUSAL_LM")
-    with _quiet_peft():
+    with _quiet_peft(), torch.random.fork_rng():
+        torch.manual_seed(seed)
         model = get_peft_model(model, config).get_base_model()
     model.peft_config["default"].base_model_name_or_path = base_spec  # what load_policy reloads
     return model
