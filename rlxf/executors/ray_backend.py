@@ -198,8 +198,9 @@ class RayExecutor:
         self._rollout = [actor(RolloutWorker).remote(self._skeleton, self.backend, self.threads)
                          for _ in range(self.scale.rollout_workers)]
 
-    def _push(self, workers: list[int]) -> None:
-        """Send the current version's weights to ``workers`` (the collective path reaches all of them).
+    def _push(self, workers: list[int], rejoin: bool = False) -> None:
+        """Send the current version's weights to ``workers`` (the collective path reaches all of them,
+        in a new group when ``rejoin``: a restarted actor is in none).
         A worker lost on the way keeps other weights, so its sample comes back empty and is re-run
         after another push (:meth:`_result`); the error is kept for the message if that never works."""
         self._push_error = ""
@@ -208,7 +209,7 @@ class RayExecutor:
                 refs = [self._rollout[i].set_weights.remote(self._state_ref, self._version) for i in workers]
                 self._get(refs, "rollout worker set_weights", self._version)
                 return
-            if self._group is None or len(workers) < len(self._rollout):  # a restarted actor left the old group
+            if self._group is None or rejoin:
                 self._join()
             refs = [w.receive_weights.remote(self._version) for w in self._rollout]
             broadcast(self._group, self._flat)
@@ -257,7 +258,7 @@ class RayExecutor:
 
         def rerun(i):
             self._alive(self._rollout[i], f"rollout worker {i}")
-            self._push([i])
+            self._push([i], rejoin=True)
             return self._rollout[i].sample.remote(version, *jobs[i])
 
         return merge_rollouts([self._result(refs[i], f"rollout worker {i}", version, lambda i=i: rerun(i))
@@ -266,7 +267,9 @@ class RayExecutor:
     def score(self, ref, scorer, samples, step):
         if self._reward is None:
             actor = self.ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)(RewardWorker)
-            self._reward = actor.remote(self.ray.put(ref), self.ray.put(scorer), self.threads)
+            self._reward_args = (self.ray.put(ref), self.ray.put(scorer))  # in scope for a restart
+            self._reward = actor.remote(*self._reward_args, self.threads)
+
         def rerun():
             self._alive(self._reward, "reward worker")
             return self._reward.score.remote(samples, step)
