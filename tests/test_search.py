@@ -14,15 +14,15 @@ import math
 import pytest
 import torch
 
+from rlxf.core.steps import Steps
 from rlxf.lab.rlvr import arithmetic_tokenizer
 from rlxf.policies.language import LanguagePolicy, Rollout
-from rlxf.core.steps import Steps
 from rlxf.policies.logprobs import pad_tokens
 from rlxf.policies.tiny import tiny_causal_lm, tiny_scorer
-from rlxf.search import (PRM, Critique, Expander, First, ImplicitReward, Mix, ModelValue, Rollouts, SearchError, Tree,
-                         Verifier, beam_search, best_first, delimiter_steps, evaluate, mcts, puct, revisions,
-                         select_child, select_leaves, step_pairs, step_targets, token_steps, uct, value_targets)
-from rlxf.search.expand import TopTokens
+from rlxf.search import (PRM, Critique, Expander, First, ImplicitReward, Mix, ModelValue, Rollouts, SearchError,
+                         TopTokens, Tree, Verifier, beam_search, best_first, delimiter_steps, evaluate, mcts, puct,
+                         revisions, select_child, select_leaves, step_pairs, step_targets, token_steps, uct,
+                         value_targets)
 from rlxf.tasks.arithmetic import check_answer, check_steps
 
 PROBLEM = "3+4*2="
