@@ -91,8 +91,21 @@ class VLLMBackend(GenerationBackend):
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         super().load_weights(state)
-        model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
-        model.load_weights(weights=list(state.items()))
+        self._model().load_weights(weights=list(state.items()))
+
+    def _model(self):
+        """The engine's model module, where this process can reach it (vLLM has moved it between versions)."""
+        for path in ("model_executor.driver_worker.model_runner.model",
+                     "model_executor.driver_worker.worker.model_runner.model"):
+            obj = self.llm.llm_engine
+            try:
+                for name in path.split("."):
+                    obj = getattr(obj, name)
+                return obj
+            except AttributeError:
+                continue
+        raise RuntimeError("this vLLM version keeps its model in another process, so weights cannot be loaded "
+                           "in place; set VLLM_ENABLE_V1_MULTIPROCESSING=0 before the rollout actors start")
 
     def generate(self, prompt_ids, n, max_new_tokens, temperature, top_p, seed) -> Rollout:
         from rlxf.core.steps import Steps
