@@ -48,6 +48,29 @@ def test_a_run_travels_without_its_trackers(tmp_path, monkeypatch):
     assert copy.dir == tmp_path / "rel" and copy.metrics_path == tmp_path / "rel" / "metrics.jsonl"
 
 
+def test_the_driver_follows_rank_0s_lines_into_its_trackers_and_progress(tmp_path):
+    from types import SimpleNamespace
+
+    from rlxf.executors.learner import _Follower
+
+    run, recorder, bar = Run(tmp_path / "r", "cfg"), _Recorder(), SimpleNamespace(n=0, refresh=lambda: None)
+    run.trackers = recorder
+    run.log("sft", 0, loss=3.0)  # before the resume point: not forwarded again
+    follower = _Follower(run, "sft", 1, bar)
+    run.log("sft", 1, loss=2.0)
+    run.log("other", 1, loss=9.0)
+    recorder.lines.clear()
+    with open(run.metrics_path, "a") as f:
+        f.write('{"stage": "sft", "step": 2, "lo')  # rank 0 is still writing this line
+    follower.pump()
+    assert recorder.lines == [("sft", 1, {"loss": 2.0})] and bar.n == 2
+    with open(run.metrics_path, "a") as f:
+        f.write('ss": 1.5}\n')
+    follower.pump()
+    follower.pump()  # nothing new: nothing twice
+    assert recorder.lines == [("sft", 1, {"loss": 2.0}), ("sft", 2, {"loss": 1.5})] and bar.n == 3
+
+
 class WorkerHealthCheckFailedError(Exception):
     """Stands for Ray Train's error about a worker whose process is gone (matched by name)."""
 

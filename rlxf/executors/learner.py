@@ -24,7 +24,9 @@ extra state into its own model and forwards the stage's new metrics lines to the
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import shutil
 import tempfile
 import threading
@@ -169,20 +171,51 @@ def _worker(config: dict) -> Any:
     return buf.getvalue()
 
 
-def _follow(run, stage: str, bar, stop: threading.Event) -> None:
-    """Move ``bar`` to the stage's last logged step while the workers run (rank 0 logs each step)."""
-    seen = -1
-    while not stop.wait(1.0):
+class _Follower:
+    """Reads the stage's metrics lines as rank 0 appends them, every second: moves the driver's
+    progress bar and hands each new line to the run's trackers, which stay in the driver."""
+
+    def __init__(self, run, stage: str, start: int, bar):
+        self.run, self.stage, self.next, self.bar, self.size = run, stage, start, bar, -1
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _rows(self) -> list[dict]:
         try:
-            size = run.metrics_path.stat().st_size
+            text = self.run.metrics_path.read_text()
         except FileNotFoundError:
-            continue
-        if size != seen:
-            seen = size
-            steps = [r["step"] for r in run.metrics(stage)]
-            if steps:
-                bar.n = max(steps) + 1
-                bar.refresh()
+            return []
+        rows = []
+        for line in text.split("\n")[:-1]:  # the last piece may be a line rank 0 is still writing
+            with contextlib.suppress(json.JSONDecodeError):
+                rows.append(json.loads(line))
+        return [r for r in rows if r.get("stage") == self.stage]
+
+    def pump(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            size = self.run.metrics_path.stat().st_size
+            if size == self.size:
+                return
+            self.size = size
+        for r in self._rows():
+            if r["step"] >= self.next:
+                self.run.trackers.log(self.stage, r["step"], {k: v for k, v in r.items() if k not in ("stage", "step")})
+                self.next = r["step"] + 1
+        self.bar.n = self.next
+        self.bar.refresh()
+
+    def _loop(self) -> None:
+        while not self.stop.wait(1.0):
+            self.pump()
+
+    def __enter__(self) -> "_Follower":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.pump()
 
 
 DIED = ("WorkerHealthCheckFailedError", "ActorDiedError", "RayActorError", "ActorUnavailableError")
@@ -234,8 +267,8 @@ def fit_data_parallel(run, stage: str, model: torch.nn.Module, cfg, make_batch: 
                       extra_state: Callable[[], dict] | None = None, *, body: Callable) -> dict:
     """Run ``body`` (the loop: ``body(run, stage, model, cfg, make_batch, loss_fn, on_resume,
     extra_state)``) in ``run.scale.learner_workers`` Ray Train workers and return what rank 0's
-    body returned. The stage's new metrics lines go to the run's trackers here, in the driver.
-    Raises :class:`LearnerError` when a worker fails."""
+    body returned. The driver shows the progress and passes each metrics line rank 0 writes to the
+    run's trackers as it comes. Raises :class:`LearnerError` when a worker fails."""
     import cloudpickle
 
     scale = run.scale
@@ -257,14 +290,16 @@ def fit_data_parallel(run, stage: str, model: torch.nn.Module, cfg, make_batch: 
         scaling_config=ScalingConfig(num_workers=n, use_gpu=gpu, resources_per_worker={"CPU": 0 if gpu else threads}),
         run_config=RunConfig(name=f"rlxf-{stage}", storage_path=storage, failure_config=FailureConfig(max_failures=0)),
     )
-    before = {r["step"] for r in run.metrics(stage)}
-    bar = tqdm(total=cfg.steps, initial=len(before), desc=f"{stage} ({n} workers)", disable=quiet, leave=False,
+    # where rank 0 will resume; its lines from an interrupted attempt after that step go now, so the
+    # trackers get each new line once, as it is written
+    last = run.checkpoint_step(stage)
+    start = 0 if last is None else last + 1
+    run.truncate_metrics(stage, after_step=start - 1)
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"{stage} ({n} workers)", disable=quiet, leave=False,
                dynamic_ncols=True)
-    stop = threading.Event()
-    follower = threading.Thread(target=_follow, args=(run, stage, bar, stop), daemon=True)
-    follower.start()
     try:
-        result = trainer.fit()
+        with _Follower(run, stage, start, bar):
+            result = trainer.fit()
     except Exception as e:
         from ray.train import TrainingFailedError
 
@@ -272,17 +307,11 @@ def fit_data_parallel(run, stage: str, model: torch.nn.Module, cfg, make_batch: 
             raise _failure(run, stage, cfg, e) from None
         raise
     finally:
-        stop.set()
-        follower.join()
         bar.close()
         shutil.rmtree(storage, ignore_errors=True)
     if result.error is not None:
         raise _failure(run, stage, cfg, result.error)
-    out = torch.load(io.BytesIO(result.return_value), map_location="cpu", weights_only=False)
-    for r in run.metrics(stage):
-        if r["step"] >= out["start"]:
-            run.trackers.log(stage, r["step"], {k: v for k, v in r.items() if k not in ("stage", "step")})
-    return out
+    return torch.load(io.BytesIO(result.return_value), map_location="cpu", weights_only=False)
 
 
 # -- strategy = "fsdp": torch's own fully_shard ------------------------------------------------------
