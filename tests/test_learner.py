@@ -15,6 +15,7 @@ import functools
 import os
 import pickle
 import sys
+import warnings
 
 import pytest
 import torch
@@ -334,6 +335,20 @@ def _raises_on_rank_1(micro, batch):
     if world()[0] == 1:
         raise ValueError(f"bad row {micro[0]}")
     return torch.zeros((), requires_grad=True), {}
+
+
+def _warns_on_rank_0(micro, batch):
+    if world()[0] == 0:
+        warnings.warn("no learning signal (stand-in)", UserWarning)
+    return torch.zeros((), requires_grad=True), {}
+
+
+@pytest.mark.slow
+def test_rank_0s_warnings_reach_the_driver(tmp_path, ray_cluster):
+    run = Run(tmp_path / "warn", "cfg", scale=DP)
+    with pytest.warns(UserWarning, match="no learning signal .stand-in."):
+        train(run, "toy", torch.nn.Linear(2, 1), OptimConfig(steps=1, batch_size=2, checkpoint_every=0),
+              lambda step: [0, 1], _warns_on_rank_0, quiet=True)
 
 
 @pytest.mark.slow

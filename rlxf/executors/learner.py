@@ -30,6 +30,7 @@ import json
 import shutil
 import tempfile
 import threading
+import warnings
 from typing import Any, Callable, Iterable
 
 import torch
@@ -163,9 +164,12 @@ def _worker(config: dict) -> Any:
     torch.set_rng_state(config["torch_rng"])
     run, stage, model, cfg, make_batch, loss_fn, on_resume, extra_state, body = cloudpickle.loads(
         ray.get(config["payload"]))
-    out = body(run, stage, model, cfg, make_batch, loss_fn, on_resume, extra_state)
+    with warnings.catch_warnings(record=True) as caught:  # a worker's stderr does not reach the user
+        warnings.simplefilter("default")
+        out = body(run, stage, model, cfg, make_batch, loss_fn, on_resume, extra_state)
     if out is None:
         return None
+    out["warnings"] = [(w.category, str(w.message)) for w in caught]
     buf = io.BytesIO()  # Ray Train returns no tensors: rank 0's state travels as torch.save bytes
     torch.save(out, buf)
     return buf.getvalue()
@@ -311,7 +315,10 @@ def fit_data_parallel(run, stage: str, model: torch.nn.Module, cfg, make_batch: 
         shutil.rmtree(storage, ignore_errors=True)
     if result.error is not None:
         raise _failure(run, stage, cfg, result.error)
-    return torch.load(io.BytesIO(result.return_value), map_location="cpu", weights_only=False)
+    out = torch.load(io.BytesIO(result.return_value), map_location="cpu", weights_only=False)
+    for category, message in dict.fromkeys(out.pop("warnings", [])):  # rank 0's, once each
+        warnings.warn(message, category, stacklevel=3)
+    return out
 
 
 # -- strategy = "fsdp": torch's own fully_shard ------------------------------------------------------
