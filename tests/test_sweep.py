@@ -129,9 +129,9 @@ def test_results_are_the_mean_and_standard_error_over_seeds_and_the_paired_diffe
 
 
 # -- on Ray Tune ---------------------------------------------------------------------------------
-def _cli(sweep_dir: Path, base_dir: Path) -> list[str]:
+def _cli(sweep_dir: Path, base_dir: Path, *extra: str) -> list[str]:
     args = [sys.executable, "-m", "rlxf.cli", "sweep", str(QUICKSTART), "--param", "dpo.beta=0.05,0.1,0.5",
-            "--seeds", "2", "--max-concurrent", "1", "--dir", str(sweep_dir), "--set", f'run.dir="{base_dir}"']
+            "--seeds", "2", "--dir", str(sweep_dir), "--set", f'run.dir="{base_dir}"', *extra]
     for s in TINY:
         args += ["--set", s]
     return args
@@ -149,17 +149,20 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 def test_three_settings_by_two_seeds_interrupted_then_resumed(tmp_path):
-    """A 3 x 2 sweep of dpo.beta on a tiny quickstart, stopped after two trials finished: running the
-    same command again keeps those two untouched (same files, same times), runs the other four, and the
-    table is each setting's mean and standard error of the trials' own gold means."""
+    """A 3 x 2 sweep of dpo.beta on a tiny quickstart, one trial at a time, stopped after two trials
+    finished: running it again (trials side by side now) keeps those two untouched (same files, same
+    times), runs the other four, and the table is each setting's mean and standard error of the
+    trials' own gold means."""
     sweep_dir = tmp_path / "sweep"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(_cli(sweep_dir, tmp_path / "base"), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = tmp_path / "first.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(_cli(sweep_dir, tmp_path / "base", "--max-concurrent", "1"), cwd=ROOT, env=env,
+                                stdout=out, stderr=out, start_new_session=True)
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None and len(list(sweep_dir.glob("trials/*/summary.json"))) < 2:
         time.sleep(0.2)
-    assert proc.poll() is None, f"the sweep ended before it could be interrupted: {proc.communicate()}"
+    assert proc.poll() is None, f"the sweep ended before it could be interrupted: {log.read_text()}"
     _stop(proc)
     kept = {p.parent.name: (p.stat().st_mtime_ns, p.read_text()) for p in sweep_dir.glob("trials/*/summary.json")}
     assert 2 <= len(kept) < 6
@@ -193,16 +196,37 @@ def test_three_settings_by_two_seeds_interrupted_then_resumed(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_failed_trial_is_named_with_its_own_error(tmp_path):
-    """A trial that raises stops the sweep with exit 2 and one line naming the trial and its error."""
-    args = [sys.executable, "-m", "rlxf.cli", "sweep", str(QUICKSTART), "--param", 'comparisons.path="/nope.jsonl"',
-            "--dir", str(tmp_path / "sweep"), "--set", f'run.dir="{tmp_path / "base"}"']
+def test_a_train_sweep_tabulates_held_out_loss_and_names_each_failed_trial(tmp_path):
+    """An ``rlxf train`` SFT config over two data paths, one missing: the two trials of the real one
+    finish and the table is their held-out loss (the default metric without gold); the two others
+    fail, and the sweep exits 2 with one line per failed trial naming its own error."""
+    from rlxf.policies.tiny import tiny_causal_lm, tiny_tokenizer
+
+    model = tmp_path / "model"
+    tok = tiny_tokenizer("a b c d e f g h yes no".split())
+    tiny_causal_lm(tok, n_layer=1, n_embd=32, n_head=2).save_pretrained(model)
+    tok.save_pretrained(model)
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{x} {y}", "completion": "yes no yes"}) + "\n"
+                            for x in "abcd" for y in "efgh" for _ in range(2)))
+    config = tmp_path / "sft.toml"
+    config.write_text(f'lab = "train"\nmethod = "sft"\n[model]\npath = "{model}"\n[data]\neval_fraction = 0.25\n'
+                      "[sft.optim]\nsteps = 4\nbatch_size = 4\nlr = 0.01\nwarmup_steps = 0\n")
+    args = [sys.executable, "-m", "rlxf.cli", "sweep", str(config), "--param", f'data.path="{data}","/nope.jsonl"',
+            "--seeds", "2", "--dir", str(tmp_path / "sweep")]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2
-    assert ("1 of 1 trials did not finish (comparisons.path=--nope.jsonl-_seed0: DataError: /nope.jsonl: no such file"
-            in done.stderr)
-    assert "Traceback" not in done.stderr
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 2, done.stderr
+    assert "2 of 4 trials did not finish (" in done.stderr and "Traceback" not in done.stderr
+    for seed in (0, 1):
+        assert f"data.path=--nope.jsonl-_seed{seed}: DataError: /nope.jsonl: no such file" in done.stderr
+    out = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    assert out["metric"] == "metrics.nll_per_token.trained" and len(out["rows"]) == 1
+    row = out["rows"][0]
+    nll = [json.loads(d.read_text())["metrics"]["nll_per_token"]["trained"]
+           for d in sorted((tmp_path / "sweep" / "trials").glob("data.path=-*sft.jsonl-_seed*/summary.json"))]
+    assert len(nll) == 2 and row["values"] == nll and row["seeds"] == [0, 1]
+    assert row["mean"] == pytest.approx(np.mean(nll)) and row["se"] == pytest.approx(np.std(nll, ddof=1) / math.sqrt(2))
 
 
 def test_the_guides_commands_are_valid_sweeps(tmp_path):

@@ -127,7 +127,7 @@ def plan(config: str | Path, params: list[str], seeds: int, sets: list[str] = ()
             for part in reversed(path):
                 nested = {part: nested}
             load_config(cls, config, list(sets), flags=nested, flags_source=f"--param {key}={value}")
-    root = Path(directory or f"{base.run.dir}_sweep").resolve()
+    root = Path(directory or f"{base.run.dir or 'runs/' + lab}_sweep").resolve()  # rlxf train's run.dir may be empty
     trials = []
     for setting in _grid(parsed):
         for seed in range(base.run.seed, base.run.seed + seeds):
