@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -180,29 +181,31 @@ class _Follower:
     progress bar and hands each new line to the run's trackers, which stay in the driver."""
 
     def __init__(self, run, stage: str, start: int, bar):
-        self.run, self.stage, self.next, self.bar, self.size = run, stage, start, bar, -1
+        self.run, self.stage, self.next, self.bar, self.offset = run, stage, start, bar, 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
-    def _rows(self) -> list[dict]:
+    def _new_rows(self) -> list[dict]:
+        """The complete lines appended since the last call (all of them after the file was replaced)."""
         try:
-            text = self.run.metrics_path.read_text()
+            with open(self.run.metrics_path, "rb") as f:
+                if os.fstat(f.fileno()).st_size < self.offset:
+                    self.offset = 0
+                f.seek(self.offset)
+                data = f.read()
         except FileNotFoundError:
             return []
+        data = data[: data.rfind(b"\n") + 1]  # the rest may be a line rank 0 is still writing
+        self.offset += len(data)
         rows = []
-        for line in text.split("\n")[:-1]:  # the last piece may be a line rank 0 is still writing
+        for line in data.decode().splitlines():
             with contextlib.suppress(json.JSONDecodeError):
                 rows.append(json.loads(line))
-        return [r for r in rows if r.get("stage") == self.stage]
+        return rows
 
     def pump(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            size = self.run.metrics_path.stat().st_size
-            if size == self.size:
-                return
-            self.size = size
-        for r in self._rows():
-            if r["step"] >= self.next:
+        for r in self._new_rows():
+            if r.get("stage") == self.stage and r["step"] >= self.next:
                 self.run.trackers.log(self.stage, r["step"], {k: v for k, v in r.items() if k not in ("stage", "step")})
                 self.next = r["step"] + 1
         self.bar.n = self.next
