@@ -171,7 +171,7 @@ def _sweep(args) -> int:
                             args.cpus_per_trial, args.fresh, _log(args))
     except sweep.SweepError as e:
         print(f"rlxf: error: {e}", file=sys.stderr)
-        return 2
+        return 130 if isinstance(e, sweep.SweepInterrupted) else 2
     print(sweep.format_table(out))
     print(f"report: {plan.dir / 'report.html'}")
     return 0
@@ -212,6 +212,7 @@ def _main(argv: list[str] | None) -> int:
     from rlxf.core.runs import RunError
     from rlxf.core.trackers import TrackerError
     from rlxf.data.io import DataError
+    from rlxf.executors.learner import LearnerError
     from rlxf.lab.pipeline import PipelineError
     from rlxf.lab.train import USER_ERRORS
 
@@ -231,6 +232,9 @@ def _main(argv: list[str] | None) -> int:
             *USER_ERRORS) as e:
         print(f"rlxf: error: {e}", file=sys.stderr)
         return 2
+    except LearnerError as e:  # a worker died or raised: not the input's fault, but no traceback either
+        print(f"rlxf: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -38,6 +38,10 @@ class SweepError(RuntimeError):
     """A sweep that cannot start, or whose trials did not all finish; the message says which and why."""
 
 
+class SweepInterrupted(SweepError):
+    """The sweep was stopped (Ctrl-C) before every trial finished; none of them failed."""
+
+
 @dataclass(frozen=True)
 class Trial:
     """One run of the grid: ``setting`` is ((key, value as written), ...), ``overrides`` the
@@ -265,7 +269,7 @@ def execute(sweep: Sweep, scale: ScaleSettings, metric: str = "", max_concurrent
     done = results(sweep, metric) if len(unfinished) < len(sweep.trials) else None
     if unfinished:
         why = "; ".join(f"{n}: {errors[n]}" for n in unfinished if n in errors)
-        raise SweepError(f"{len(unfinished)} of {len(sweep.trials)} trials did not finish ({why or 'interrupted'}). "
+        raise (SweepError if why else SweepInterrupted)(f"{len(unfinished)} of {len(sweep.trials)} trials did not finish ({why or 'interrupted'}). "
                          f"Their run directories are under {sweep.dir / 'trials'}; "
                          f"{'fix what failed and ' if why else ''}run the same command again to resume (finished trials "
                          f"are kept{'; the results so far are written' if done else ''})")
@@ -400,6 +404,3 @@ def sweep_scale(sweep: Sweep, sets: list[str]) -> ScaleSettings:
     scale.executor = "ray"
     return scale
 
-
-__all__ = ["Sweep", "SweepError", "Trial", "default_metric", "execute", "format_table", "numbers", "parse_param",
-           "plan", "results", "split_values", "sweep_scale"]
