@@ -55,6 +55,9 @@ class Trial:
 
 @dataclass
 class Sweep:
+    """A checked sweep (see :func:`plan`): the config, its lab, the swept keys with their values,
+    the seeds, the sweep directory and every trial in grid order."""
+
     config: Path
     lab: str
     params: list[tuple[str, list[str]]]
