@@ -5,7 +5,11 @@ Three parts, in one run:
 1. **Learner.** SFT of a freshly initialised GPT-2 (``--layers`` x ``--width``) on random word strings, the
    same global batch and steps, once as 1 learner worker with 2 torch threads (the loop in this process) and
    once as 2 Ray Train workers with 1 thread each (``run.executor = "ray"``, ``run.learner_workers = 2``),
-   alternating ``--repeats`` times; each configuration's fastest run counts. Samples/s is the steady rate:
+   and once as 1 worker with 1 thread (what both double), alternating ``--repeats`` times; each
+   configuration's fastest run counts. Then the same 2-worker loop in 2 plain processes of a gloo group
+   (no Ray), with its collectives timed after a barrier: their share of the loop's time is the
+   data-parallel overhead itself, which the machine's load and torch's threads disturb far less than
+   the ratio of rates (the time a rank waits at the barrier for the other is printed apart). Samples/s is the steady rate:
    a thread stamps each metrics line as rank 0 writes it, and the rate runs from the end of step
    ``--warmup-steps`` to the last step, so Ray Train's start-up (about 12 s on 2 cores) is not counted.
 2. **Rollout actors.** Samples/s of ``executor.sample`` with 1, 2 and 4 rollout actors
@@ -27,9 +31,10 @@ busy, so the learner ratio is only meaningful on a quiet machine.
 
     .venv/bin/python benchmarks/scaling.py [--steps 20] [--repeats 2] [--estimate-model smollm2 | none]
 
-The last line reads ``learner_ratio X rollout_2_over_1 Y rollout_4_over_1 Z``: samples/s of 2 workers x 1
-thread over 1 worker x 2 threads (the goal is X >= 0.9, i.e. at most 10% overhead for data parallelism),
-and of 2 and 4 rollout actors over 1.
+The last line reads ``learner_ratio X comm_share C rollout_2_over_1 Y rollout_4_over_1 Z``: samples/s of 2
+workers x 1 thread over 1 worker x 2 threads (the goal is X >= 0.9, i.e. at most 10% overhead for data
+parallelism), the collectives' share of the 2-worker loop (C <= 0.1 is the same goal, measured
+directly), and samples/s of 2 and 4 rollout actors over 1.
 """
 
 from __future__ import annotations
@@ -184,30 +189,37 @@ def learner_run(args, scale, threads: int, device: str = "cpu") -> float:
     """Steady samples/s of one SFT run under ``scale`` (this process on ``threads`` threads when it is local)."""
     import torch
 
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as d:
+        return sft_run(args, d, scale, device).rate(args.warmup_steps, args.batch)
+
+
+def sft_run(args, directory: str, scale, device: str = "cpu") -> StepClock:
+    """The benchmark's SFT run in ``directory`` under ``scale``; its metrics lines' clock."""
     from rlxf.algorithms.loop import OptimConfig
     from rlxf.algorithms.sft import train_sft
     from rlxf.core.runs import Run
 
-    torch.set_num_threads(threads)
     policy = tiny_policy(args, device=device)
     data = sft_data(args.batch * args.steps)
     prompts = policy.encode([p for p, _ in data])
     responses = policy.encode_responses([r for _, r in data])
     cfg = OptimConfig(steps=args.steps, batch_size=args.batch, micro_batch_size=args.micro_batch, lr=1e-3,
                       checkpoint_every=0)
-    with tempfile.TemporaryDirectory() as d:
-        run = Run(d, "benchmark = true\n", scale=scale)
-        with StepClock(run.metrics_path) as clock:
-            train_sft(run, "sft", policy, prompts, responses, cfg, seed=0, quiet=True)
-        return clock.rate(args.warmup_steps, args.batch)
+    run = Run(directory, "benchmark = true\n", scale=scale)
+    with StepClock(run.metrics_path) as clock:
+        train_sft(run, "sft", policy, prompts, responses, cfg, seed=0, quiet=True)
+    return clock
 
 
 def learner(args, device: str = "cpu") -> dict[str, float]:
-    """1 worker x 2 threads against 2 workers x 1 thread, alternating; each one's fastest samples/s. On
-    ``cuda`` each worker has a GPU of its own (Ray Train places them)."""
+    """1 worker x 2 threads against 2 workers x 1 thread (and 1 worker x 1 thread, the unit both double),
+    alternating; each one's fastest samples/s. On ``cuda`` each worker has a GPU of its own (Ray Train
+    places them) and threads matter little."""
     from rlxf.core.cluster import ScaleSettings
 
     configs = {
+        "1 worker x 1 thread": (ScaleSettings(), 1),
         "1 worker x 2 threads": (ScaleSettings(), 2),
         "2 workers x 1 thread": (ScaleSettings(executor="ray", learner_workers=2, learner_threads=1,
                                                num_cpus=args.num_cpus), 1),
@@ -219,6 +231,54 @@ def learner(args, device: str = "cpu") -> dict[str, float]:
             print(f"run {rep + 1}/{args.repeats} learner {name}: {rate:.1f} samples/s{load()}", flush=True)
             best[name] = max(best.get(name, 0.0), rate)
     return best
+
+
+def _comm_rank(rank: int, size: int, init: str, args, out: str) -> None:
+    """One rank of a gloo group running the SFT loop with its collectives timed (see :func:`comm_share`)."""
+    import torch
+    import torch.distributed as dist
+
+    import rlxf.algorithms.loop as loop
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=size)
+    seconds = {"wait": 0.0, "collectives": 0.0, "loop": 0.0}
+
+    def timed(fn, key, wait: bool = False):
+        def wrapper(*a, **kw):
+            if wait:  # the time one rank waits for the other's backward pass is not communication
+                t0 = time.perf_counter()
+                dist.barrier()
+                seconds["wait"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                seconds[key] += time.perf_counter() - t0
+        return wrapper
+
+    loop.sync_gradients = timed(loop.sync_gradients, "collectives", wait=True)
+    loop.all_reduce_sum = timed(loop.all_reduce_sum, "collectives")
+    loop.optimise = timed(loop.optimise, "loop")
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            sft_run(args, d, None)
+        Path(out, f"{rank}.json").write_text(json.dumps(seconds))
+    finally:
+        dist.destroy_process_group()
+
+
+def comm_share(args) -> tuple[float, float]:
+    """Shares of a 2-worker SFT loop's time, timed inside 2 processes of a gloo group on this machine (no Ray),
+    the larger of the two ranks: in its collectives (the gradient all-reduce and the metric sums), the
+    data-parallel overhead itself; and waiting at a barrier before the all-reduce for the other rank to
+    finish its backward pass (uneven compute, which a busy machine makes large)."""
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as d:
+        mp.spawn(_comm_rank, args=(2, str(Path(d) / "init"), args, d), nprocs=2)
+        ranks = [json.loads(Path(d, f"{r}.json").read_text()) for r in range(2)]
+    return max(r["collectives"] / r["loop"] for r in ranks), max(r["wait"] / r["loop"] for r in ranks)
 
 
 # -- measuring rollout actors -------------------------------------------------------------------------
@@ -262,9 +322,9 @@ def load() -> str:
 
 def table(title: str, rates: dict[str, float]) -> None:
     base = next(iter(rates.values()))
-    print(f"{title:<26}{'samples/s':>11}{'ratio':>8}")
+    print(f"{title:<26}{'samples/s':>11}{'vs first':>10}")
     for name, rate in rates.items():
-        print(f"{name:<26}{rate:>11.1f}{rate / base:>8.2f}")
+        print(f"{name:<26}{rate:>11.1f}{rate / base:>10.2f}")
 
 
 def main() -> None:
@@ -294,6 +354,9 @@ def main() -> None:
     print(f"== learner: SFT, GPT-2 {args.layers} x {args.width}, global batch {args.batch} (micro {args.micro_batch}), "
           f"{args.steps} steps, rate from step {args.warmup_steps}, CPU", flush=True)
     learn = learner(args)
+    share, wait = comm_share(args)
+    print(f"2-worker loop (2 processes x 1 thread, gloo, no Ray): {100 * share:.1f}% of its time in collectives, "
+          f"{100 * wait:.1f}% waiting for the other rank{load()}", flush=True)
     print(f"== rollout actors: {args.prompts} prompts x {args.samples_per_prompt} samples of {args.new_tokens} "
           f"tokens, {args.rollout_cpus} CPU and {args.actor_threads} thread(s) each", flush=True)
     roll = rollouts(args)
@@ -313,7 +376,7 @@ def main() -> None:
     table("rollouts (CPU)", roll)
     rates = list(roll.values())
     print(f"learner_ratio {learn['2 workers x 1 thread'] / learn['1 worker x 2 threads']:.2f} "
-          f"rollout_2_over_1 {rates[1] / rates[0]:.2f} rollout_4_over_1 {rates[2] / rates[0]:.2f}")
+          f"comm_share {share:.3f} rollout_2_over_1 {rates[1] / rates[0]:.2f} rollout_4_over_1 {rates[2] / rates[0]:.2f}")
 
 
 if __name__ == "__main__":
