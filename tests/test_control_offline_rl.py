@@ -77,3 +77,37 @@ def test_prdc_keeps_the_actor_near_the_data_where_td3_extrapolates(tmp_path):
     assert mean_action[1000.0] > 1.0 > mean_action[2.5]  # unconstrained TD3 runs towards the bound of 2
     with pytest.raises(DatasetError, match="PRDC needs continuous actions"):
         train_prdc(one_step_dataset(torch.zeros(3).long(), torch.zeros(3), torch.zeros(3, 1)), run, PRDCConfig())
+
+
+@pytest.mark.parametrize("method", ["iql", "prdc"])
+def test_an_interrupted_offline_control_stage_resumes_with_its_target_networks(tmp_path, monkeypatch, method):
+    """Target networks are frozen parameters that move every step: a resumed stage must end exactly where an
+    uninterrupted one does (before they were kept, a resume restarted them from the online networks)."""
+    g = torch.Generator().manual_seed(0)
+    discrete = method == "iql"
+    episodes = []  # 3-step episodes cut by a time limit: every target is bootstrapped from the target networks
+    for _ in range(16):
+        acts = torch.randint(0, 2, (3,), generator=g) if discrete else torch.rand(3, 1, generator=g) - 0.5
+        episodes.append(Episode(torch.randn(4, 2, generator=g), acts, torch.randn(3, generator=g), False, True))
+    ds = TransitionDataset(episodes, "ThreeSteps")
+    opt = OptimConfig(steps=6, batch_size=16, lr=1e-2, checkpoint_every=2)
+    if discrete:
+        fit = lambda run: train_iql(ds, run, IQLConfig(optim=opt, hidden=8), n_actions=2)  # noqa: E731
+    else:
+        fit = lambda run: train_prdc(ds, run, PRDCConfig(optim=opt, hidden=8, policy_delay=1), action_scale=1.0)  # noqa: E731
+    whole = fit(Run(tmp_path / "whole", "t = 1\n"))
+
+    real_log = Run.log
+
+    def stop_at_4(self, stage, step, **values):
+        if step == 4:
+            raise KeyboardInterrupt
+        real_log(self, stage, step, **values)
+
+    monkeypatch.setattr(Run, "log", stop_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        fit(Run(tmp_path / "cut", "t = 1\n"))
+    monkeypatch.setattr(Run, "log", real_log)
+    resumed = fit(Run(tmp_path / "cut", "t = 1\n"))
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)

@@ -92,3 +92,20 @@ def test_a_checkpoint_resumes_only_with_the_strategy_that_wrote_it(tmp_path):
     run.save_checkpoint(stage, 1, {"model": {}, "optimizer_full": {}})
     with pytest.raises(LearnerError, match=r"written with fsdp; resume it with the same run.strategy \(now 'ddp'\)"):
         optimise(run, stage, model, cfg, make_batch, loss_fn, quiet=True)
+
+
+def test_online_methods_and_offline_control_refuse_what_they_cannot_scale(tmp_path):
+    from rlxf.algorithms.online.controller import OnlineConfig, OnlineError, train_online
+    from rlxf.algorithms.control.iql import IQLConfig, train_iql
+    from rlxf.core.config import ConfigError
+
+    policy = _tiny()
+    with pytest.raises(OnlineError, match='run.strategy = "fsdp" shards the policy'):
+        train_online(Run(tmp_path / "o", "cfg", scale=FSDP), "online", policy, policy.reference(), [[4]], None,
+                     OnlineConfig(method="grpo"), seed=0)
+    from rlxf.data.transitions import Episode, TransitionDataset
+
+    episode = Episode(torch.zeros(3, 2), torch.tensor([0, 1]), torch.zeros(2), True, False)
+    with pytest.raises(ConfigError, match="stage iql runs in one learner process only"):
+        train_iql(TransitionDataset([episode]), Run(tmp_path / "c", "cfg", scale=ScaleSettings(executor="ray", learner_workers=2)),
+                  IQLConfig())

@@ -71,6 +71,16 @@ def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor])
         raise RuntimeError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
+def single_learner(run: Run, stage: str, why: str) -> None:
+    """Refuse ``run.learner_workers > 1`` for a stage whose loss is not a plain sum over its batch
+    (``why`` says what breaks); nothing has run yet when this raises."""
+    if run.scale.distributed:
+        from rlxf.core.config import ConfigError
+
+        raise ConfigError(f"run.learner_workers = {run.scale.learner_workers}: stage {stage} runs in one learner "
+                          f"process only ({why}); set run.learner_workers = 1")
+
+
 def train(run: Run, stage: str, model: torch.nn.Module, cfg: OptimConfig,
           make_batch: Callable[[int], list], loss_fn: Callable[[list, list], tuple[torch.Tensor, dict]],
           quiet: bool = False, on_resume: Callable[[dict], None] | None = None,
@@ -145,7 +155,7 @@ def optimise(run: Run, stage: str, model: torch.nn.Module, cfg: OptimConfig, mak
         opt.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         mine = shard(batch, rank, size)
-        micros = split_micro(mine, cfg.micro_batch_size) if mine else []
+        micros = split_micro(mine, cfg.micro_batch_size) if len(mine) else []
         for i, micro in enumerate(micros):
             if fsdp:  # reduce-scatter once, in the last micro-batch's backward
                 learner.fsdp_sync_on(model, i == len(micros) - 1)

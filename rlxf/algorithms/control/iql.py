@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rlxf.algorithms.loop import OptimConfig, train
+from rlxf.algorithms.control.targets import load_target_state, target_state
+from rlxf.algorithms.loop import OptimConfig, single_learner, train
 from rlxf.core.runs import Run
 from rlxf.data.transitions import TransitionDataset
 from rlxf.objectives.control import awr_loss, expectile_loss
@@ -111,6 +112,9 @@ def train_iql(dataset: TransitionDataset, run: Run, cfg: IQLConfig, n_actions: i
         loss = sum(p.sum() for p in parts.values()) / len(batch)
         return loss, {k: v.sum().item() / len(batch) for k, v in parts.items()}
 
+    single_learner(run, stage, "IQL moves its target networks once per step, in the batch's first "
+                   "micro-batch, which only the first worker holds")
     with single_thread():
-        train(run, stage, model, cfg.optim, make_batch, loss_fn, quiet=quiet)
+        train(run, stage, model, cfg.optim, make_batch, loss_fn, quiet=quiet, extra_state=lambda: target_state(model),
+              on_resume=lambda state: load_target_state(model, state))
     return model.policy

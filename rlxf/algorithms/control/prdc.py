@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from rlxf.algorithms.control.iql import QNet
-from rlxf.algorithms.loop import OptimConfig, train
+from rlxf.algorithms.control.targets import load_target_state, target_state
+from rlxf.algorithms.loop import OptimConfig, single_learner, train
 from rlxf.core.runs import Run
 from rlxf.data.transitions import DatasetError, TransitionDataset
 from rlxf.objectives.control import prdc_actor_loss, prdc_constraint
@@ -116,6 +117,9 @@ def train_prdc(dataset: TransitionDataset, run: Run, cfg: PRDCConfig, action_sca
                 model.polyak(cfg.tau)
         return loss, metrics
 
+    single_learner(run, stage, "PRDC moves its target networks once per step, in the batch's first "
+                   "micro-batch, which only the first worker holds")
     with single_thread():
-        train(run, stage, model, cfg.optim, make_batch, loss_fn, quiet=quiet)
+        train(run, stage, model, cfg.optim, make_batch, loss_fn, quiet=quiet, extra_state=lambda: target_state(model),
+              on_resume=lambda state: load_target_state(model, state))
     return model.actor

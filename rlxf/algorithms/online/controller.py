@@ -353,6 +353,10 @@ def train_online(run: Run, stage: str, policy: LanguagePolicy, ref: LanguagePoli
     if on_rollout is not None and run.scale.distributed:
         raise OnlineError(f"{stage}: on_rollout sees batches in the driver, which a data-parallel learner "
                           f"(run.learner_workers = {run.scale.learner_workers}) does not have; use one learner worker")
+    if run.scale.distributed and run.scale.strategy == "fsdp":
+        raise OnlineError(f"{stage}: run.strategy = \"fsdp\" shards the policy over the learner workers, but only "
+                          "the first worker samples, and a sharded model cannot generate alone; use run.strategy "
+                          "= \"ddp\" for online methods")
     own_executor = executor is None  # made here, so closed here (a Ray executor's actors hold CPUs)
     executor = executor if executor is not None else make_executor(run.scale)
     reduction = cfg.loss_reduction or method.reduction
