@@ -1,0 +1,174 @@
+"""Board games with perfect solvers: notation, strict move parsing, gold move values (checked
+by hand and against a plain minimax), epsilon-solver opponents and transcript records."""
+
+import random
+
+import pytest
+
+from rlxf.tasks.games import (
+    CONNECT4,
+    TICTACTOE,
+    Game,
+    format_values,
+    parse_values,
+    play_game,
+    records,
+    result,
+    sft_example,
+    solver_move,
+)
+
+
+def brute_force(game: Game, board: str) -> int:
+    """Plain minimax through the public rules only: no table, no pruning, no symmetry."""
+    if game.winner(board):
+        return -1
+    moves = game.legal_moves(board)
+    return max((-brute_force(game, game.play(board, m)) for m in moves), default=0)
+
+
+def test_notation_round_trips_and_renders():
+    board = TICTACTOE.replay("b2 a1 c3")
+    assert TICTACTOE.notation(board) == "..x/.x./o.."
+    assert TICTACTOE.parse_position("..x/.x./o..") == board
+    assert TICTACTOE.to_move(board) == "o"
+    assert TICTACTOE.render(board) == "3 . . x\n2 . x .\n1 o . .\n  a b c\no to move"
+    c4 = CONNECT4.replay(["c", "c", "d"])
+    assert CONNECT4.notation(c4) == "...../...../..o../..xx."
+    assert CONNECT4.render(c4).splitlines()[-2:] == ["a b c d e", "o to move"]
+    assert CONNECT4.render(CONNECT4.replay("a b a b a b a")).endswith("x has won")
+
+
+def test_check_move_is_strict_and_never_raises():
+    board = TICTACTOE.replay("b2")
+    assert TICTACTOE.check_move(board, " a1 ").move == "a1"
+    for bad, why in [("A1", "not a move"), ("a 1", "not a move"), ("a1 b1", "not a move"), ("", "not a move"),
+                     (None, "not a move"), ("a4", "off the"), ("d1", "off the"), ("b2", "square is taken")]:
+        check = TICTACTOE.check_move(board, bad)
+        assert not check.ok and check.move is None and why in check.reason, (bad, check)
+    full = CONNECT4.replay("a a a a")
+    assert "column is full" in CONNECT4.check_move(full, "a").reason
+    assert CONNECT4.check_move(full, "b").ok
+    over = CONNECT4.replay("a b a b a b a")
+    assert "game is over" in CONNECT4.check_move(over, "c").reason
+    with pytest.raises(ValueError, match="column is full"):
+        CONNECT4.play(full, "a")
+
+
+def test_parse_position_rejects_impossible_positions():
+    for bad, why in [("xx./.../...", "2 x and 0 o"), ("..x/.o", "must be 3 rows"), ("..q/.../...", "must be 3 rows")]:
+        with pytest.raises(ValueError, match=why):
+            TICTACTOE.parse_position(bad)
+    with pytest.raises(ValueError, match="above an empty cell"):
+        CONNECT4.parse_position("...../...../x..../.....")
+
+
+def test_tictactoe_hand_checked_positions():
+    empty = TICTACTOE.initial()
+    # Every opening move of tic-tac-toe draws under perfect play.
+    assert TICTACTOE.value(empty) == 0 and set(TICTACTOE.move_values(empty).values()) == {0}
+    # x: a1, c3 (opposite corners), o: b2. O must take an edge: a corner lets x fork.
+    values = TICTACTOE.move_values(TICTACTOE.replay("a1 b2 c3"))
+    assert values == {"a2": 0, "a3": -1, "b1": 0, "b3": 0, "c1": -1, "c2": 0}
+    # x to move with a1 b1 against o's a2 b2: c1 wins at once; the position is won.
+    board = TICTACTOE.replay("a1 a2 b1 b2")
+    assert TICTACTOE.move_values(board)["c1"] == 1 and TICTACTOE.value(board) == 1
+    # o (b2 c3) to move facing two x threats (c1 finishes row 1, a3 column a) and no win: lost.
+    board = TICTACTOE.parse_position("..o/xo./xx.")
+    assert TICTACTOE.value(board) == -1 and set(TICTACTOE.move_values(board).values()) == {-1}
+    assert TICTACTOE.value(TICTACTOE.replay("a1 a2 b1 b2 c1")) == -1  # x has won: the side to move lost
+    assert TICTACTOE.move_values(TICTACTOE.replay("a1 a2 b1 b2 c1")) == {}
+
+
+def test_connect4_hand_checked_positions():
+    # x on a1 b1 c1, o on a2 b2 c2, x to move: d completes the bottom row.
+    board = CONNECT4.replay("a a b b c c")
+    assert CONNECT4.move_values(board)["d"] == 1 and CONNECT4.value(board) == 1
+    # x on b1 c1 d1 with both ends open, o (on b2 c2) to move: o blocks one end, x takes the other.
+    board = CONNECT4.parse_position("...../...../.oo../.xxx.")
+    assert CONNECT4.move_values(board) == {m: -1 for m in "abcde"}
+    # o holds a1 a2 a3 and threatens a4; x (b1 b2 d1) to move loses with anything but a.
+    board = CONNECT4.parse_position("...../o..../ox.../ox.x.")
+    values = CONNECT4.move_values(board)
+    assert set(values) == set("abcde") and all(values[m] == -1 for m in "bcde")
+
+
+def random_positions(game: Game, n: int, max_empty: int, rng: random.Random) -> list[str]:
+    """``n`` distinct unfinished positions with at most ``max_empty`` empty cells, by random play."""
+    out: dict[str, None] = {}
+    while len(out) < n:
+        board = game.initial()
+        while not game.is_over(board) and board.count(".") > max_empty:
+            board = game.play(board, rng.choice(game.legal_moves(board)))
+        if not game.is_over(board):
+            out.setdefault(board)
+    return list(out)
+
+
+@pytest.mark.parametrize("game,n,max_empty", [(TICTACTOE, 6, 7), (TICTACTOE, 60, 5), (CONNECT4, 60, 6)])
+def test_solver_matches_plain_minimax(game, n, max_empty):
+    """Random positions: the memoised, pruned, mirrored solver gives every move its plain minimax value."""
+    for board in random_positions(game, n, max_empty, random.Random(0)):
+        plain = {m: -brute_force(game, game.play(board, m)) for m in game.legal_moves(board)}
+        assert game.move_values(board) == plain, game.notation(board)
+
+
+def test_solver_opponents():
+    """Perfect play never loses tic-tac-toe; epsilon-solvers get weaker as epsilon rises.
+
+    Threshold (written before the first run): over 300 games per epsilon as x against a uniformly
+    random o, x's mean score (win 1, draw 0.5, loss 0) at epsilon 0 exceeds that at epsilon 0.5,
+    which exceeds that at epsilon 1, each by at least 2 standard errors of the difference."""
+    rng = random.Random(0)
+    outcomes = [result(TICTACTOE, TICTACTOE.replay(play_game(TICTACTOE, (0.0, 0.0), rng))) for _ in range(30)]
+    assert outcomes == ["draw"] * 30
+    for _ in range(30):
+        assert result(TICTACTOE, TICTACTOE.replay(play_game(TICTACTOE, (1.0, 0.0), rng))) in ("o", "draw")
+    scores = {}
+    for eps in (0.0, 0.5, 1.0):
+        r = [result(TICTACTOE, TICTACTOE.replay(play_game(TICTACTOE, (eps, 1.0), rng))) for _ in range(300)]
+        scores[eps] = [1.0 if w == "x" else 0.5 if w == "draw" else 0.0 for w in r]
+
+    def mean_se(xs):
+        m = sum(xs) / len(xs)
+        return m, (sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) ** 0.5
+
+    for hi, lo in ((0.0, 0.5), (0.5, 1.0)):
+        (m_hi, se_hi), (m_lo, se_lo) = mean_se(scores[hi]), mean_se(scores[lo])
+        assert m_hi - m_lo >= 2 * (se_hi**2 + se_lo**2) ** 0.5, (hi, m_hi, lo, m_lo)
+    board = TICTACTOE.replay("a1 b2 c3")
+    assert {solver_move(TICTACTOE, board, 0.0, rng) for _ in range(50)} == {"a2", "b1", "b3", "c2"}
+    assert len({solver_move(TICTACTOE, board, 1.0, rng) for _ in range(200)}) == 6
+    with pytest.raises(ValueError, match="epsilon must be in"):
+        solver_move(TICTACTOE, board, 1.5, rng)
+
+
+def test_records_carry_gold_and_replay():
+    rows = records(TICTACTOE, 20, seed=3)
+    assert rows == records(TICTACTOE, 20, seed=3) and rows != records(TICTACTOE, 20, seed=4)
+    assert sum(r["moves"] == "" for r in rows) == 20
+    for row in rows:
+        board = TICTACTOE.replay(row["moves"])
+        assert TICTACTOE.notation(board) == row["position"] and row["to_move"] == TICTACTOE.to_move(board)
+        assert row["values"] == TICTACTOE.move_values(board) and row["move"] in row["values"]
+        assert row["value"] == TICTACTOE.value(board) == max(row["values"].values())
+    ex = sft_example(TICTACTOE, rows[1])
+    assert ex["prompt"].startswith("tictactoe\n") and ex["prompt"].endswith("to move\n")
+    values_line, move_line = ex["completion"].split("\n")
+    assert parse_values(values_line.removeprefix("values: ")) == rows[1]["values"]
+    assert move_line == f"move: {rows[1]['move']}"
+    assert format_values({"a": 1, "b": 0, "c": -1}) == "a:+1 b:0 c:-1"
+    assert parse_values("a:+1 a:0") is None and parse_values("a:2") is None and parse_values("") is None
+
+
+@pytest.mark.slow
+def test_connect4_full_solve_from_the_empty_board():
+    """5x4 Connect-Four is a draw under perfect play (it agrees with published small-board
+    results); the edge columns lose for the first player. Records from the empty board then cost
+    only look-ups."""
+    assert CONNECT4.value(CONNECT4.initial()) == 0
+    assert CONNECT4.move_values(CONNECT4.initial()) == {"a": -1, "b": 0, "c": 0, "d": 0, "e": -1}
+    rows = records(CONNECT4, 30, seed=0)
+    assert all(r["value"] == max(r["values"].values()) for r in rows)
+    outcomes = [result(CONNECT4, CONNECT4.replay(play_game(CONNECT4, (0.0, 0.0), random.Random(i)))) for i in range(10)]
+    assert outcomes == ["draw"] * 10
