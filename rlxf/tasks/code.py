@@ -150,6 +150,36 @@ def _reference(name: str, arg: str, body: str) -> Callable:
     return space[name]
 
 
+def _outputs(fn: Callable, pool: list) -> list[str]:
+    """``repr`` of ``fn`` on each input of ``pool``, or the exception's name (mutants may raise)."""
+    out = []
+    for args, _ in pool:
+        try:
+            out.append(repr(fn(*args)))
+        except Exception as e:  # noqa: BLE001 - a mutant of our own template, e.g. a modulo by zero
+            out.append(type(e).__name__)
+    return out
+
+
+def _catching(arg: str, body: str, pool: list, most: int = N_TESTS // 2) -> list:
+    """Up to ``most`` cases of ``pool``, chosen greedily so that together they tell apart as many
+    of the body's single-change mutants as they can from the reference. Mutants of the template
+    bodies end quickly (no ``while`` loops), so they run here, not in the sandbox."""
+    want = [repr(out) for _, out in pool]
+    caught = []
+    for m in mutants(_indent(body)):
+        got = _outputs(_reference("m", arg, "\n".join(line[4:] for line in m.rstrip("\n").split("\n"))), pool)
+        diff = {i for i, (g, w) in enumerate(zip(got, want)) if g != w}
+        if diff:
+            caught.append(diff)
+    chosen: list[int] = []
+    while caught and len(chosen) < most:
+        best = max(range(len(pool)), key=lambda i: sum(i in d for d in caught))
+        chosen.append(best)
+        caught = [d for d in caught if best not in d]
+    return [pool[i] for i in chosen]
+
+
 def _build(t: Template, p: dict) -> Problem:
     name = t.name.format(**p)
     body = t.body.format(**p)
@@ -163,9 +193,11 @@ def _build(t: Template, p: dict) -> Problem:
             seen.add(repr(args))
             out = fn(*args)
             by_output.setdefault(repr(out), []).append((args, out))
-    # Round-robin over distinct outputs, so a constant answer cannot pass most hidden tests.
+    # Round-robin over distinct outputs, so a constant answer cannot pass most hidden tests ...
     groups = list(by_output.values())
-    tests = [g[i] for i in range(max(map(len, groups))) for g in groups if i < len(g)][:N_TESTS + 1]
+    pool = [g[i] for i in range(max(map(len, groups))) for g in groups if i < len(g)]
+    tests = _catching(t.arg, body, pool)  # ... led by inputs that catch single-change bugs
+    tests += [c for c in pool if c not in tests][:N_TESTS + 1 - len(tests)]
     example_at = max(range(len(tests)), key=lambda i: len(repr(tests[i][0])))  # the most telling input
     (ex_args, ex_out), hidden = tests[example_at], tests[:example_at] + tests[example_at + 1:]
     example = f"{name}({', '.join(map(repr, ex_args))})"
@@ -224,35 +256,39 @@ _SWAPS = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, as
           ast.And: ast.Or, ast.Or: ast.And}
 
 
-def _sites(tree: ast.AST) -> list[tuple[ast.AST, str, int]]:
-    """Every place a bug can go: (node, kind, position) for operators, comparisons and int constants."""
-    out = []
+def _changes(tree: ast.AST) -> list[Callable[[], None]]:
+    """Every single change a bug can make in ``tree``, each applied in place when called: an
+    operator or ``and``/``or`` swapped, a comparison loosened or tightened, an int constant +-1."""
+    out: list[Callable[[], None]] = []
     for node in ast.walk(tree):
         if isinstance(node, (ast.BinOp, ast.BoolOp)) and type(node.op) in _SWAPS:
-            out.append((node, "op", 0))
+            out.append(lambda n=node: setattr(n, "op", _SWAPS[type(n.op)]()))
         elif isinstance(node, ast.Compare):
-            out += [(node, "cmp", i) for i, op in enumerate(node.ops) if type(op) in _SWAPS]
+            out += [lambda n=node, i=i: n.ops.__setitem__(i, _SWAPS[type(n.ops[i])]())
+                    for i, op in enumerate(node.ops) if type(op) in _SWAPS]
         elif isinstance(node, ast.Constant) and type(node.value) is int:
-            out.append((node, "const", 0))
+            out += [lambda n=node, d=d: setattr(n, "value", n.value + d) for d in (-1, 1)]
+    return out
+
+
+def mutants(body: str) -> list[str]:
+    """Every body (indented, as ``body``) that differs from ``body`` by one change of :func:`_changes`."""
+    source = "\n".join(line[4:] for line in body.rstrip("\n").split("\n"))
+    out = []
+    for k in range(len(_changes(ast.parse(source)))):
+        tree = ast.parse(source)
+        _changes(tree)[k]()
+        out.append(_indent(ast.unparse(tree)))
     return out
 
 
 def inject_bug(body: str, rng: random.Random) -> str:
-    """``body`` (indented source) with one random change: a comparison loosened or tightened, an
-    operator swapped, ``and``/``or`` swapped, or an integer constant moved by one. The result may
-    still pass every test; :func:`buggy_solutions` keeps only those that fail one."""
-    tree = ast.parse("\n".join(line[4:] for line in body.rstrip("\n").split("\n")))
-    sites = _sites(tree)
-    if not sites:
+    """``body`` with one random change (:func:`mutants`). The result may still pass every test;
+    :func:`buggy_solutions` keeps only those that fail one."""
+    options = mutants(body)
+    if not options:
         raise ValueError(f"inject_bug: nothing to change in {body!r}")
-    node, kind, i = rng.choice(sites)
-    if kind == "op":
-        node.op = _SWAPS[type(node.op)]()
-    elif kind == "cmp":
-        node.ops[i] = _SWAPS[type(node.ops[i])]()
-    else:
-        node.value += rng.choice((-1, 1))
-    return _indent(ast.unparse(tree))
+    return rng.choice(options)
 
 
 def buggy_solutions(problems: list[Problem], seed: int = 0, tries: int = 4, limits: Limits = Limits(),
@@ -350,4 +386,4 @@ class CodeVerifier:
 
 
 __all__ = ["CodeTask", "CodeVerifier", "Problem", "TEMPLATES", "all_problems", "buggy_solutions", "check",
-           "inject_bug", "pass_rate_reward", "problem", "program"]
+           "inject_bug", "mutants", "pass_rate_reward", "problem", "program"]
