@@ -7,15 +7,19 @@ import pytest
 
 from rlxf.tasks.games import (
     CONNECT4,
+    ILLEGAL_MOVE_REWARD,
     TICTACTOE,
     Game,
+    completion_move,
     format_values,
+    move_reward,
     parse_values,
     play_game,
     records,
     result,
     sft_example,
     solver_move,
+    transcript,
 )
 
 
@@ -159,6 +163,25 @@ def test_records_carry_gold_and_replay():
     assert move_line == f"move: {rows[1]['move']}"
     assert format_values({"a": 1, "b": 0, "c": -1}) == "a:+1 b:0 c:-1"
     assert parse_values("a:+1 a:0") is None and parse_values("a:2") is None and parse_values("") is None
+
+
+def test_transcript_annotates_each_move_with_its_gold_value():
+    # x: a1, o: b2, x: c3, then o's corner a3 loses (x forks with c1), x finishes.
+    assert transcript(TICTACTOE, "a1 b2 c3 a3 c1 b1 c2") == "a1:0 b2:0 c3:0 a3:-1 c1:+1 b1:-1 c2:+1 result: x"
+    assert transcript(TICTACTOE, ["b2"]) == "b2:0 result: ?"
+    with pytest.raises(ValueError, match="square is taken"):
+        transcript(TICTACTOE, "b2 b2")
+
+
+def test_move_reward_scores_completions_by_gold():
+    position = TICTACTOE.notation(TICTACTOE.replay("a1 b2 c3"))
+    completions = ["values: a2:0\nmove: a2", "move: a3", [{"role": "assistant", "content": "move: b2"}],
+                   "I would play a2", "move: a2 please"]
+    rewards = move_reward(["p"] * 5, completions, game=["tictactoe"] * 5, position=[position] * 5)
+    assert rewards == [0.0, -1.0, ILLEGAL_MOVE_REWARD, ILLEGAL_MOVE_REWARD, ILLEGAL_MOVE_REWARD]
+    assert "no 'move: ...' line" in completion_move(TICTACTOE, TICTACTOE.initial(), "a2").reason
+    with pytest.raises(ValueError, match="unknown game 'chess'"):
+        move_reward(["p"], ["move: a"], game=["chess"], position=[position])
 
 
 @pytest.mark.slow

@@ -325,3 +325,43 @@ def sft_example(game: Game, row: dict) -> dict[str, str]:
     board = game.parse_position(row["position"])
     return {"prompt": f"{game.name}\n{game.render(board)}\n",
             "completion": f"values: {format_values(row['values'])}\nmove: {row['move']}"}
+
+
+def transcript(game: Game, moves: str | list[str]) -> str:
+    """A game as text with gold: each move with its value for the side that made it, then the
+    result, e.g. ``"b2:0 a1:-1 c3:+1 result: x"`` (``result: ?`` while the game goes on)."""
+    board, items = game.initial(), []
+    for move in moves.split() if isinstance(moves, str) else moves:
+        board, before = game.play(board, move), board  # raises on an illegal move, with the reason
+        items.append(format_values({move: game.move_values(before)[move]}))
+    return " ".join(items + [f"result: {result(game, board) if game.is_over(board) else '?'}"])
+
+
+# The reward of a completion whose move is missing or illegal: below a losing move, so that any
+# legal move is preferred to none.
+ILLEGAL_MOVE_REWARD = -2.0
+
+
+def completion_move(game: Game, board: str, completion: str) -> MoveCheck:
+    """The move an LM's completion names on its last ``move: ...`` line, strictly parsed."""
+    lines = [line.strip() for line in completion.strip().split("\n") if line.strip().startswith("move:")]
+    if not lines:
+        return MoveCheck(False, reason="no 'move: ...' line in the completion")
+    return game.check_move(board, lines[-1].removeprefix("move:"))
+
+
+def move_reward(prompts, completions, game, position, **_) -> list[float]:
+    """Gold reward with TRL's signature, for datasets with ``game`` and ``position`` columns (as
+    from :func:`records`): the solver's value of the completion's move (+1, 0, -1), or
+    ``ILLEGAL_MOVE_REWARD`` when the move is missing or illegal. Usable as
+    ``--reward rlxf.tasks.games:move_reward``."""
+    out = []
+    for completion, name, pos in zip(completions, game, position):
+        if name not in GAMES:
+            raise ValueError(f"move_reward: unknown game {name!r} (expected one of {sorted(GAMES)})")
+        g = GAMES[name]
+        text = completion[-1]["content"] if isinstance(completion, list) else completion
+        board = g.parse_position(pos)
+        check = completion_move(g, board, text)
+        out.append(float(g.move_values(board)[check.move]) if check.ok else ILLEGAL_MOVE_REWARD)
+    return out
