@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from rlxf.rewards.specs import load_reward
 from rlxf.tasks.games import (
     CONNECT4,
     ILLEGAL_MOVE_REWARD,
@@ -13,6 +14,8 @@ from rlxf.tasks.games import (
     completion_move,
     format_values,
     move_reward,
+    move_value,
+    parse_prompt,
     parse_values,
     play_game,
     records,
@@ -174,14 +177,22 @@ def test_transcript_annotates_each_move_with_its_gold_value():
 
 
 def test_move_reward_scores_completions_by_gold():
-    position = TICTACTOE.notation(TICTACTOE.replay("a1 b2 c3"))
+    prompt = sft_example(TICTACTOE, {"position": "..x/.o./x..", "values": {}, "move": ""})["prompt"]
+    assert parse_prompt(prompt) == (TICTACTOE, TICTACTOE.replay("a1 b2 c3"))
+    board = CONNECT4.parse_position("...../o..../ox.../ox.x.")
+    assert parse_prompt(sft_example(CONNECT4, {"position": CONNECT4.notation(board), "values": {}, "move": ""})["prompt"]) \
+        == (CONNECT4, board)
+    chat = [{"role": "system", "content": "play well"}, {"role": "user", "content": prompt}]
     completions = ["values: a2:0\nmove: a2", "move: a3", [{"role": "assistant", "content": "move: b2"}],
                    "I would play a2", "move: a2 please"]
-    rewards = move_reward(["p"] * 5, completions, game=["tictactoe"] * 5, position=[position] * 5)
+    rewards = move_reward([prompt, prompt, chat, prompt, chat], completions)
     assert rewards == [0.0, -1.0, ILLEGAL_MOVE_REWARD, ILLEGAL_MOVE_REWARD, ILLEGAL_MOVE_REWARD]
+    assert move_value(prompt, "move: c2") == 0.0
     assert "no 'move: ...' line" in completion_move(TICTACTOE, TICTACTOE.initial(), "a2").reason
-    with pytest.raises(ValueError, match="unknown game 'chess'"):
-        move_reward(["p"], ["move: a"], game=["chess"], position=[position])
+    for bad in ("chess\n...", "tictactoe\n3 . . x"):
+        with pytest.raises(ValueError, match="not a game prompt"):
+            move_value(bad, "move: a1")
+    assert load_reward("rlxf.tasks.games:move_reward").fn is move_reward
 
 
 @pytest.mark.slow

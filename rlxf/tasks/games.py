@@ -350,18 +350,34 @@ def completion_move(game: Game, board: str, completion: str) -> MoveCheck:
     return game.check_move(board, lines[-1].removeprefix("move:"))
 
 
-def move_reward(prompts, completions, game, position, **_) -> list[float]:
-    """Gold reward with TRL's signature, for datasets with ``game`` and ``position`` columns (as
-    from :func:`records`): the solver's value of the completion's move (+1, 0, -1), or
-    ``ILLEGAL_MOVE_REWARD`` when the move is missing or illegal. Usable as
-    ``--reward rlxf.tasks.games:move_reward``."""
-    out = []
-    for completion, name, pos in zip(completions, game, position):
-        if name not in GAMES:
-            raise ValueError(f"move_reward: unknown game {name!r} (expected one of {sorted(GAMES)})")
-        g = GAMES[name]
-        text = completion[-1]["content"] if isinstance(completion, list) else completion
-        board = g.parse_position(pos)
-        check = completion_move(g, board, text)
-        out.append(float(g.move_values(board)[check.move]) if check.ok else ILLEGAL_MOVE_REWARD)
-    return out
+def parse_prompt(prompt: str) -> tuple[Game, str]:
+    """The game and board of a prompt written by :func:`sft_example` (its name line, then the
+    rendered board); raises ValueError saying what is wrong."""
+    lines = prompt.strip().split("\n")
+    game = GAMES.get(lines[0].strip())
+    if game is None or len(lines) < game.rows + 1:
+        raise ValueError(f"not a game prompt: {prompt[:60]!r} (expected a game name from {sorted(GAMES)} "
+                         f"on the first line, then the board)")
+    rows = [line.split() for line in lines[1:game.rows + 1]]
+    cells = ["".join(r if game.gravity else r[1:]) for r in rows]
+    return game, game.parse_position("/".join(cells))
+
+
+def move_value(prompt: str, response: str) -> float:
+    """Gold for one response to a :func:`sft_example` prompt: the solver's value of the move on
+    its ``move:`` line (+1, 0, -1), or ``ILLEGAL_MOVE_REWARD`` when it is missing or illegal.
+    Fits the search core's ``Verifier(check)``."""
+    game, board = parse_prompt(prompt)
+    check = completion_move(game, board, response)
+    return float(game.move_values(board)[check.move]) if check.ok else ILLEGAL_MOVE_REWARD
+
+
+def move_reward(prompts, completions, **_) -> list[float]:
+    """:func:`move_value` with TRL's signature (chat prompts and completions are read from their
+    last user message and their content): ``--reward rlxf.tasks.games:move_reward``."""
+    from rlxf.rewards.specs import completion_text
+
+    def text(prompt):
+        return next(m["content"] for m in reversed(prompt) if m["role"] == "user") if isinstance(prompt, list) else prompt
+
+    return [move_value(text(p), completion_text(c)) for p, c in zip(prompts, completions)]
