@@ -91,6 +91,8 @@ def test_writes_outside_the_directory_are_refused_and_inside_allowed(tmp_path):
     assert rm.status == "refused" and "os.remove" in rm.reason and keep.read_text() == "mine"
     low = run(f"import os\ndef f(a, b):\n    os.open({str(outside)!r}, os.O_WRONLY | os.O_CREAT)\n", "f", ADD, FAST)
     assert low.status == "refused" and not outside.exists()
+    moved = run(f"import os\ndef f(a, b):\n    os.chdir({str(tmp_path)!r})\n    open('evil.txt', 'w')\n", "f", ADD, FAST)
+    assert moved.status == "refused" and not outside.exists()
     inside = run("def f(a, b):\n    open('scratch.txt', 'w').write('x')\n    return a + b\n", "f", ADD, FAST)
     assert inside.status == "ok" and inside.pass_rate == 1.0
 

@@ -336,9 +336,14 @@ class CodeTask:
         return [{"prompt": p.prompt, "problem_id": p.id} for p in self.problems(split)]
 
     def by_prompt(self, prompt: str) -> Problem:
+        """The problem ``prompt`` states: its prompt exactly, or a text that holds it (a chat rendering)."""
         found = _by_prompt().get(prompt)
         if found is not None:
             return found
+        for name in re.findall(r"def (\w+)\(", prompt):
+            p = all_problems().get(name)
+            if p is not None and p.prompt.strip() in prompt:
+                return p
         raise KeyError(f"CodeTask: {prompt[:60]!r}... is not the prompt of any code problem")
 
     def run(self, prompts: list[str], responses: list[str]) -> list[RunResult]:

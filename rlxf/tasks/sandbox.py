@@ -201,7 +201,7 @@ def _child() -> None:
     def inside(path) -> bool:
         if isinstance(path, int):
             return True  # an already-open descriptor
-        full = os.path.realpath(os.path.join(work, os.fsdecode(path)))
+        full = os.path.realpath(os.fsdecode(path))  # relative to the current directory, wherever it went
         return full == work or full.startswith(work + os.sep)
 
     def hook(event: str, args: tuple) -> None:
