@@ -12,14 +12,15 @@ from rlxf.tasks.games import (
     TICTACTOE,
     Game,
     completion_move,
+    epsilon_solver,
     format_values,
+    match,
     move_reward,
     move_value,
     parse_prompt,
     parse_values,
     play_game,
     records,
-    result,
     sft_example,
     solver_move,
     transcript,
@@ -127,13 +128,13 @@ def test_solver_opponents():
     random o, x's mean score (win 1, draw 0.5, loss 0) at epsilon 0 exceeds that at epsilon 0.5,
     which exceeds that at epsilon 1, each by at least 2 standard errors of the difference."""
     rng = random.Random(0)
-    outcomes = [result(TICTACTOE, TICTACTOE.replay(play_game(TICTACTOE, (0.0, 0.0), rng))) for _ in range(30)]
-    assert outcomes == ["draw"] * 30
-    for _ in range(30):
-        assert result(TICTACTOE, TICTACTOE.replay(play_game(TICTACTOE, (1.0, 0.0), rng))) in ("o", "draw")
+    perfect, rand = epsilon_solver(TICTACTOE, 0.0, rng), epsilon_solver(TICTACTOE, 1.0, rng)
+    assert [play_game(TICTACTOE, (perfect, perfect)).result for _ in range(30)] == ["draw"] * 30
+    assert all(play_game(TICTACTOE, (rand, perfect)).result in ("o", "draw") for _ in range(30))
     scores = {}
     for eps in (0.0, 0.5, 1.0):
-        r = [result(TICTACTOE, TICTACTOE.replay(play_game(TICTACTOE, (eps, 1.0), rng))) for _ in range(300)]
+        x = epsilon_solver(TICTACTOE, eps, rng)
+        r = [play_game(TICTACTOE, (x, rand)).result for _ in range(300)]
         scores[eps] = [1.0 if w == "x" else 0.5 if w == "draw" else 0.0 for w in r]
 
     def mean_se(xs):
@@ -147,7 +148,21 @@ def test_solver_opponents():
     assert {solver_move(TICTACTOE, board, 0.0, rng) for _ in range(50)} == {"a2", "b1", "b3", "c2"}
     assert len({solver_move(TICTACTOE, board, 1.0, rng) for _ in range(200)}) == 6
     with pytest.raises(ValueError, match="epsilon must be in"):
-        solver_move(TICTACTOE, board, 1.5, rng)
+        epsilon_solver(TICTACTOE, 1.5, rng)
+
+
+def test_illegal_moves_forfeit_and_match_scores_the_agent():
+    rng = random.Random(1)
+    out = play_game(TICTACTOE, (lambda board: "b2", epsilon_solver(TICTACTOE, 0.0, rng)))
+    assert out.result == "o" and out.forfeit == "x" and "square is taken" in out.reason and out.moves[0] == "b2"
+    perfect = epsilon_solver(TICTACTOE, 0.0, rng)
+    assert match(TICTACTOE, perfect, 0.0, 10) == {"win": 0.0, "draw": 1.0, "loss": 0.0, "illegal": 0.0,
+                                                   "win_or_draw": 1.0}
+    babbler = match(TICTACTOE, lambda board: "move b2", 0.5, 10)
+    assert babbler["loss"] == babbler["illegal"] == 1.0 and babbler["win_or_draw"] == 0.0
+    # The perfect player never loses and beats a weak solver sometimes; a random one loses some.
+    strong, weak = match(TICTACTOE, perfect, 0.7, 40), match(TICTACTOE, epsilon_solver(TICTACTOE, 1.0, rng), 0.0, 40)
+    assert strong["loss"] == 0.0 and strong["win"] > 0.0 and weak["loss"] > 0.0 and weak["win"] == 0.0
 
 
 def test_records_carry_gold_and_replay():
@@ -204,5 +219,5 @@ def test_connect4_full_solve_from_the_empty_board():
     assert CONNECT4.move_values(CONNECT4.initial()) == {"a": -1, "b": 0, "c": 0, "d": 0, "e": -1}
     rows = records(CONNECT4, 30, seed=0)
     assert all(r["value"] == max(r["values"].values()) for r in rows)
-    outcomes = [result(CONNECT4, CONNECT4.replay(play_game(CONNECT4, (0.0, 0.0), random.Random(i)))) for i in range(10)]
-    assert outcomes == ["draw"] * 10
+    perfect = epsilon_solver(CONNECT4, 0.0, random.Random(0))
+    assert [play_game(CONNECT4, (perfect, perfect)).result for _ in range(10)] == ["draw"] * 10

@@ -31,6 +31,7 @@ import random
 import re
 import sys
 from dataclasses import dataclass
+from typing import Callable
 
 EMPTY, PLAYERS = ".", "xo"
 
@@ -255,24 +256,52 @@ if sys.getrecursionlimit() < 1000:  # the search recurses once per ply (at most 
 # -- opponents and transcripts --------------------------------------------------------------
 
 
+def _check_epsilon(epsilon: float) -> None:
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"epsilon-solver: epsilon must be in [0, 1], got {epsilon}")
+
+
 def solver_move(game: Game, board: str, epsilon: float, rng: random.Random) -> str:
     """An epsilon-perfect opponent: with probability ``epsilon`` a uniformly random legal move,
     otherwise a uniformly random move among those of the best value."""
-    if not 0.0 <= epsilon <= 1.0:
-        raise ValueError(f"solver_move: epsilon must be in [0, 1], got {epsilon}")
+    _check_epsilon(epsilon)
     moves = game.legal_moves(board)
     if not moves:
         raise ValueError(f"solver_move: the game is over in {game.notation(board)!r}")
     return rng.choice(moves) if rng.random() < epsilon else rng.choice(game.best_moves(board))
 
 
-def play_game(game: Game, epsilons: tuple[float, float], rng: random.Random) -> list[str]:
-    """One game between two epsilon-solvers (X's epsilon first); returns its moves."""
+Player = Callable[[str], str]  # board -> a move in notation (possibly illegal, e.g. an LM's)
+
+
+def epsilon_solver(game: Game, epsilon: float, rng: random.Random) -> Player:
+    """The opponent :func:`solver_move` describes, as a player."""
+    _check_epsilon(epsilon)
+    return lambda board: solver_move(game, board, epsilon, rng)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished game: its legal moves, the winner (``"x"``, ``"o"``) or ``"draw"``, and, when a
+    player named an illegal move, which side forfeited (it loses) and why."""
+
+    moves: list[str]
+    result: str
+    forfeit: str | None = None
+    reason: str = ""
+
+
+def play_game(game: Game, players: tuple[Player, Player]) -> Outcome:
+    """One game, X (``players[0]``) first. A player's illegal move ends the game as a loss for
+    that side, reported in the outcome, not raised."""
     board, moves = game.initial(), []
     while not game.is_over(board):
-        move = solver_move(game, board, epsilons[len(moves) % 2], rng)
-        board, moves = game.play(board, move), moves + [move]
-    return moves
+        side = game.to_move(board)
+        check = game.check_move(board, players[len(moves) % 2](board))
+        if not check.ok:
+            return Outcome(moves, "o" if side == "x" else "x", forfeit=side, reason=check.reason)
+        board, moves = game.play(board, check.move), moves + [check.move]
+    return Outcome(moves, result(game, board))
 
 
 def result(game: Game, board: str) -> str:
@@ -280,6 +309,21 @@ def result(game: Game, board: str) -> str:
     if not game.is_over(board):
         raise ValueError(f"result: the game is not over in {game.notation(board)!r}")
     return game.winner(board) or "draw"
+
+
+def match(game: Game, agent: Player, epsilon: float, n_games: int, seed: int = 0) -> dict[str, float]:
+    """``agent`` against the epsilon-solver for ``n_games`` games, taking X in even games and O in
+    odd ones. Returns the fractions ``win``, ``draw``, ``loss`` (forfeits included) and
+    ``illegal`` (forfeits), and ``win_or_draw``, the agent's non-losing rate."""
+    rng = random.Random(f"match|{game.name}|{epsilon}|{seed}")
+    opponent, counts = epsilon_solver(game, epsilon, rng), {"win": 0, "draw": 0, "loss": 0, "illegal": 0}
+    for i in range(n_games):
+        side = "xo"[i % 2]
+        out = play_game(game, (agent, opponent) if side == "x" else (opponent, agent))
+        counts["draw" if out.result == "draw" else "win" if out.result == side else "loss"] += 1
+        counts["illegal"] += out.forfeit == side
+    rates = {k: v / n_games for k, v in counts.items()}
+    return rates | {"win_or_draw": rates["win"] + rates["draw"]}
 
 
 def records(game: Game, n_games: int, epsilons: tuple[float, ...] = (0.0, 0.1, 0.3, 1.0),
@@ -292,9 +336,9 @@ def records(game: Game, n_games: int, epsilons: tuple[float, ...] = (0.0, 0.1, 0
     rng = random.Random(f"games|{game.name}|{seed}")
     rows = []
     for _ in range(n_games):
-        eps = (rng.choice(epsilons), rng.choice(epsilons))
+        players = (epsilon_solver(game, rng.choice(epsilons), rng), epsilon_solver(game, rng.choice(epsilons), rng))
         board, played = game.initial(), []
-        for move in play_game(game, eps, rng):
+        for move in play_game(game, players).moves:
             values = game.move_values(board)
             rows.append({"game": game.name, "moves": " ".join(played), "position": game.notation(board),
                          "to_move": game.to_move(board), "values": values, "move": move,
