@@ -22,6 +22,7 @@ from rlxf.tasks.games import (
     play_game,
     records,
     sft_example,
+    search_trace,
     solver_move,
     transcript,
 )
@@ -113,7 +114,7 @@ def random_positions(game: Game, n: int, max_empty: int, rng: random.Random) -> 
     return list(out)
 
 
-@pytest.mark.parametrize("game,n,max_empty", [(TICTACTOE, 6, 7), (TICTACTOE, 60, 5), (CONNECT4, 60, 6)])
+@pytest.mark.parametrize("game,n,max_empty", [(TICTACTOE, 3, 7), (TICTACTOE, 60, 5), (CONNECT4, 40, 6)])
 def test_solver_matches_plain_minimax(game, n, max_empty):
     """Random positions: the memoised, pruned, mirrored solver gives every move its plain minimax value."""
     for board in random_positions(game, n, max_empty, random.Random(0)):
@@ -208,6 +209,23 @@ def test_move_reward_scores_completions_by_gold():
         with pytest.raises(ValueError, match="not a game prompt"):
             move_value(bad, "move: a1")
     assert load_reward("rlxf.tasks.games:move_reward").fn is move_reward
+
+
+def test_search_trace_lists_gold_values_and_ends_in_a_best_move():
+    board = TICTACTOE.replay("a1 b2 c3")
+    trace = search_trace(TICTACTOE, board, breadth=2, depth=2, rng=random.Random(0))
+    *lines, answer = trace.split("\n")
+    assert answer.removeprefix("move: ") in {"a2", "b1", "b3", "c2"}  # a best move (corners lose)
+    assert len(lines) == 2 + 2 * 2 and sum(" " not in line.split(":")[0] for line in lines) == 2
+    for line in lines:
+        path, value = line.split(":")
+        *before, move = path.split()
+        assert TICTACTOE.move_values(TICTACTOE.replay(["a1", "b2", "c3"] + before))[move] == int(value), line
+    # Breadth above the number of moves lists them all; only a stops o's a4 (see the hand-checked test).
+    full = search_trace(CONNECT4, CONNECT4.parse_position("...../o..../ox.../ox.x."), 9, 1, random.Random(1))
+    assert sorted(full.split("\n")[:-1])[1:] == ["b:-1", "c:-1", "d:-1", "e:-1"] and full.endswith("move: a")
+    with pytest.raises(ValueError, match="breadth and depth must be >= 1"):
+        search_trace(TICTACTOE, board, 0, 1, random.Random(0))
 
 
 @pytest.mark.slow

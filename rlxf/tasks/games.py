@@ -349,7 +349,11 @@ def records(game: Game, n_games: int, epsilons: tuple[float, ...] = (0.0, 0.1, 0
 
 def format_values(values: dict[str, int]) -> str:
     """``{"a": 1, "b": 0}`` -> ``"a:+1 b:0"`` (the value line an LM learns to write)."""
-    return " ".join(f"{m}:{v:+d}" if v else f"{m}:0" for m, v in values.items())
+    return " ".join(f"{m}:{_signed(v)}" for m, v in values.items())
+
+
+def _signed(value: int) -> str:
+    return f"{value:+d}" if value else "0"
 
 
 def parse_values(text: str) -> dict[str, int] | None:
@@ -377,7 +381,7 @@ def transcript(game: Game, moves: str | list[str]) -> str:
     board, items = game.initial(), []
     for move in moves.split() if isinstance(moves, str) else moves:
         board, before = game.play(board, move), board  # raises on an illegal move, with the reason
-        items.append(format_values({move: game.move_values(before)[move]}))
+        items.append(f"{move}:{_signed(game.move_values(before)[move])}")
     return " ".join(items + [f"result: {result(game, board) if game.is_over(board) else '?'}"])
 
 
@@ -425,3 +429,32 @@ def move_reward(prompts, completions, **_) -> list[float]:
         return next(m["content"] for m in reversed(prompt) if m["role"] == "user") if isinstance(prompt, list) else prompt
 
     return [move_value(text(p), completion_text(c)) for p, c in zip(prompts, completions)]
+
+
+def search_trace(game: Game, board: str, breadth: int, depth: int, rng: random.Random) -> str:
+    """A linearised look-ahead tree with gold values, for teaching an LM to search in text.
+
+    Depth first, one line per node: the moves from ``board`` to it, then the gold value of its
+    last move for the side that made it (``"c d:+1"``). At each node ``breadth`` legal moves are
+    listed in a random order, a best one always among them; ``depth`` plies are expanded. The
+    last line is ``move: M``, the root move of best value listed."""
+    if breadth < 1 or depth < 1:
+        raise ValueError(f"search_trace: breadth and depth must be >= 1, got {breadth} and {depth}")
+    if game.is_over(board):
+        raise ValueError(f"search_trace: the game is over in {game.notation(board)!r}")
+    lines: list[str] = []
+
+    def expand(node: str, path: list[str], plies: int) -> dict[str, int]:
+        values = game.move_values(node)
+        best = rng.choice([m for m, v in values.items() if v == max(values.values())])
+        others = rng.sample([m for m in values if m != best], min(breadth, len(values)) - 1)
+        listed = rng.sample([best] + others, len(others) + 1)
+        for move in listed:
+            lines.append(f"{' '.join(path + [move])}:{_signed(values[move])}")
+            child = game.play(node, move)
+            if plies > 1 and not game.is_over(child):
+                expand(child, path + [move], plies - 1)
+        return {m: values[m] for m in listed}
+
+    root = expand(board, [], depth)
+    return "\n".join(lines + [f"move: {max(root, key=root.get)}"])
