@@ -23,6 +23,12 @@ board takes ~0.03 s for tic-tac-toe (~900 stored positions) and 16-28 s for 5x4 
 (~720k stored positions, ~330 MB peak memory) in CPython on one shared core; the table is kept
 for the process, so later queries are mostly dictionary look-ups. Under perfect play both
 games are draws; in 5x4 Connect-Four the first player loses by opening on an edge column.
+
+Around the solver: epsilon-solver opponents and games between any players, an LM's included,
+where an illegal move forfeits (:func:`epsilon_solver`, :func:`play_game`, :func:`match`);
+training text (:func:`records`, :func:`transcript`, :func:`sft_example`, :func:`search_trace`);
+and gold for an LM's answer to an :func:`sft_example` prompt (:func:`move_value`,
+:func:`move_reward`).
 """
 
 from __future__ import annotations
