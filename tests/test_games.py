@@ -68,6 +68,10 @@ def test_parse_position_rejects_impossible_positions():
     for bad, why in [("xx./.../...", "2 x and 0 o"), ("..x/.o", "must be 3 rows"), ("..q/.../...", "must be 3 rows")]:
         with pytest.raises(ValueError, match=why):
             TICTACTOE.parse_position(bad)
+    for bad in ("xxx/oo./o..", "ooo/xx./xx.", "xxx/ooo/x.."):  # o moved after x won; x after o; both won
+        with pytest.raises(ValueError, match="only the last mover"):
+            TICTACTOE.parse_position(bad)
+    assert TICTACTOE.winner(TICTACTOE.parse_position("xxx/oo./...")) == "x"
     with pytest.raises(ValueError, match="above an empty cell"):
         CONNECT4.parse_position("...../...../x..../.....")
 

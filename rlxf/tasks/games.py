@@ -174,6 +174,11 @@ class Game:
         if self.gravity and any(board[i] != EMPTY and board[i - self.cols] == EMPTY
                                 for i in range(self.cols, len(board))):
             raise ValueError(f"{self.name}: position {text!r} has a piece above an empty cell")
+        winners = {board[i] for i, v in enumerate(board) if v != EMPTY and self._wins_at(board, i)}
+        last = "x" if nx > no else "o"
+        if winners and winners != {last}:
+            raise ValueError(f"{self.name}: position {text!r} cannot arise: play stops at the first "
+                             f"k in a row, so only the last mover ({last}) may have one")
         return board
 
     def render(self, board: str) -> str:
