@@ -66,6 +66,8 @@ def test_a_response_may_be_a_body_a_whole_function_or_a_fenced_block():
     chat = [{"role": "assistant", "content": fenced}]
     assert program(p, p.solution) == whole and program(p, whole) == whole and program(p, chat) == whole
     assert [r.pass_rate for r in task.run([p.prompt] * 3, [p.solution, whole, fenced])] == [1.0, 1.0, 1.0]
+    trailing = p.solution + "\nprint(caesar_3('abc'))\nThis shifts each letter.\n"
+    assert program(p, trailing) == whole and task.gold(p.prompt, trailing) == 1.0
     rendered = f"<|im_start|>user\n{p.prompt}<|im_end|>\n<|im_start|>assistant\n"  # a chat template's rendering
     assert task.by_prompt(rendered) is p
     with pytest.raises(KeyError, match="not the prompt of any code problem"):

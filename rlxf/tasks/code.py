@@ -230,12 +230,18 @@ def problem(problem_id: str) -> Problem:
 
 def program(p: Problem, response: str) -> str:
     """The code a response stands for: its fenced block if it has one; the response alone if it
-    defines the function itself; otherwise the prompt followed by the response (a body)."""
+    defines the function itself; otherwise the prompt followed by the response read as a body,
+    which ends before its first unindented line (what a model writes after the function is not
+    part of it)."""
     text = completion_text(response)
     m = _FENCE.search(text)
     if m:
         text = m.group(1)
-    return text if re.search(rf"^def {re.escape(p.id)}\(", text, re.M) else p.prompt + text
+    if re.search(rf"^def {re.escape(p.id)}\(", text, re.M):
+        return text
+    lines = text.split("\n")
+    end = next((i for i, line in enumerate(lines) if line.strip() and not line[0].isspace()), len(lines))
+    return p.prompt + "\n".join(lines[:end])
 
 
 def check(problems: list[Problem], responses: list[str], limits: Limits = Limits(), workers: int = 2) -> list[RunResult]:
