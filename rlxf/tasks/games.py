@@ -19,8 +19,9 @@ it under perfect play from both sides, 0 if it draws, -1 if it loses (:meth:`Gam
 The solver is a memoised negamax with alpha-beta cut-offs (a child worth +1 to the mover ends
 the loop), an immediate win taken and an opponent's immediate win blocked first, centre moves
 tried first, and mirror-image positions sharing a table entry. A full solve from the empty
-board takes ~0.03 s for tic-tac-toe (~900 stored positions) and 16-28 s for 5x4 Connect-Four
-(~720k stored positions, ~330 MB peak memory) in CPython on one shared core; the table is kept
+board takes ~0.03 s for tic-tac-toe (~900 stored positions) and ~15 s of CPU time for 5x4
+Connect-Four (~720k stored positions, ~330 MB peak memory; 17-35 s wall on a busy 2-core
+machine), in CPython; the table is kept
 for the process, so later queries are mostly dictionary look-ups. Under perfect play both
 games are draws; in 5x4 Connect-Four the first player loses by opening on an edge column.
 
@@ -37,6 +38,8 @@ import random
 import re
 import sys
 from dataclasses import dataclass
+from functools import cached_property
+from operator import itemgetter
 from typing import Callable
 
 EMPTY, PLAYERS = ".", "xo"
@@ -83,30 +86,31 @@ class Game:
     def _cells(self, board: str) -> list[int]:
         """Indices a move may fill now, in column-then-row order."""
         if self.gravity:
-            out = []
-            for c in range(self.cols):
-                r = next((r for r in range(self.rows) if board[r * self.cols + c] == EMPTY), None)
-                if r is not None:
-                    out.append(r * self.cols + c)
-            return out
+            lowest = [board[c::self.cols].find(EMPTY) for c in range(self.cols)]
+            return [r * self.cols + c for c, r in enumerate(lowest) if r >= 0]
         return sorted((i for i, v in enumerate(board) if v == EMPTY), key=lambda i: (i % self.cols, i))
 
     def _name(self, i: int) -> str:
         col = "abcdefghijklmnopqrstuvwxyz"[i % self.cols]
         return col if self.gravity else f"{col}{i // self.cols + 1}"
 
+    @cached_property
+    def _lines(self) -> list[list[itemgetter]]:
+        """Per cell, every k-in-a-row window through it, as a getter of its k cells."""
+        out: list[list] = [[] for _ in range(self.rows * self.cols)]
+        for r in range(self.rows):
+            for c in range(self.cols):
+                for dr, dc in ((0, 1), (1, 0), (1, 1), (1, -1)):
+                    cells = [(r + n * dr) * self.cols + c + n * dc for n in range(self.k)]
+                    if 0 <= r + (self.k - 1) * dr < self.rows and 0 <= c + (self.k - 1) * dc < self.cols:
+                        for i in cells:
+                            out[i].append(itemgetter(*cells))
+        return out
+
     def _wins_at(self, board: str, i: int) -> bool:
         """Does the piece on cell ``i`` complete k in a row?"""
-        p, r0, c0 = board[i], i // self.cols, i % self.cols
-        for dr, dc in ((0, 1), (1, 0), (1, 1), (1, -1)):
-            n = 1
-            for s in (1, -1):
-                r, c = r0 + s * dr, c0 + s * dc
-                while 0 <= r < self.rows and 0 <= c < self.cols and board[r * self.cols + c] == p:
-                    n, r, c = n + 1, r + s * dr, c + s * dc
-            if n >= self.k:
-                return True
-        return False
+        full = (board[i],) * self.k
+        return any(get(board) == full for get in self._lines[i])
 
     def winner(self, board: str) -> str | None:
         """``"x"`` or ``"o"`` if that side has k in a row, else None."""
