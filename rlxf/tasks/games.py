@@ -21,8 +21,8 @@ the loop), an immediate win taken and an opponent's immediate win blocked first,
 tried first, and mirror-image positions sharing a table entry. A full solve from the empty
 board takes ~0.03 s for tic-tac-toe (~900 stored positions) and ~15 s of CPU time for 5x4
 Connect-Four (~720k stored positions, ~330 MB peak memory; 17-35 s wall on a busy 2-core
-machine), in CPython; the table is kept
-for the process, so later queries are mostly dictionary look-ups. Under perfect play both
+machine), in CPython; the table is kept for the process, so later queries are mostly
+dictionary look-ups. Under perfect play both
 games are draws; in 5x4 Connect-Four the first player loses by opening on an edge column.
 
 Around the solver: epsilon-solver opponents and games between any players, an LM's included,
