@@ -11,7 +11,7 @@ from rlxf.rewards.specs import load_reward
 from rlxf.search.tree import Tree
 from rlxf.search.values import evaluate
 from rlxf.tasks.code import (TEMPLATES, CodeTask, CodeVerifier, all_problems, buggy_solutions, check, inject_bug,
-                             problem, program)
+                             mutants, problem, program)
 
 
 def _one_per_template():
@@ -129,3 +129,19 @@ def test_verifier_values_finished_leaves_only():
     assert values[2] < 1.0
     evaluate([(tree, right), (tree, wrong)], verifier)
     assert (right.value, right.source) == (1.0, "tests")
+
+
+def test_hidden_tests_catch_most_one_change_bugs():
+    """Over every problem, the hidden tests tell at least 95% of the reference's one-change mutants
+    from it (measured 95.8% of 2,243 when written; the rest act like the reference on every input)."""
+    from rlxf.tasks.code import _outputs, _reference
+
+    total = caught = 0
+    for p in all_problems().values():
+        arg = p.prompt.split("(", 1)[1].split(")", 1)[0]
+        want = [repr(out) for _, out in p.tests]
+        for m in mutants(p.solution):
+            fn = _reference("m", arg, "\n".join(line[4:] for line in m.rstrip("\n").split("\n")))
+            total += 1
+            caught += _outputs(fn, list(p.tests)) != want
+    assert total > 2000 and caught / total >= 0.95
