@@ -71,3 +71,33 @@ def test_lora_and_gradient_checkpointing_on_two_learner_workers_match_one_proces
     s1, s2 = (json.loads((tmp_path / r / "summary.json").read_text()) for r in ("one", "two"))
     assert s1["metrics"] == s2["metrics"] or all(
         abs(s1["metrics"][k]["trained"] - s2["metrics"][k]["trained"]) <= 1e-4 for k in s1["metrics"])
+
+
+def test_grpo_with_a_reward_file_on_learner_workers_and_rollout_actors_matches_one_process(inputs, tmp_path):
+    """A reward named by its file path is not importable in a Ray worker: it travels by value. Same 1e-5
+    tolerance; the local run shards its sampling as the 2 rollout actors do (run.rollout_workers = 2)."""
+    import ray
+
+    model, _ = inputs
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"{x} {y}", "answer": "yes"}) + "\n"
+                               for x in "abcd" for y in "efgh"))
+    reward = tmp_path / "reward.py"
+    reward.write_text("def fn(prompts, completions, answer, **kw):\n"
+                      "    return [float(c.count(a)) for c, a in zip(completions, answer)]\n")
+    args = ["--model", str(model), "--data", str(prompts), "--reward", f"{reward}:fn", "--quiet",
+            "--set", "online.optim.steps=3", "--set", "online.max_new_tokens=4", "--set", "online.optim.lr=0.01",
+            "--set", "run.rollout_workers=2"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", "grpo", *args, "--output", str(tmp_path / "one")]) == 0
+        assert main(["train", "grpo", *args, "--output", str(tmp_path / "two"), "--set", 'run.executor="ray"',
+                     "--set", "run.learner_workers=2", "--set", "run.learner_threads=1", "--set", "run.num_cpus=3"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+        ray.shutdown()
+    rows1, rows2 = (Run.existing(tmp_path / r).metrics("train") for r in ("one", "two"))
+    assert [r["step"] for r in rows2] == [r["step"] for r in rows1] == list(range(3))
+    for a, b in zip(rows1, rows2):
+        assert max(abs(a[k] - b[k]) for k in a if k != "stage") <= TOL, (a, b)

@@ -9,6 +9,7 @@ reported the same way, before any stage starts.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, fields
 
 EXECUTORS = ("local", "ray")
@@ -88,6 +89,23 @@ def scale_of(section) -> ScaleSettings:
     return ScaleSettings(**{k: getattr(section, k) for k in SCALE_KEYS})
 
 
+_BY_VALUE: list = []  # modules whose functions travel to Ray workers by value
+
+
+def pickle_by_value(module) -> None:
+    """Send ``module``'s functions to Ray workers by value: a reward file the user named by its path
+    (or a module beside it) is not importable in a worker process, which starts elsewhere."""
+    _BY_VALUE.append(module)
+    _register(module)
+
+
+def _register(module) -> None:
+    for name in ("cloudpickle", "ray.cloudpickle"):  # the learner ships with one, Ray's own calls use the other
+        pickler = sys.modules.get(name)
+        if pickler is not None:
+            pickler.register_pickle_by_value(module)
+
+
 def unreachable(address: str, timeout_s: float = 5.0) -> str:
     """Why a ``host:port`` (or ``ray://host:port``) address takes no TCP connection within ``timeout_s``
     ("" when it does, or when the address is one of Ray's own words such as "auto"). Ray itself waits
@@ -113,6 +131,11 @@ def connect_ray(scale: ScaleSettings | None = None):
         import ray
     except ImportError:
         raise ClusterError("run.executor = \"ray\" needs Ray, which is not installed: pip install 'rlxf[ray]'") from None
+    import cloudpickle  # noqa: F401 - Ray depends on it; imported so the modules below register with it
+    import ray.cloudpickle  # noqa: F401
+
+    for module in _BY_VALUE:
+        _register(module)
     if ray.is_initialized():
         return ray
     address = scale.ray_address or os.environ.get("RAY_ADDRESS", "")

@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from rlxf.core.cluster import pickle_by_value
 from rlxf.rewards.scoring import RewardError, RewardFn, Samples, Scorer, bradley_terry_preference
 
 TextRewardFn = Callable[..., Sequence[Any]]
@@ -95,6 +96,12 @@ def load_reward(spec: str) -> RewardSpec:
     return RewardSpec(spec, weight, load_function(body, what="reward"))
 
 
+def _installed(module) -> bool:
+    """Whether a Ray worker can import ``module`` by name: rlxf's own, or from an installed package."""
+    path, top = getattr(module, "__file__", None) or "", module.__name__.split(".")[0]
+    return top == "rlxf" or top in sys.stdlib_module_names or "site-packages" in path or "dist-packages" in path
+
+
 def load_function(spec: str, what: str = "function") -> Callable:
     """``file.py:fn`` or ``module:fn`` -> the callable, with errors that name the spec."""
     target, _, attr = spec.rpartition(":")
@@ -118,6 +125,8 @@ def load_function(spec: str, what: str = "function") -> Callable:
             module = importlib.import_module(target)
         except Exception as e:  # noqa: BLE001
             raise RewardSpecError(f"{what} {spec!r}: cannot import module {target} ({type(e).__name__}: {e})") from e
+    if not _installed(module):
+        pickle_by_value(module)
     fn = getattr(module, attr, None)
     if fn is None:
         defined = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
