@@ -32,6 +32,8 @@ def test_a_few_hundred_distinct_problems_with_informative_tests():
     assert 200 <= len(problems) <= 400
     for p in problems.values():
         assert p.prompt.startswith(f"def {p.id}(") and ">>>" in p.prompt and len(p.tests) == 10
+        assert len(p.public) == 3 and not set(map(repr, p.public)) & set(map(repr, p.tests))
+        assert f">>> {p.id}({repr(p.public[0][0][0])}" in p.prompt
         # No single answer passes more than half the hidden tests (so returning a constant scores <= 0.5).
         top = collections.Counter(repr(out) for _, out in p.tests).most_common(1)[0][1]
         assert top <= 5, p.id
@@ -52,8 +54,10 @@ def test_gold_is_the_pass_rate():
     p, want = problem(f"keep_above_{t}"), share(t)
     wrong = f"    return [x for x in xs if x >= {t}]\n"
     assert task.gold(p.prompt, wrong) == pytest.approx(want)
-    text = task.feedback(p.prompt, wrong)
+    text = task.feedback(p.prompt, wrong, public=False)
     assert text.startswith(f"passed {round(want * 10)}/10 tests") and f"keep_above_{t}([" in text and "expected" in text
+    public_want = sum(t not in args[0] for args, _ in p.public)
+    assert task.feedback(p.prompt, wrong).startswith(f"passed {public_want}/3 tests")
     assert task.gold(p.prompt, "    return [\n") == 0.0
     assert "SyntaxError" in task.feedback(p.prompt, "    return [\n")
 

@@ -25,18 +25,21 @@ from rlxf.rewards.specs import completion_text
 from rlxf.tasks.sandbox import Limits, RunResult, run_many
 
 N_TESTS = 10
+N_PUBLIC = 3
 _FENCE = re.compile(r"```(?:python)?\n(.*?)(?:```|$)", re.S)
 
 
 @dataclass(frozen=True)
 class Problem:
     """One problem: ``id`` (also the function's name), its ``prompt``, the reference ``solution``
-    body (indented, follows the prompt) and the hidden ``tests`` as ``(args, expected)``."""
+    body (indented, follows the prompt), the hidden ``tests`` as ``(args, expected)`` (gold), and
+    ``public`` tests (the docstring's example and two more) that execution feedback may show."""
 
     id: str
     prompt: str
     solution: str
     tests: tuple = field(repr=False)
+    public: tuple = field(repr=False, default=())
 
 
 # -- templates --------------------------------------------------------------------------------
@@ -202,7 +205,8 @@ def _build(t: Template, p: dict) -> Problem:
     (ex_args, ex_out), hidden = tests[example_at], tests[:example_at] + tests[example_at + 1:]
     example = f"{name}({', '.join(map(repr, ex_args))})"
     prompt = (f"def {name}({t.arg}):\n    \"\"\"{t.doc.format(**p)}\n\n    >>> {example}\n    {ex_out!r}\n    \"\"\"\n")
-    return Problem(name, prompt, _indent(body), tuple(hidden))
+    public = [(ex_args, ex_out)] + [c for c in pool if c not in tests][:N_PUBLIC - 1]
+    return Problem(name, prompt, _indent(body), tuple(hidden), tuple(public))
 
 
 @lru_cache(maxsize=1)
@@ -244,9 +248,12 @@ def program(p: Problem, response: str) -> str:
     return p.prompt + "\n".join(lines[:end])
 
 
-def check(problems: list[Problem], responses: list[str], limits: Limits = Limits(), workers: int = 2) -> list[RunResult]:
-    """Run each response against its problem's hidden tests, ``workers`` sandboxes at a time."""
-    return run_many([(program(p, r), p.id, list(p.tests)) for p, r in zip(problems, responses)], limits, workers)
+def check(problems: list[Problem], responses: list[str], limits: Limits = Limits(), workers: int = 2,
+          public: bool = False) -> list[RunResult]:
+    """Run each response against its problem's hidden tests (or its ``public`` ones), ``workers``
+    sandboxes at a time."""
+    jobs = [(program(p, r), p.id, list(p.public if public else p.tests)) for p, r in zip(problems, responses)]
+    return run_many(jobs, limits, workers)
 
 
 def pass_rate_reward(prompts, completions, problem_id, **_) -> list[float]:
@@ -352,16 +359,18 @@ class CodeTask:
                 return p
         raise KeyError(f"CodeTask: {prompt[:60]!r}... is not the prompt of any code problem")
 
-    def run(self, prompts: list[str], responses: list[str]) -> list[RunResult]:
-        return check([self.by_prompt(p) for p in prompts], responses, self.limits, self.workers)
+    def run(self, prompts: list[str], responses: list[str], public: bool = False) -> list[RunResult]:
+        return check([self.by_prompt(p) for p in prompts], responses, self.limits, self.workers, public)
 
     def gold(self, prompt: str, response: str) -> float:
         """The pass rate of ``response`` on the hidden tests of the problem ``prompt`` states."""
         return self.run([prompt], [response])[0].pass_rate
 
-    def feedback(self, prompt: str, response: str) -> str:
-        """Execution feedback as text: tests passed, the error, the first failing cases."""
-        return self.run([prompt], [response])[0].feedback()
+    def feedback(self, prompt: str, response: str, public: bool = True) -> str:
+        """Execution feedback as text: tests passed, the error, the first failing cases. By default
+        on the public tests, so a search that refines from feedback never sees the hidden tests
+        gold is measured on; ``public=False`` reports the hidden ones."""
+        return self.run([prompt], [response], public)[0].feedback()
 
     def sft_rows(self, bug_rate: float = 0.5, split: str = "train") -> list[dict]:
         """One SFT row per problem of ``split``: the reference body, or with probability
