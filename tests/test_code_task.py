@@ -110,6 +110,15 @@ def test_splits_are_disjoint_and_sft_rows_mix_bugs_in():
         task.sft_rows(bug_rate=2.0)
 
 
+def test_prompt_rows_plain_and_chat():
+    task = CodeTask()
+    plain, chat = task.rows("test"), task.rows("test", chat=True)
+    assert [r["problem_id"] for r in plain] == [p.id for p in task.problems("test")] == [r["problem_id"] for r in chat]
+    p = problem(plain[0]["problem_id"])
+    assert plain[0]["prompt"] == p.prompt
+    assert chat[0]["prompt"] == [{"role": "user", "content": "Complete this Python function.\n\n" + p.prompt}]
+
+
 def test_reward_spec_for_rlxf_train():
     reward = load_reward("rlxf.tasks.code:pass_rate_reward").fn
     p = problem("top_2_sum")

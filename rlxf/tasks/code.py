@@ -26,6 +26,7 @@ from rlxf.tasks.sandbox import Limits, RunResult, run_many
 
 N_TESTS = 10
 N_PUBLIC = 3
+CHAT_ASK = "Complete this Python function.\n\n"  # the request in CodeTask.rows(chat=True)
 _FENCE = re.compile(r"```(?:python)?\n(.*?)(?:```|$)", re.S)
 
 
@@ -344,8 +345,14 @@ class CodeTask:
             raise ValueError(f"CodeTask: split must be 'train' or 'test', got {split!r}")
         return [p for p in all_problems().values() if self.split_of(p.id) == split]
 
-    def rows(self, split: str = "train") -> list[dict[str, str]]:
-        """Prompt rows for ``rlxf train`` with :func:`pass_rate_reward`: ``{"prompt", "problem_id"}``."""
+    def rows(self, split: str = "train", chat: bool = False) -> list[dict]:
+        """Prompt rows for ``rlxf train`` with :func:`pass_rate_reward`: ``{"prompt", "problem_id"}``.
+        ``chat=True`` makes each prompt a user message asking to complete the function (TRL's
+        conversational format, rendered with the model's chat template): instruction-tuned models
+        answer it with code, where the bare prompt draws prose."""
+        if chat:
+            return [{"prompt": [{"role": "user", "content": CHAT_ASK + p.prompt}], "problem_id": p.id}
+                    for p in self.problems(split)]
         return [{"prompt": p.prompt, "problem_id": p.id} for p in self.problems(split)]
 
     def by_prompt(self, prompt: str) -> Problem:
