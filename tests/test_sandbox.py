@@ -50,7 +50,7 @@ def test_sleeping_code_is_killed_with_its_process_group_at_the_wall_limit(tmp_pa
             "def f(a, b):\n    if a == 2:\n        time.sleep(60)\n    return PID\n")
     t = time.monotonic()
     res = run(code, "f", ADD, FAST)
-    assert time.monotonic() - t < 4
+    assert time.monotonic() - t < 30  # the sleep is 60 s: only the kill ends it sooner
     assert res.status == "timeout" and "wall" in res.reason
     # The first case (before the hang) was streamed back: its result carries the group id.
     assert len(res.cases) == 1 and not res.cases[0].passed
@@ -118,12 +118,12 @@ def test_output_is_captured_and_the_directory_removed():
 
 
 def test_run_many_keeps_order_and_runs_in_parallel():
-    jobs = [(f"import time\ntime.sleep(1)\ndef f(a, b):\n    return a + b + {k}\n", "f", ADD) for k in range(4)]
+    jobs = [(f"import time\ntime.sleep(2)\ndef f(a, b):\n    return a + b + {k}\n", "f", ADD) for k in range(4)]
     t = time.monotonic()
-    results = run_many(jobs, Limits(wall_s=5), workers=4)
+    results = run_many(jobs, Limits(wall_s=8), workers=4)
     elapsed = time.monotonic() - t
     assert [r.pass_rate for r in results] == [1.0, 0.0, 0.0, 0.0]
-    assert elapsed < 3  # one after another, the sleeps alone take 4 s
+    assert elapsed < 6  # one after another, the sleeps alone take 8 s (sleeping takes no CPU: load barely matters)
 
 
 def test_bad_limits_are_named():
