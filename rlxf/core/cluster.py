@@ -49,7 +49,7 @@ class ScaleSettings:
     weight_sync: str = "auto"
     ray_address: str = ""
     num_cpus: int = 0
-    timeout_s: float = 300.0
+    timeout_s: float = 1800.0
 
     def problems(self) -> list[str]:
         """What is wrong with these settings, one line per option (empty when they are usable)."""
