@@ -106,12 +106,11 @@ def train(run: Run, stage: str, model: torch.nn.Module, cfg: OptimConfig,
 def worker_body(run: Run, stage: str, model: torch.nn.Module, cfg: OptimConfig, make_batch, loss_fn,
                 on_resume, extra_state) -> dict | None:
     """What each data-parallel worker runs: the loop, then (rank 0) the final state for the driver."""
-    start = optimise(run, stage, model, cfg, make_batch, loss_fn, True, on_resume, extra_state)
+    optimise(run, stage, model, cfg, make_batch, loss_fn, True, on_resume, extra_state)
     weights = learner.gather_weights(trainable_state(model))  # every rank: a collective under FSDP
     if world()[0] != 0:
         return None
-    return {"start": start, "model": weights, "extra": extra_state() if extra_state else {},
-            "torch_rng": torch.get_rng_state()}
+    return {"model": weights, "extra": extra_state() if extra_state else {}, "torch_rng": torch.get_rng_state()}
 
 
 def optimise(run: Run, stage: str, model: torch.nn.Module, cfg: OptimConfig, make_batch, loss_fn,
