@@ -97,3 +97,24 @@ def tiny_policy():
 
     tok = tiny_tokenizer(["a", "b", "c", "d", "e", "f"])
     return LanguagePolicy(tiny_causal_lm(tok, n_layer=1, n_embd=32, n_head=2, seed=0), tok)
+
+
+# -- a weak arithmetic prover for the search papers (issue 19) -----------------------------------
+
+
+@pytest.fixture(scope="session")
+def arith_prover(tmp_path_factory):
+    """A tiny char-level GPT-2 (2 layers, 64 wide) SFT'd for 1000 steps (batch 32, lr 3e-3) on 4000 worked
+    solutions of ``ArithmeticTask(seed=0)``: about 30% exact at temperature 1 and 44% greedy on test
+    problems, so search and self-training have room to help (~25 s once per session). Tests that train
+    it must work on ``copy.deepcopy(arith_prover)``."""
+    from rlxf.algorithms.loop import OptimConfig
+    from rlxf.core.runs import Run
+    from rlxf.lab.rlvr import train_prover
+    from rlxf.tasks.arithmetic import ArithmeticTask
+
+    run = Run(tmp_path_factory.mktemp("arith_prover"), "weak arithmetic prover", fresh=True)
+    policy = train_prover(run, ArithmeticTask(seed=0),
+                          OptimConfig(steps=1000, batch_size=32, lr=3e-3, checkpoint_every=10**6), corpus_size=4000)
+    policy.model.eval()
+    return policy
