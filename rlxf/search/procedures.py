@@ -16,6 +16,7 @@ from rlxf.search.tree import Node, Tree
 from rlxf.search.values import Evaluator, evaluate
 
 Rule = Callable[[Node, Node], float]  # (parent, child) -> selection score; the highest is chosen
+Backup = Callable[[Tree, Node, float], None]  # adds one evaluation of a node to the statistics up to the root
 
 
 def _exploit(child: Node, stat: str) -> float:
@@ -93,12 +94,13 @@ def select_leaves(tree: Tree, rule: Rule, batch: int = 1) -> list[Node]:
 Trees = Tree | list[Tree]
 
 
-def _grow(items: list[Item], expander: Expander | TopTokens, evaluator: Evaluator) -> list[Item]:
+def _grow(items: list[Item], expander: Expander | TopTokens, evaluator: Evaluator,
+          backup: Backup = Tree.backup) -> list[Item]:
     """Expand ``items`` in one sampling call, value the children in one evaluator call, back them up."""
     kids = expander.expand(items)
     evaluate(kids, evaluator)
     for tree, child in kids:
-        tree.backup(child, child.value)
+        backup(tree, child, child.value)
     return kids
 
 
@@ -107,23 +109,25 @@ def _many(trees: Trees) -> list[Tree]:
 
 
 def mcts(trees: Trees, expander: Expander | TopTokens, evaluator: Evaluator, simulations: int = 16,
-         rule: Rule | None = None, batch: int = 1) -> Trees:
+         rule: Rule | None = None, batch: int = 1, backup: Backup | None = None) -> Trees:
     """Monte-Carlo tree search for ``simulations`` selected leaves per tree (or until every leaf is
     terminal). Each round selects up to ``batch`` leaves of every tree (virtual visits keep them
     apart), expands the open ones of all trees in one sampling call, values their children and
     backs the values up; a selected terminal leaf backs up its own value again. ``rule`` defaults
-    to ``uct(1.0)``. ``trees``: one tree or a list searched side by side."""
+    to ``uct(1.0)``, ``backup`` to the mean backup :meth:`Tree.backup` (MedS³'s "comp" backup is
+    another). ``trees``: one tree or a list searched side by side."""
     rule = rule or uct(1.0)
+    backup = backup or Tree.backup
     done = {id(t): 0 for t in _many(trees)}
     while True:
         active = [t for t in _many(trees) if done[id(t)] < simulations and not all(n.terminal for n in t.leaves())]
         if not active:
             return trees
         picked = [(t, leaf) for t in active for leaf in select_leaves(t, rule, min(batch, simulations - done[id(t)]))]
-        _grow([(t, n) for t, n in picked if not n.terminal], expander, evaluator)
+        _grow([(t, n) for t, n in picked if not n.terminal], expander, evaluator, backup)
         for tree, leaf in picked:
             if leaf.terminal:
-                tree.backup(leaf, leaf.value)
+                backup(tree, leaf, leaf.value)
             done[id(tree)] += 1
 
 

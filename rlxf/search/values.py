@@ -114,6 +114,19 @@ class ModelValue:
         return self.model.score(p_ids, r_ids).tolist()
 
 
+def encode_steps(tokenizer, prompt: str, steps: list[str]) -> tuple[list[int], list[int], list[int]]:
+    """``prompt`` and the concatenated ``steps`` encoded separately, each step on its own, and the
+    index of each non-empty step's last token in the response: what a PRM reads its scores at."""
+    enc = lambda s: tokenizer(s, add_special_tokens=False).input_ids  # noqa: E731
+    ids, ends = [], []
+    for step in steps:
+        piece = enc(step)
+        if piece:
+            ids += piece
+            ends.append(len(ids) - 1)
+    return enc(prompt), ids, ends
+
+
 @dataclass
 class PRM:
     """A :class:`rlxf.rewards.process.ProcessRewardModel`'s score at the end of the node's last
@@ -125,19 +138,13 @@ class PRM:
     source: str = "prm"
 
     def __call__(self, items):
-        enc = lambda s: self.prm.tokenizer(s, add_special_tokens=False).input_ids  # noqa: E731
         p_ids, r_ids, ends = [], [], []
         for t, node in items:
-            ids, e = [], []
-            for step in t.path(node):
-                piece = enc(step.text)
-                if piece:
-                    ids += piece
-                    e.append(len(ids) - 1)
-            p_ids.append(enc(t.prompt))
+            p, ids, e = encode_steps(self.prm.tokenizer, t.prompt, [step.text for step in t.path(node)])
+            p_ids.append(p)
             r_ids.append(ids)
             ends.append(e or [-1])
-            t.compute.scored_tokens += len(p_ids[-1]) + len(ids)
+            t.compute.scored_tokens += len(p) + len(ids)
         scores = torch.tensor([s[-1] for s in self.prm.step_scores(p_ids, r_ids, ends)])
         return (scores.sigmoid() if self.sigmoid else scores).tolist()
 
@@ -239,4 +246,4 @@ class First:
 
 
 __all__ = ["Check", "Critique", "Evaluator", "First", "ImplicitReward", "Mix", "ModelValue", "PRM", "Rollouts",
-           "SearchError", "Verifier", "evaluate"]
+           "SearchError", "Verifier", "encode_steps", "evaluate"]
