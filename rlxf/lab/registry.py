@@ -20,6 +20,7 @@ LABS: dict[str, str] = {
     "best_of_n": "rlxf.lab.best_of_n:BestOfNLab",
     "direct": "rlxf.lab.direct:DirectLab",
     "train": "rlxf.lab.train:TrainLab",
+    "search": "rlxf.lab.search:SearchLab",
 }
 
 
