@@ -443,9 +443,12 @@ def train_critics(run: Run, stage: str, pairs: dict[str, list[tuple[str, str, st
 @dataclass
 class Critics:
     """Node values from the critics: a sub-goal node gets the sub-goal critic's score of its sub-goal,
-    an execution node its sub-goal's execution critic's score, each in one batch per critic."""
+    an execution node its sub-goal's execution critic's score, each in one batch per critic. With
+    ``order="always"`` a fixed query -> retrieve -> reason cycle replaces the sub-goal critic (the
+    ablation that keeps only the execution critics)."""
 
     models: dict[str, Critic]
+    order: str | None = None
     source: str = "critic"
 
     def __call__(self, items):
@@ -457,7 +460,11 @@ class Critics:
             groups.setdefault(critic_of(state), []).append(i)
         out = [0.0] * len(items)
         for kind, idx in groups.items():
-            for i, v in zip(idx, self.models[kind].score([pairs[i] for i in idx])):
+            if kind == "subgoal" and self.order is not None:
+                scores = [float(MARKERS[pairs[i][1]] == next_subgoal(self.order, None, pairs[i][0])[0]) for i in idx]
+            else:
+                scores = self.models[kind].score([pairs[i] for i in idx])
+            for i, v in zip(idx, scores):
                 out[i] = v
         return out
 
@@ -484,13 +491,16 @@ def chosen_path(tree: Tree) -> Node:
 
 
 def plan(task: RetrievalTask, questions: list[Question], generator: TextModel, critics: dict[str, Critic],
-         n: int = 3, docs: int = 3, max_steps: int = 8) -> list[Tree]:
+         n: int = 3, docs: int = 3, max_steps: int = 8, order: str | None = None) -> list[Tree]:
     """CR-Planner's inference: at each step the sub-goal critic picks the sub-goal, then the execution
     critic the best of ``n`` generator samples (or ``docs`` documents), for all questions side by side
     (beam search of width 1 with :class:`Critics` as the evaluator). The answer ends
-    ``state_of(tree, chosen_path(tree))``."""
+    ``state_of(tree, chosen_path(tree))``. ``order="always"``: a fixed sub-goal order instead of the
+    sub-goal critic."""
+    if order not in (None, "always", "never"):
+        raise ValueError(f"cr_planner.plan: order must be None, 'always' or 'never', got {order!r}")
     trees = [Tree(q.prompt, []) for q in questions]
-    beam_search(trees, PlanExpander(task, generator, n, docs, max_steps), Critics(critics), width=1,
+    beam_search(trees, PlanExpander(task, generator, n, docs, max_steps), Critics(critics, order), width=1,
                 max_depth=2 * max_steps)
     return trees
 
