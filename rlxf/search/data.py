@@ -29,7 +29,7 @@ def _score(node: Node, alpha: float) -> float:
 def step_pairs(tree: Tree, min_gap: float = 0.0, alpha: float = 1.0) -> list[dict]:
     """Every pair of siblings whose score ``alpha * q + (1 - alpha) * value`` differs by more than
     0 and at least ``min_gap``: ``{prompt (prompt + steps so far), chosen, rejected, *_score,
-    *_logp, node, depth}``, in node order."""
+    *_logp, node, depth, chosen_node, rejected_node}`` (``node`` is the parent), in node order."""
     rows = []
     for node in tree.nodes:
         kids = tree.children(node)
@@ -40,7 +40,8 @@ def step_pairs(tree: Tree, min_gap: float = 0.0, alpha: float = 1.0) -> list[dic
             win, lose = (a, b) if sa > sb else (b, a)
             rows.append({"prompt": tree.prompt + tree.response_text(node), "chosen": win.text, "rejected": lose.text,
                          "chosen_score": max(sa, sb), "rejected_score": min(sa, sb), "chosen_logp": win.logp,
-                         "rejected_logp": lose.logp, "node": node.id, "depth": node.depth})
+                         "rejected_logp": lose.logp, "node": node.id, "depth": node.depth,
+                         "chosen_node": win.id, "rejected_node": lose.id})
     return rows
 
 
@@ -102,9 +103,11 @@ def _common_ancestor(tree: Tree, a: Node, b: Node) -> Node:
 
 
 def revisions(tree: Tree, marker: str = REVISION_MARKER, good_min: float = 1.0, min_gap: float = 0.5,
-              cut: str = "first_bad", is_bad: Callable[[Tree, Node], bool] | None = None) -> list[dict]:
+              cut: str = "first_bad", is_bad: Callable[[Tree, Node], bool] | None = None,
+              partial: bool = False) -> list[dict]:
     """Agent-R revision trajectories from terminal pairs (good value >= ``good_min``, bad value at
-    least ``min_gap`` lower): ``{prompt, prefix, completion, good, bad, cut}`` where ``prefix`` is
+    least ``min_gap`` lower; with ``partial`` a bad path may also end at an unexpanded leaf, valued
+    e.g. by rollouts): ``{prompt, prefix, completion, good, bad, cut}`` where ``prefix`` is
     the shared steps plus the bad branch up to the cut and ``completion`` is ``marker`` plus the
     good branch from the common ancestor. ``cut="end"`` splices after the whole bad branch;
     ``cut="first_bad"`` after its first step where ``is_bad(tree, node)`` holds (default: the
@@ -112,9 +115,10 @@ def revisions(tree: Tree, marker: str = REVISION_MARKER, good_min: float = 1.0, 
     if cut not in ("first_bad", "end"):
         raise ValueError(f"revisions cut must be 'first_bad' or 'end', got {cut!r}")
     ends = [n for n in tree.nodes if n.terminal and n.value is not None]
+    bads = ends + [n for n in tree.nodes if partial and not n.terminal and not n.children and n.value is not None]
     rows = []
     for good in (n for n in ends if n.value >= good_min):
-        for bad in (n for n in ends if n is not good and good.value - n.value >= min_gap):
+        for bad in (n for n in bads if n is not good and good.value - n.value >= min_gap):
             top = _common_ancestor(tree, good, bad)
             branch = tree.path(bad)[top.depth:]
             if cut == "first_bad":
