@@ -336,7 +336,9 @@ class SearchLab(StagedLab):
         return {"tasks": list(summary)}
 
     def n_prompts(self, task: str) -> int:
-        return getattr(self.cfg, task).n_prompts
+        """The prompts gold was measured on (a setup may find fewer than the config asks for)."""
+        stage = f"{task}.{getattr(self.cfg, task).methods[0]}"
+        return self.run.result(stage)["n_prompts"] if self.run.is_done(stage) else getattr(self.cfg, task).n_prompts
 
     def format_table(self, summary: dict) -> str:
         return format_table(summary, {task: self.n_prompts(task) for task in summary})
