@@ -541,7 +541,7 @@ def _search_planner(setup, critics: dict[str, Critic], budget: int, seed: int) -
     generator = simulated_generator(task, setup.extras["error"], seed + 1)
     trees = plan(task, [task.question(p) for p in setup.prompts], generator, critics, n=budget)
     return {"gold": sum(gold_of(task, t) for t in trees) / len(trees),
-            "generations": sum(t.compute.generations for t in trees)}
+            "generations": sum(t.compute.generations for t in trees), "tree": trees[0]}
 
 
 def _search_no_critic(setup, prepared, budget: int, seed: int) -> dict:
