@@ -192,7 +192,8 @@ def test_claim_prm_vote_sum_beats_outcome_rm_best_of_n_at_equal_samples(arith_pr
     equal generations (8 per prompt) and equal scored tokens.
 
     Threshold (set before the first run): the paired per-prompt gold difference P-VS - ORM-BoN over
-    the 500 prompts has mean >= 2 standard errors (seed 0). Majority vote is printed for reference.
+    the 500 prompts has mean >= 2 standard errors (seed 0). Majority vote, PRM best-of-N and one sample
+    (of the evolved policy and of the prover before SFT) are printed for reference.
     """
     task = ArithmeticTask(seed=0)
     ev = self_evolve(Run(tmp_path / "run", "meds3 claim", fresh=True), arith_prover, task, MedS3Config(), seed=0)
@@ -200,11 +201,12 @@ def test_claim_prm_vote_sum_beats_outcome_rm_best_of_n_at_equal_samples(arith_pr
     cands = sample_responses(ev.policy, test, 8, seed=0)
     gold = {name: np.array([check_answer(p, r) for p, r in zip(test, pick(test, cands, scorer, rule, how))], float)
             for name, scorer, rule, how in [("pvs", ev.prm, "vote_sum", "min"), ("orm_bon", ev.orm, "best", "last"),
-                                             ("majority", None, "majority", "min")]}
+                                             ("majority", None, "majority", "min"),
+                                             ("prm_bon", ev.prm, "best", "min")]}
     first = np.array([check_answer(p, c[0]) for p, c in zip(test, cands)], float)
+    prover = np.array([check_answer(p, c[0]) for p, c in zip(test, sample_responses(arith_prover, test, 1, seed=0))])
     diff = gold["pvs"] - gold["orm_bon"]
     se = diff.std(ddof=1) / math.sqrt(len(diff))
-    print(f"\nMedS3 claim: pvs {gold['pvs'].mean():.3f} orm_bon {gold['orm_bon'].mean():.3f} "
-          f"majority {gold['majority'].mean():.3f} single sample {first.mean():.3f}; "
-          f"diff {diff.mean():.3f} se {se:.3f}; {ev.stats}")
+    print(f"\nMedS3 claim: {', '.join(f'{k} {v.mean():.3f}' for k, v in gold.items())}, one sample {first.mean():.3f} "
+          f"(prover before SFT {prover.mean():.3f}); diff {diff.mean():.3f} se {se:.3f}; {ev.stats}")
     assert diff.mean() >= 2 * se > 0

@@ -174,9 +174,11 @@ def orm_rows(samples: list[tuple[str, str, float]], tokenizer) -> list[Row]:
 
 def fit_scorer(run: Run, stage: str, base: LanguagePolicy, rows: list[Row], cfg: OptimConfig,
                seed: int) -> ProcessRewardModel:
-    """A process reward model on ``base``'s trunk with a new scalar head, fitted to ``rows``
-    (soft-label binary cross-entropy per step)."""
-    model = scalar_head(copy.deepcopy(base.model), base.tokenizer.pad_token_id)
+    """A process reward model on ``base``'s trunk with a new scalar head (initialised from ``seed``),
+    fitted to ``rows`` (soft-label binary cross-entropy per step)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = scalar_head(copy.deepcopy(base.model), base.tokenizer.pad_token_id)
     prm = ProcessRewardModel(model, base.tokenizer, device=base.device)
     train_process_reward_model(run, stage, prm, rows, cfg, seed, quiet=True, loss="bce")
     prm.model.eval()
@@ -328,10 +330,11 @@ def lab_prepare(setup: TaskSetup, run: Run, seed: int) -> Evolved:
 
 def _lab_search(rule: str, scorer: str, how: str):
     def search(setup: TaskSetup, prepared: Evolved, budget: int, seed: int) -> dict:
-        cands = sample_responses(prepared.policy, setup.prompts, budget, seed)
+        cands = sample_responses(prepared.policy, setup.prompts, budget, seed, setup.extras.get("max_new_tokens", 48))
         chosen = pick(setup.prompts, cands, getattr(prepared, scorer), rule, how)
-        return {"gold": float(np.mean([check_answer(p, r) for p, r in zip(setup.prompts, chosen)])),
-                "generations": budget * len(setup.prompts)}
+        check = setup.extras.get("check", check_answer)
+        golds = [float(check(p, r)) for p, r in zip(setup.prompts, chosen)]
+        return {"gold": float(np.mean(golds)), "generations": budget * len(setup.prompts), "per_prompt": golds}
 
     return search
 
