@@ -106,6 +106,8 @@ def test_expander_grows_subgoals_then_executions_in_one_generator_call(task, two
     docs = exp.expand([(tree, retrieve)])
     assert [n.text for _, n in docs] == [d + "\n" for d in task.search(query.text, 2)] and gen.calls == 1
     assert all(n.terminal and not n.finished for _, n in docs)  # step 2 of max_steps=2: cut
+    with pytest.raises(ValueError, match="PlanExpander.n must be >= 1"):
+        PlanExpander(task, gen, n=0)
 
 
 def test_planner_values_take_the_best_execution_discounted_per_step(two_hop):

@@ -196,6 +196,11 @@ class PlanExpander:
     docs: int = 3
     max_steps: int = 8
 
+    def __post_init__(self):
+        for name in ("n", "docs", "max_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PlanExpander.{name} must be >= 1, got {getattr(self, name)}")
+
     def expand(self, items):
         items = [(t, n) for t, n in items if not n.terminal]
         out, work = [], []
