@@ -84,6 +84,11 @@ def test_revision_rows_cut_each_bad_path_at_its_first_flagged_step(tok):
     # a bad path whose steps the critic all let through gives no row; the limit samples distinct rows
     assert len(A.revision_rows(tree, {4, 5}, limit=10, rng=random.Random(0))) == 2
     assert len(A.revision_rows(tree, flagged, limit=2, rng=random.Random(0))) == 2
+    # direct revision (the paper's ablation): the whole bad path, no critic needed
+    ends = A.revision_rows(tree, set(), limit=10, rng=random.Random(0), cut="end")
+    assert ("4*2=9\n3+9=12\nanswer: 12\n", A.MARKER + "4*2=8\n3+8=11\nanswer: 11") in {
+        (r["prefix"], r["completion"]) for r in ends}
+    assert len(ends) == 3
 
 
 def test_good_rows_are_the_distinct_correct_answers_and_only_the_completion_takes_the_loss(tok):

@@ -50,7 +50,8 @@ class AgentRConfig:
     ``rollouts`` completions per new node, UCT constant ``c``: the paper's code uses 0.25, 1.0 here
     explores more failed branches) and SFT for
     ``sft.steps`` steps. Per tree at most ``revisions_per_tree`` revision and ``good_per_tree``
-    good rows; ``min_gap``: the least value gap between a good and a bad path;
+    good rows; ``min_gap``: the least value gap between a good and a bad path; ``cut``: where a
+    bad path is spliced (``"first_bad"`` by the critic, or ``"end"``);
     ``demos_per_iteration`` demonstrations join each iteration's rows (the paper's general data)."""
 
     iterations: int = 2
@@ -65,6 +66,7 @@ class AgentRConfig:
     good_per_tree: int = 2
     min_gap: float = 0.5
     critic_error: float = 0.1
+    cut: str = "first_bad"
     demos_per_iteration: int = 256
     sft: OptimConfig = field(default_factory=lambda: OptimConfig(steps=120, batch_size=32, lr=1e-3, warmup_steps=10,
                                                                   checkpoint_every=10**6))
@@ -130,14 +132,17 @@ def bad_steps(tree: Tree, critic: SimulatedRole) -> set[int]:
     return {n.id for n, label in zip(nodes, labels) if label == BAD}
 
 
-def revision_rows(tree: Tree, flagged: set[int], limit: int, rng: random.Random, min_gap: float = 0.5) -> list[dict]:
+def revision_rows(tree: Tree, flagged: set[int], limit: int, rng: random.Random, min_gap: float = 0.5,
+                  cut: str = "first_bad") -> list[dict]:
     """Up to ``limit`` distinct revision rows ``{prompt, prefix, completion}`` of ``tree``: a bad
     path (a wrong answer, or an unexpanded step whose rollouts failed) cut at its first step in
-    ``flagged``; a path without a flagged step gives none. A prefix that ends in a finished answer
-    line gets a newline, so the marker starts a line of its own."""
-    rows = revisions(tree, MARKER, good_min=1.0, min_gap=min_gap, cut="first_bad",
+    ``flagged``; a path without a flagged step gives none. ``cut="end"`` (the paper's "direct
+    revision" ablation) splices after the whole bad path instead. A prefix that ends in a finished
+    answer line gets a newline, so the marker starts a line of its own."""
+    rows = revisions(tree, MARKER, good_min=1.0, min_gap=min_gap, cut=cut,
                      is_bad=lambda _t, n: n.id in flagged, partial=True)
-    unique = list({(r["prefix"], r["completion"]): r for r in rows if r["cut"] in flagged}.values())
+    unique = list({(r["prefix"], r["completion"]): r for r in rows
+                   if cut == "end" or r["cut"] in flagged}.values())
     out = []
     for r in rng.sample(unique, min(limit, len(unique))):
         prefix = r["prefix"] if r["prefix"].endswith("\n") else r["prefix"] + "\n"
@@ -176,7 +181,8 @@ def self_train(run: Run, policy: LanguagePolicy, prompts: list[str], cfg: AgentR
         trees = search_trees(policy, chunk, cfg, seed=seed * 1000 + it)
         good = [r for t in trees for r in good_rows(t, cfg.good_per_tree, rng)]
         revs = [r for t in trees if revise
-                for r in revision_rows(t, bad_steps(t, critic), cfg.revisions_per_tree, rng, cfg.min_gap)]
+                for r in revision_rows(t, bad_steps(t, critic) if cfg.cut == "first_bad" else set(),
+                                       cfg.revisions_per_tree, rng, cfg.min_gap, cfg.cut)]
         general = [{"prompt": d["prompt"], "prefix": "", "completion": d["completion"]}
                    for d in demos[it * cfg.demos_per_iteration : (it + 1) * cfg.demos_per_iteration]]
         rows = good + revs + general
