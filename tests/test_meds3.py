@@ -173,7 +173,7 @@ def test_self_evolve_and_the_lab_methods_run_end_to_end(tiny, tmp_path):
     assert isinstance(prepared, Evolved) and OUTCOME_BON.prepare(setup, run, 0) is prepared
     assert all(torch.equal(v, tiny.model.state_dict()[k]) for k, v in before.items())  # the input is untouched
     stages = {json.loads(line)["stage"] for line in run.metrics_path.read_text().splitlines()}
-    assert prepared.stats["generations"] > 0 and {"prm", "orm"} <= stages
+    assert prepared.stats["generations"] > 0 and {"meds3_prm", "meds3_orm"} <= stages
     for method in (LAB_METHOD, OUTCOME_BON):
         out = method.search(setup, prepared, 2, 0)
         assert out["generations"] == 6 and 0.0 <= out["gold"] <= 1.0

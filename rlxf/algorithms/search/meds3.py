@@ -288,7 +288,8 @@ class Evolved:
 def self_evolve(run: Run, policy: LanguagePolicy, task: ArithmeticTask, cfg: MedS3Config, seed: int = 0) -> Evolved:
     """MedS³ on ``task``'s training problems: ``cfg.iterations`` rounds of search then SFT on the
     correct trajectories (of a copy of ``policy``), then the PRM (step values, look-back) and the
-    ORM (outcomes of every sampled complete response) from all rounds' searches."""
+    ORM (outcomes of every sampled complete response) from all rounds' searches. Training stages
+    are named ``meds3_sft_<round>``, ``meds3_prm`` and ``meds3_orm`` in ``run``."""
     evolved = policy.copy()
     problems = task.prompts(cfg.problems * cfg.iterations, "train")
     trees: list[Tree] = []
@@ -304,11 +305,11 @@ def self_evolve(run: Run, policy: LanguagePolicy, task: ArithmeticTask, cfg: Med
         stats["sampled"].append(len(found.samples))
         if good:
             sft = replace(cfg.sft, steps=max(1, cfg.sft_epochs * len(good) // cfg.sft.batch_size))
-            train_sft(run, f"sft_{it}", evolved, evolved.encode([p for p, _ in good]),
+            train_sft(run, f"meds3_sft_{it}", evolved, evolved.encode([p for p, _ in good]),
                       evolved.encode_responses([r for _, r in good]), sft, seed + it, quiet=True)
     evolved.model.eval()
-    prm = fit_scorer(run, "prm", policy, prm_rows(trees, policy.tokenizer, cfg.lam), cfg.reward, seed)
-    orm = fit_scorer(run, "orm", policy, orm_rows(samples, policy.tokenizer), cfg.reward, seed)
+    prm = fit_scorer(run, "meds3_prm", policy, prm_rows(trees, policy.tokenizer, cfg.lam), cfg.reward, seed)
+    orm = fit_scorer(run, "meds3_orm", policy, orm_rows(samples, policy.tokenizer), cfg.reward, seed)
     stats["generations"] = sum(t.compute.generations + t.compute.rollouts for t in trees)
     return Evolved(evolved, prm, orm, stats)
 
