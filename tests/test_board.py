@@ -170,6 +170,11 @@ def test_claim_external_search_win_or_draw_rises_with_simulations(lab):
               f"LM evaluations per game {(values.evaluations - before) / len(eps):.1f}")
     gap, se = paired_gap(wd[1], wd[32])
     print(f"win_or_draw gain 1 -> 32 simulations: {gap:+.3f} (SE {se:.3f})")
+    # Not part of the claim, printed for the reader: the same search with uninformative values (all 0).
+    zero = TableValues(lambda b: {m: 0.0 for m in TTT.legal_moves(b)})
+    flat = [s > 0 for s in play_many(TTT, bd.mcts_agent(zero, 32), eps, seed=0)]
+    print(f"32 simulations with all values 0: win_or_draw {sum(flat) / len(eps):.3f}; "
+          f"LM values minus zero values {paired_gap(flat, wd[32])[0]:+.3f} (SE {paired_gap(flat, wd[32])[1]:.3f})")
     assert gap > 0 and gap >= 2 * se
 
 
