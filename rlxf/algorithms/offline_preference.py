@@ -55,13 +55,32 @@ def evaluate_pairs(policy: LanguagePolicy, ref: LanguagePolicy, pairs: list[Pair
     return {k: v / len(pairs) for k, v in totals.items()}
 
 
-def train_pairs(run: Run, stage: str, policy: LanguagePolicy, ref: LanguagePolicy, pairs: list[Pair],
+def check_logged(pairs: list[Pair], ref_logps: tuple[list, list], stage: str, device="cpu") -> tuple[list, list]:
+    """Logged reference log-probs as tensors, one per chosen and rejected response, each as long as its response."""
+    out = []
+    for side, rows in zip(("chosen", "rejected"), ref_logps):
+        if len(rows) != len(pairs):
+            raise ValueError(f"{stage}: ref_logps has {len(rows)} {side} rows for {len(pairs)} pairs")
+        rows = [torch.as_tensor(r, dtype=torch.float32, device=device) for r in rows]
+        for i, (row, pair) in enumerate(zip(rows, pairs)):
+            want = len(pair[1 if side == "chosen" else 2])
+            if row.shape != (want,):
+                raise ValueError(f"{stage}: ref_logps {side} row {i} has shape {tuple(row.shape)}, expected ({want},) "
+                                 f"(one log-prob per response token)")
+        out.append(rows)
+    return out[0], out[1]
+
+
+def train_pairs(run: Run, stage: str, policy: LanguagePolicy, ref: LanguagePolicy | None, pairs: list[Pair],
                 loss: Callable[..., torch.Tensor], loss_kwargs: dict, cfg: OptimConfig, seed: int,
                 quiet: bool = False, precompute_ref: bool = True, eval_pairs: list[Pair] | None = None,
-                fast_kernels: bool = True) -> dict:
+                fast_kernels: bool = True, ref_logps: tuple[list, list] | None = None) -> dict:
     """Minimise ``loss(chosen, rejected, **loss_kwargs)`` averaged over each global batch.
 
     ``precompute_ref``: score the reference once up front (default) or on every batch.
+    ``ref_logps``: per-token reference log-probs of every chosen and every rejected response
+    (1-D tensors, one per pair) logged when the data was sampled, as off-policy DPO keeps them
+    (Agent Q): no reference model runs and ``ref`` may be None (unless ``eval_pairs`` are given).
     ``eval_pairs``: held-out pairs measured before and after training (stage ``<stage>_eval``,
     steps 0 and ``cfg.steps``); the final measurements are returned. ``fast_kernels`` swaps in
     fused activation kernels of identical formula while training.
@@ -73,7 +92,13 @@ def train_pairs(run: Run, stage: str, policy: LanguagePolicy, ref: LanguagePolic
     if eval_pairs and 0 not in evals:
         run.log(f"{stage}_eval", 0, **evaluate_pairs(policy, ref, eval_pairs, beta))
     pad = policy.tokenizer.pad_token_id
-    ref_w, ref_l = reference_logps(ref.model, pad, pairs, quiet=quiet) if precompute_ref else (None, None)
+    if ref_logps is not None:
+        ref_w, ref_l = check_logged(pairs, ref_logps, stage, policy.device)
+        precompute_ref = True
+    elif ref is None:
+        raise ValueError(f"{stage}: train_pairs needs a reference policy or logged ref_logps")
+    else:
+        ref_w, ref_l = reference_logps(ref.model, pad, pairs, quiet=quiet) if precompute_ref else (None, None)
     make_batch = epoch_batches(len(pairs), cfg.batch_size, seed)
     global_tokens = "tokens_per_example" in inspect.signature(loss).parameters
 
