@@ -69,6 +69,7 @@ def test_reply_line_takes_the_first_line_of_code():
     assert reply_line("```python\n    return n\n```", "    return 0\n") == "    return n"
     assert reply_line("\n\n    x = 1  \nmore", "t\n") == "    x = 1"
     assert reply_line("", "    return 0\n") == "    return 0"
+    assert reply_line("def f(xs):\n    return sum(xs)", "    return 0\n") == "    return sum(xs)"
 
 
 def test_rewrite_keeps_how_the_step_ended_and_sets_the_prior(untrained):

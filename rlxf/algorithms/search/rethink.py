@@ -170,9 +170,11 @@ def parse_request(request: str) -> tuple[str, int, str]:
 
 
 def reply_line(reply: str, thought: str) -> str:
-    """The editor's line: its first non-empty line (a fenced block's content), else the thought unchanged."""
+    """The editor's line: the first non-empty line of its reply (a fenced block's content) other than
+    a ``def`` line (a chat model often repeats the signature first), else the thought unchanged."""
     text = re.sub(r"```(?:python)?", "", reply)
-    return next((line.rstrip() for line in text.split("\n") if line.strip()), thought.rstrip("\n"))
+    lines = [line.rstrip() for line in text.split("\n") if line.strip() and not line.startswith("def ")]
+    return lines[0] if lines else thought.rstrip("\n")
 
 
 def reference_line(request: str) -> str:
