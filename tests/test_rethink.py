@@ -139,6 +139,9 @@ def test_the_three_lab_methods_run_end_to_end(untrained):
         kids = tree.children(tree.root)
         assert sum(k.count for k in kids) == 3 and 3 <= spent(tree) <= 6
         assert isinstance(answer, str)
+    with pytest.raises(ValueError, match="budget 5 is below one round's cost"):
+        code_mcts(untrained, Runner(task), prompts, 5)
+    assert MCTS.search(setup, None, 2, 0)["generations"] <= 4  # width 1: one thought and its rollout per problem
     plain = best_of_samples(untrained, Runner(task), prompts, 3, seed=0)
     assert len(plain) == 2 and all(isinstance(b, str) for b in plain)
 

@@ -274,6 +274,8 @@ def code_mcts(policy: LanguagePolicy, runner: Runner, prompts: list[str], budget
     tree's budget, and rethink edits only within the budget, so no tree spends more than ``budget``.
     A tree stops once a program passes every public test, or after ``4 * budget`` rounds (a round
     that selects a finished body spends nothing). Returns the answers and the trees."""
+    if budget < 2 * width:
+        raise ValueError(f"code_mcts: budget {budget} is below one round's cost, 2 * width = {2 * width} generations")
     steps = delimiter_steps(policy.tokenizer, "\n", max_tokens=40)
     expander = Expander(policy, steps, k=width, temperature=temperature, max_response_tokens=MAX_BODY_TOKENS,
                         seed=seed)
@@ -333,7 +335,9 @@ def _sample(setup: TaskSetup, prepared, budget: int, seed: int) -> dict:
 
 
 def _mcts(setup: TaskSetup, prepared, budget: int, seed: int, editor: TextModel | None = None) -> dict:
-    bodies, trees = code_mcts(setup.policy, setup.extras["runner"], setup.prompts, budget, seed, editor)
+    """Width 3 (the paper's) from a budget of 6 up, narrower below; a budget under 2 cannot run a round."""
+    bodies, trees = code_mcts(setup.policy, setup.extras["runner"], setup.prompts, budget, seed, editor,
+                              width=max(1, min(3, budget // 2)))
     return _gold(setup, bodies, sum(map(spent, trees)))
 
 
@@ -342,7 +346,7 @@ def _rethink(setup: TaskSetup, prepared, budget: int, seed: int) -> dict:
 
 
 SAMPLE = SearchMethod("sample", _sample)  # budget = whole bodies sampled per problem
-MCTS = SearchMethod("mcts", _mcts)  # budget = generations per problem (steps + rollouts)
+MCTS = SearchMethod("mcts", _mcts)  # budget = generations per problem (steps + rollouts), at least 2
 RETHINK = SearchMethod("rethink_mcts", _rethink)  # budget = generations (steps + rollouts + editor replies)
 
 __all__ = ["MCTS", "RETHINK", "SAMPLE", "PublicTests", "Rethink", "Runner", "best_of_samples", "code_mcts",
