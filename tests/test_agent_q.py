@@ -192,6 +192,9 @@ def test_logged_log_probs_must_match_the_pairs(collected, tmp_path):
                     ref_logps=(batch.ref_chosen, short))
     with pytest.raises(ValueError, match="needs a reference policy or logged ref_logps"):
         train_pairs(run, "dpo", behaviour.copy(), None, batch.pairs, dpo_loss, {}, cfg, 0)
+    with pytest.raises(ValueError, match="eval_pairs are measured against a reference policy"):
+        train_pairs(run, "dpo", behaviour.copy(), None, batch.pairs, dpo_loss, {}, cfg, 0, eval_pairs=batch.pairs,
+                    ref_logps=(batch.ref_chosen, batch.ref_rejected))
 
 
 # -- the outcome-level baseline -------------------------------------------------------------------

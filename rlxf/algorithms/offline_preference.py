@@ -88,6 +88,8 @@ def train_pairs(run: Run, stage: str, policy: LanguagePolicy, ref: LanguagePolic
     if not pairs:
         raise ValueError(f"{stage}: there are no preference pairs to train on")
     beta = loss_kwargs.get("beta", 1.0)
+    if eval_pairs and ref is None:
+        raise ValueError(f"{stage}: eval_pairs are measured against a reference policy; pass ref")
     evals = {r["step"] for r in run.metrics(f"{stage}_eval")}
     if eval_pairs and 0 not in evals:
         run.log(f"{stage}_eval", 0, **evaluate_pairs(policy, ref, eval_pairs, beta))
