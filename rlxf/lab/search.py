@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import torch
+from matplotlib import ticker
 
 from rlxf.algorithms.loop import OptimConfig
 from rlxf.algorithms.offline_preference import train_pairs
@@ -107,7 +107,9 @@ def trees_of(policy: LanguagePolicy, prompts: list[str]) -> list[Tree]:
 
 
 def outcome(trees: list[Tree], picks: list, check: Callable[[str, str], float]) -> dict:
-    """Gold of each tree's pick (0 where it has none), averaged, and what the searches spent."""
+    """What a lab method returns for ``trees`` and their answers ``picks`` (nodes, None for no answer):
+    mean ``gold`` of the picks under ``check``, ``generations`` (sampled steps and rollouts), and
+    ``forward_tokens``, ``per_prompt`` gold and the first prompt's ``tree`` (which the lab saves)."""
     golds = [float(check(t.prompt, t.response_text(n))) if n is not None else 0.0 for t, n in zip(trees, picks)]
     return {"gold": sum(golds) / len(golds), "generations": sum(t.compute.generations + t.compute.rollouts for t in trees),
             "forward_tokens": sum(t.compute.forward_tokens for t in trees), "per_prompt": golds, "tree": trees[0]}
@@ -389,6 +391,8 @@ def plot_gold(summary: dict, n_prompts: dict[str, int], path) -> None:
             pts = sorted((r["generations"] / n_prompts[task], r["gold"]) for r in by_budget.values())
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=f"C{i}", label=name, ms=4)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_title(task)
         ax.set_xlabel("generations per prompt")
         ax.grid(alpha=0.3)
@@ -398,15 +402,17 @@ def plot_gold(summary: dict, n_prompts: dict[str, int], path) -> None:
     report.save_figure(fig, path)
 
 
-def smallest_tree(run: Run, max_lines: int = 40) -> tuple[str, str] | None:
-    """Where the smallest saved tree that goes deeper than one level came from (else the smallest
-    with any child), and its drawing in at most about ``max_lines`` lines (deep levels summarised)."""
+def smallest_tree(run: Run, max_lines: int = 40, min_nodes: int = 8) -> tuple[str, str] | None:
+    """Where the smallest saved tree worth drawing came from, and its drawing in at most about
+    ``max_lines`` lines (deep levels summarised). Worth drawing: deeper than one level with at least
+    ``min_nodes`` nodes, else deeper than one level, else any with a child."""
     trees = [(Tree.load(f), f) for f in sorted(run.dir.glob("stages/*/tree_*.jsonl"))]
     trees = [(t, f) for t, f in trees if len(t.nodes) > 1]
     if not trees:
         return None
-    deep = [(t, f) for t, f in trees if max(n.depth for n in t.nodes) > 1] or trees
-    tree, f = min(deep, key=lambda x: len(x[0].nodes))
+    deep = [(t, f) for t, f in trees if max(n.depth for n in t.nodes) > 1]
+    pool = [(t, f) for t, f in deep if len(t.nodes) >= min_nodes] or deep or trees
+    tree, f = min(pool, key=lambda x: len(x[0].nodes))
     depth = max(n.depth for n in tree.nodes)
     text = tree.draw()
     while text.count("\n") >= max_lines and depth > 1:
