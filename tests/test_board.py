@@ -148,8 +148,10 @@ def test_lab_setup_and_methods_end_to_end(tmp_path):
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """The lab's board task: the MAV LM (400 steps on the positions of 600 epsilon-solver games)."""
-    return bd.lab_setup(Run(tmp_path_factory.mktemp("board_lab"), "board lab", fresh=True), seed=0, n_prompts=100)
+    """The lab's board task with a MAV LM trained longer than the lab's default (1500 steps on the positions
+    of 600 epsilon-solver games): at 400 steps it had learned the format but no values."""
+    return bd.lab_setup(Run(tmp_path_factory.mktemp("board_lab"), "board lab", fresh=True), seed=0, n_prompts=100,
+                        steps=1500)
 
 
 @pytest.mark.slow
@@ -179,8 +181,9 @@ def test_claim_external_search_win_or_draw_rises_with_simulations(lab):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="measured at seed 0: trace LM 0.314 vs moves alone 0.323, gap -0.008 (SE 0.017); neither "
-                          "800-step LM learns tic-tac-toe's move values (both at random level), see docs/search.md",
+@pytest.mark.xfail(reason="measured at seed 0: trace LM 0.314 vs moves alone 0.323, gap -0.008 (SE 0.017), and "
+                          "+0.006 (SE 0.017) with both trained 1500 steps; neither LM learns tic-tac-toe's move "
+                          "values well enough at this budget (both at random level), see docs/search.md",
                    strict=False)
 def test_claim_internal_search_trace_beats_moves_alone(tmp_path):
     """Internal planning: two LMs of the same size trained for the same 800 steps (batch 32) on the

@@ -300,7 +300,7 @@ def paired_gap(a: list[float], b: list[float]) -> tuple[float, float]:
 
 # -- the search lab ---------------------------------------------------------------------------
 
-LAB_GAMES, LAB_STEPS = 600, 400
+LAB_GAMES, LAB_STEPS = 600, 900
 
 
 def lab_setup(run: Run, seed: int, n_prompts: int, steps: int = LAB_STEPS, game: Game = TICTACTOE) -> TaskSetup:
