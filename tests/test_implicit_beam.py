@@ -11,12 +11,35 @@ import pytest
 import torch
 
 from rlxf.core.runs import Run
+from rlxf.lab.rlvr import arithmetic_tokenizer
 from rlxf.lab.search import implicit_beam, most_likely, outcome, sample_n, train_dpo_prover
-from rlxf.search import ImplicitReward
+from rlxf.policies.language import LanguagePolicy
+from rlxf.policies.tiny import tiny_causal_lm
+from rlxf.search import ImplicitReward, Tree
 from rlxf.tasks.arithmetic import ArithmeticTask, check_answer
 
 N_PROMPTS = 500
 WIDTH, K = 2, 4
+
+
+def test_sampling_spends_one_call_and_the_most_likely_sample_answers():
+    """``sample_n``: n whole responses per prompt in one sampling call, charged as prefill once per
+    prompt plus the sampled tokens; ``most_likely`` takes the child of highest log-probability and
+    ``outcome`` averages the picks' gold (0 for no pick) and adds up what the trees spent."""
+    tok = arithmetic_tokenizer()
+    policy = LanguagePolicy(tiny_causal_lm(tok, n_layer=1, n_embd=32, max_positions=128, seed=0), tok)
+    trees = sample_n(policy, ["3+4*2=", "7-2*3="], 5, seed=0, max_new_tokens=12)
+    for t in trees:
+        kids = t.children(t.root)
+        assert t.compute.sample_calls == 1 and t.compute.generations == 5 and sum(k.count for k in kids) == 5
+        assert t.compute.forward_tokens == len(t.root.ids) + sum(len(k.ids) * k.count for k in kids)
+        assert most_likely(t).logp == max(k.logp for k in kids)
+    hand = [Tree(p, tok(p, add_special_tokens=False).input_ids) for p in ("3+4*2=", "7-2*3=", "1+1*1=")]
+    right = hand[0].add(hand[0].root, text="4*2=8\n3+8=11\nanswer: 11")
+    wrong = hand[1].add(hand[1].root, text="answer: 2")
+    hand[0].compute.generations, hand[1].compute.rollouts = 3, 4
+    got = outcome(hand, [right, wrong, None], check_answer)
+    assert got["per_prompt"] == [1.0, 0.0, 0.0] and got["gold"] == pytest.approx(1 / 3) and got["generations"] == 7
 
 
 @pytest.mark.slow
