@@ -136,7 +136,7 @@ def test_trace_and_move_pairs_share_prompts_and_final_move():
 
 def test_lab_setup_and_methods_end_to_end(tmp_path):
     setup = bd.lab_setup(Run(tmp_path, "board lab smoke", fresh=True), seed=0, n_prompts=6, steps=3)
-    assert setup.name == "connect4" and len(setup.prompts) == 6
+    assert setup.name == "tictactoe" and len(setup.prompts) == 6
     for method, budget in [(bd.POLICY, 8), (bd.MCTS, 4)]:
         out = method.search(setup, None, budget, 0)
         assert 0.0 <= out["gold"] <= 1.0

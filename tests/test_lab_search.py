@@ -86,7 +86,7 @@ def test_rerun_resumes_without_searching_again(lab_run):
 
 
 def test_bad_configs_are_named_before_anything_is_written(tmp_path, monkeypatch):
-    cases = [('tasks=["chess"]', "tasks: unknown task 'chess'; known tasks: arithmetic, code, connect4, retrieval"),
+    cases = [('tasks=["chess"]', "tasks: unknown task 'chess'; known tasks: arithmetic, code, tictactoe, retrieval"),
              ('arithmetic.methods=["sample", "mcts"]', "arithmetic.methods: unknown method 'mcts'; known for "
                                                         "arithmetic: sample, beam_implicit"),
              ("arithmetic.methods=[]", "arithmetic.methods: expected a non-empty list"),
@@ -130,7 +130,11 @@ def test_the_guides_table_is_reproduced_within_noise(tmp_path):
     """Runs configs/lab_search.toml as the guide says (in a fresh directory) and compares every gold
     figure of the guide's table: each must lie within 2 binomial standard errors of the difference of
     two independent estimates, 2 * sqrt(2) * sqrt(g (1 - g) / n) with g the guide's figure (at least
-    one prompt's worth, 1 / n), and generations per prompt within 10%."""
+    one prompt's worth, 1 / n), and generations per prompt within 25%. Adaptive searches spend what
+    their values lead them to (MCTS stops at finished games, CR-Planner when it answers), and float
+    rounding that differs with the thread count moves those values: two runs of the tic-tac-toe MCTS
+    at 32 simulations spent 6.1 and 5.4 generations per position. The bound is there to catch a
+    method that spends another budget (half or double), not that spread."""
     cfg = load_config(SearchLab.Config, ROOT / "configs" / "lab_search.toml", [f'run.dir="{tmp_path / "run"}"'])
     summary = SearchLab(cfg, quiet=True, log=lambda _m: None).execute()
     want = guide_table()
@@ -140,7 +144,7 @@ def test_the_guides_table_is_reproduced_within_noise(tmp_path):
         n = getattr(cfg, key[0]).n_prompts
         tol = max(2 * math.sqrt(2) * binomial_se(gold, n), 1 / n)
         assert abs(got[key]["gold"] - gold) <= tol, (key, got[key]["gold"], gold, tol)
-        assert got[key]["generations"] / n == pytest.approx(gens, rel=0.1), key
+        assert got[key]["generations"] / n == pytest.approx(gens, rel=0.25), key
 
 
 def test_guide_table_parses():

@@ -207,7 +207,7 @@ reward against the prover; the answer is the finished response with the highest 
 TASKS: dict[str, str] = {
     "arithmetic": "rlxf.lab.search:arithmetic_setup",
     "code": "rlxf.algorithms.search.rethink:lab_setup",
-    "connect4": "rlxf.algorithms.search.board:lab_setup",
+    "tictactoe": "rlxf.algorithms.search.board:lab_setup",
     "retrieval": "rlxf.algorithms.search.cr_planner:lab_setup",
 }
 """Each task's setup ``(run, seed, n_prompts) -> TaskSetup``, by import path."""
@@ -219,7 +219,7 @@ METHODS: dict[str, dict[str, str]] = {
                    "outcome_bon": "rlxf.algorithms.search.meds3:OUTCOME_BON"},
     "code": {"sample": "rlxf.algorithms.search.rethink:SAMPLE", "mcts": "rlxf.algorithms.search.rethink:MCTS",
              "rethink": "rlxf.algorithms.search.rethink:RETHINK"},
-    "connect4": {"policy": "rlxf.algorithms.search.board:POLICY", "mcts": "rlxf.algorithms.search.board:MCTS"},
+    "tictactoe": {"policy": "rlxf.algorithms.search.board:POLICY", "mcts": "rlxf.algorithms.search.board:MCTS"},
     "retrieval": {"no_critic": "rlxf.algorithms.search.cr_planner:NO_CRITIC",
                   "cr_planner": "rlxf.algorithms.search.cr_planner:CR_PLANNER"},
 }
@@ -257,7 +257,7 @@ class SearchLabConfig:
     tasks: list[str] = field(default_factory=lambda: ["arithmetic"])
     arithmetic: TaskSection = field(default_factory=lambda: TaskSection(methods=["sample", "beam_implicit"]))
     code: TaskSection = field(default_factory=TaskSection)
-    connect4: TaskSection = field(default_factory=TaskSection)
+    tictactoe: TaskSection = field(default_factory=TaskSection)
     retrieval: TaskSection = field(default_factory=TaskSection)
 
 

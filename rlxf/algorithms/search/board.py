@@ -304,7 +304,7 @@ LAB_GAMES, LAB_STEPS = 600, 900
 
 
 def lab_setup(run: Run, seed: int, n_prompts: int, steps: int = LAB_STEPS, game: Game = TICTACTOE) -> TaskSetup:
-    """The lab's board-game task (lab name ``connect4``; tic-tac-toe unless ``game`` says otherwise,
+    """The lab's board-game task (lab name ``tictactoe``: tic-tac-toe unless ``game`` says otherwise,
     for time): a MAV LM trained for ``steps`` on the positions of :data:`LAB_GAMES` epsilon-solver
     games, and ``n_prompts`` held-out positions (not trained on) where the move matters."""
     boards = positions(game, records(game, LAB_GAMES, seed=seed))
@@ -312,7 +312,7 @@ def lab_setup(run: Run, seed: int, n_prompts: int, steps: int = LAB_STEPS, game:
     seen = set(boards)
     pool = [b for b in positions(game, records(game, LAB_GAMES, seed=seed + 1)) if b not in seen and decisive(game, b)]
     held = random.Random(f"board lab|{seed}").sample(pool, min(n_prompts, len(pool)))
-    return TaskSetup("connect4", lm, [game_prompt(game, b) for b in held], {"game": game, "boards": held})
+    return TaskSetup("tictactoe", lm, [game_prompt(game, b) for b in held], {"game": game, "boards": held})
 
 
 def _lab_search(simulations):
