@@ -40,19 +40,27 @@ def train_prover(run: Run, task: ArithmeticTask, cfg: OptimConfig, corpus_size: 
     return policy
 
 
-@torch.no_grad()
+def sample_responses(policy: LanguagePolicy, prompts: list[str], n: int, seed: int = 0, temperature: float = 1.0,
+                     max_new_tokens: int = 48) -> list[list[str]]:
+    """``n`` decoded samples per prompt at ``temperature`` (in eval mode, without gradients), grouped by prompt."""
+    was_training = policy.model.training
+    policy.model.eval()
+    with torch.no_grad():
+        ro = policy.sample(policy.encode(prompts), n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                           generator=torch.Generator(device=policy.device).manual_seed(seed))
+    policy.model.train(was_training)
+    texts = [policy.decode(r) for r in ro.response_ids]
+    return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
 def evaluate_prover(policy: LanguagePolicy, problems: list[str], temperature: float = 1.0, n: int = 8,
                     max_new_tokens: int = 48, seed: int = 0) -> dict[str, float]:
     """Mean over ``problems`` x ``n`` samples at ``temperature`` (``1e-4`` with ``n=1``: greedy):
     ``exact_match`` (the strict verifier), ``lenient_match`` (either answer format: the
     arithmetic alone) and ``second_format`` (share of answers written ``answer = N``)."""
-    was_training = policy.model.training
-    policy.model.eval()
-    ro = policy.sample(policy.encode(problems), n=n, max_new_tokens=max_new_tokens, temperature=temperature,
-                       generator=torch.Generator().manual_seed(seed))
-    policy.model.train(was_training)
+    groups = sample_responses(policy, problems, n, seed, temperature, max_new_tokens)
     expanded = [q for q in problems for _ in range(n)]
-    texts = [policy.decode(r) for r in ro.response_ids]
+    texts = [t for g in groups for t in g]
     return {"exact_match": float(np.mean([check_answer(p, t) for p, t in zip(expanded, texts)])),
             "lenient_match": float(np.mean([check_answer(p, t, lenient=True) for p, t in zip(expanded, texts)])),
             "second_format": float(np.mean([split_steps(t)[-1].startswith(ALT_ANSWER) for t in texts]))}

@@ -25,6 +25,7 @@ import torch
 from rlxf.algorithms.loop import OptimConfig
 from rlxf.algorithms.offline_preference import train_pairs
 from rlxf.core.runs import Run
+from rlxf.lab.rlvr import sample_responses
 from rlxf.labelers.roles import SimulatedRole, TextModel
 from rlxf.objectives.preference import dpo_loss, rpo_mean_loss
 from rlxf.policies.language import LanguagePolicy
@@ -313,10 +314,8 @@ def iteration_prompts(prompts: list[str], n: int, it: int) -> list[str]:
 def gold_per_prompt(policy: LanguagePolicy, problems: list[str], n: int = 4, seed: int = 0,
                     max_new_tokens: int = 48) -> list[float]:
     """Per problem, the share of ``n`` samples at temperature 1 with the exact answer."""
-    ro = policy.sample(policy.encode(problems), n=n, max_new_tokens=max_new_tokens,
-                       generator=torch.Generator().manual_seed(seed))
-    right = [check_answer(problems[r // n], policy.decode(ids)) for r, ids in enumerate(ro.response_ids)]
-    return [sum(right[i * n : (i + 1) * n]) / n for i in range(len(problems))]
+    groups = sample_responses(policy, problems, n, seed, max_new_tokens=max_new_tokens)
+    return [sum(check_answer(p, t) for t in g) / n for p, g in zip(problems, groups)]
 
 
 def most_visited(tree: Tree) -> Node:

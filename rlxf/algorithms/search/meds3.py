@@ -30,6 +30,7 @@ from rlxf.algorithms.loop import OptimConfig
 from rlxf.algorithms.reward_training import train_process_reward_model
 from rlxf.algorithms.sft import train_sft
 from rlxf.core.runs import Run
+from rlxf.lab.rlvr import sample_responses
 from rlxf.lab.search import SearchMethod, TaskSetup
 from rlxf.lab.train import scalar_head
 from rlxf.policies.language import LanguagePolicy
@@ -215,19 +216,6 @@ def vote_sum(responses: list[str], scores: list[float]) -> int:
         totals[answer_of(r)] = totals.get(answer_of(r), 0.0) + s
     best = max(totals.values())
     return next(i for i, r in enumerate(responses) if totals[answer_of(r)] == best)
-
-
-def sample_responses(policy: LanguagePolicy, prompts: list[str], n: int, seed: int,
-                     max_new_tokens: int = 48) -> list[list[str]]:
-    """``n`` responses per prompt at temperature 1."""
-    was_training = policy.model.training
-    policy.model.eval()
-    with torch.no_grad():
-        ro = policy.sample(policy.encode(prompts), n=n, max_new_tokens=max_new_tokens,
-                           generator=torch.Generator(device=policy.device).manual_seed(seed))
-    policy.model.train(was_training)
-    texts = [policy.decode(r) for r in ro.response_ids]
-    return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 
 def pick(prompts: list[str], candidates: list[list[str]], prm: ProcessRewardModel, rule: str,
