@@ -185,3 +185,42 @@ def test_cli_init_label_export_round_trip(tmp_path, capsys):
     records = read_records(out)
     assert {r.chosen for r in records} == chosen and {r.prompt for r in records} == {"p1", "p2"}
     assert read_project_records(proj) == records  # what a training stage reads from the live store
+
+
+def test_critique_view_gets_steps_and_the_export_carries_the_marked_step(tmp_path):
+    store = LabelStore.open(tmp_path / "labels.sqlite")
+    project, owner = store.create_project("crit", "critique")
+    answer = "3*4=12\n2+12=15\nanswer: 15"
+    store.add_items(project, [("2+3*4=", [answer, answer], {}),
+                              ("1+1=", ["one plus one\nanswer: 2", "x"], {"steps": [["1+1=2", "answer: 2"]] * 2})])
+    token = store.add_labeler(project, "ann")
+    client = TestClient(create_app(store, project))
+    seen = {}
+    for _ in range(2):
+        a = client.get("/api/next", headers=_h(token)).json()
+        seen[a["prompt"]] = a
+        if a["prompt"] == "2+3*4=":
+            assert a["steps"] == ["3*4=12", "2+12=15", "answer: 15"]  # the response's lines
+            bad = {"critique": "", "verdict": "incorrect", "first_wrong_step": 4}
+            r = client.post("/api/labels", headers=_h(token),
+                            json={"assignment_id": a["assignment_id"], "item_id": a["item_id"], "value": bad})
+            assert r.status_code == 400 and "'first_wrong_step' is 4" in r.json()["error"]
+            value = {"critique": "2+12 is 14", "verdict": "incorrect", "first_wrong_step": 2,
+                     "corrected": "3*4=12\n2+12=14\nanswer: 14"}
+        else:
+            assert a["steps"] == ["1+1=2", "answer: 2"]  # the item's explicit steps
+            value = {"critique": "", "verdict": "correct"}
+        r = client.post("/api/labels", headers=_h(token),
+                        json={"assignment_id": a["assignment_id"], "item_id": a["item_id"], "value": value})
+        assert r.status_code == 200, r.text
+    shown = seen["1+1="]["responses"][0]
+    r = client.get("/api/export?record=critique", headers=_h(owner))
+    rows = sorted((json.loads(line) for line in r.content.decode().splitlines()), key=lambda row: row["prompt"])
+    assert rows == [{"prompt": "1+1=", "completion": shown, "critique": "verdict: correct", "verdict": "correct"},
+                    {"prompt": "2+3*4=", "completion": answer, "critique": "2+12 is 14", "verdict": "incorrect",
+                     "first_wrong_step": 2}]
+    path = tmp_path / "fix.jsonl"
+    path.write_bytes(client.get("/api/export?record=correction", headers=_h(owner)).content)
+    assert [(c.prompt, c.corrected) for c in read_records(path, kind="correction")] == [
+        ("2+3*4=", "3*4=12\n2+12=14\nanswer: 14")]
+    store.close()

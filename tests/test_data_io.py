@@ -35,7 +35,9 @@ SAMPLES = {
     "comparison": [Comparison("2+2=", "4", "5", strength=0.9), Comparison("Hi", "Hello!", "Go away.")],
     "ranking": [Ranking("Name a fruit", ("apple", "rock", "pear"), (2, 0, 1))],
     "rating": [Rating("Say hi", "hi", 4, (1, 5)), Rating("Say hi", "bye", 1.5, (1, 5))],
-    "critique": [Critique("Say hi", "bye", "Off topic.")],
+    "critique": [Critique("Say hi", "bye", "Off topic."),  # an old-style row beside rows with verdicts
+                 Critique("2+3*4=", "3*4=12\n2+12=15\nanswer: 15", "2+12 is 14", "incorrect", 2),
+                 Critique("1+1=", "answer: 2", "fine\nverdict: correct", "correct")],
     "correction": [Correction("Spell cat", "kat", "cat")],
     "demonstration": [Demonstration("Count to 3", "1 2 3")],
     "unpaired": [Unpaired("Say hi", "hi", True), Unpaired("Say hi", "no", False)],
@@ -418,3 +420,36 @@ def test_empty_write_is_an_error(tmp_path):
     with pytest.raises(DataError, match="no records to write"):
         write_records([], tmp_path / "c.jsonl")
     assert os.listdir(tmp_path) == []
+
+
+def test_critique_verdict_fields_are_checked_and_must_agree_with_the_text():
+    """A critique's verdict is 'correct'/'incorrect' with an optional 1-based first wrong step (only
+    with 'incorrect'); when the text carries its own verdict line, the two must agree."""
+    ok = Critique("q", "a\nb", "step 2 is wrong\nverdict: incorrect 2", "incorrect", 2)
+    assert ok.judgment.correct is False and ok.judgment.first_wrong_step == 2
+    assert Critique("q", "a", "verdict: incorrect 3").judgment.first_wrong_step == 3  # read from the text
+    assert Critique("q", "a", "Off topic.").judgment.correct is None
+    assert Critique.from_row({"prompt": "q", "completion": "a", "critique": "x"}).to_row() == {
+        "prompt": "q", "completion": "a", "critique": "x"}  # old rows load and write back unchanged
+    bad = [(dict(verdict="wrong"), "field 'verdict' is 'wrong'"),
+           (dict(verdict="incorrect", first_wrong_step=0), "field 'first_wrong_step' is 0"),
+           (dict(verdict="incorrect", first_wrong_step=True), "field 'first_wrong_step' is True"),
+           (dict(verdict="incorrect", first_wrong_step="2"), "field 'first_wrong_step' is '2'"),
+           (dict(verdict="correct", first_wrong_step=2), "only with verdict 'incorrect'"),
+           (dict(first_wrong_step=2), "only with verdict 'incorrect'")]
+    for fields, expected in bad:
+        with pytest.raises(RecordError, match=expected):
+            Critique("q", "a", "text", **fields)
+    with pytest.raises(RecordError, match="field 'verdict' is 'correct' but the critique text's verdict line "
+                                          "says 'incorrect 2'"):
+        Critique("q", "a", "verdict: incorrect 2", "correct")
+    with pytest.raises(RecordError, match="says 'incorrect 2'"):
+        Critique("q", "a", "verdict: incorrect 2", "incorrect", 3)
+
+
+def test_a_bad_verdict_in_a_file_names_the_line_and_field(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [
+        {"prompt": "q", "completion": "a", "critique": "ok", "verdict": "correct"},
+        {"prompt": "q", "completion": "a", "critique": "ok", "verdict": "correct", "first_wrong_step": 1}])
+    with pytest.raises(DataError, match="line 2.*field 'first_wrong_step'"):
+        read_records(path, kind="critique")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import sqlite3
 import shutil
 import socket
 import subprocess
@@ -13,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from rlxf.data.label_store import Conflict, LabelStore, NotFound, StoreError, export_records, hash_token
+from rlxf.data.io import write_records
+from rlxf.data.label_store import (SCHEMA_VERSION, Conflict, LabelStore, NotFound, StoreError, export_records,
+                                   hash_token, response_steps)
+from rlxf.data.label_store import store as store_module
 from rlxf.data.records import Comparison, Correction, Critique, Ranking, Rating
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -254,3 +259,105 @@ def test_a_project_directory_can_point_at_postgresql(postgres_url, tmp_path):
     store.submit_label(project, ann, a.id, item_id, {"choice": "a"})
     store.close()
     assert read_project_records(tmp_path / "proj") == [Comparison("p", "b", "a")]
+
+
+def _version_1_database(path: Path) -> None:
+    """A database as rlxf wrote it before schema versions: version 1's tables and raw rows
+    (a critique project with two old-style labels, one with a correction, and a preference one)."""
+    conn = sqlite3.connect(path)
+    conn.executescript(store_module._SCHEMA.format(pk="INTEGER PRIMARY KEY AUTOINCREMENT") + ";")
+    settings = json.dumps({"overlap": 1, "selection": "uniform", "scale": [1, 5], "max_critique_chars": 4000,
+                           "nu": 1.0, "eps": 0.0, "seed": 0})
+    rows = [
+        "INSERT INTO projects VALUES (1, 'crit', 'critique', ?, 'h1', 0)",
+        "INSERT INTO projects VALUES (2, 'pref', 'preference', ?, 'h2', 0)",
+    ]
+    for sql in rows:
+        conn.execute(sql, (settings,))
+    conn.executemany("INSERT INTO items VALUES (?, ?, ?, ?, '{}', 0)", [
+        (1, 1, "2+3*4=", json.dumps(["3*4=12\n2+12=15\nanswer: 15", "x"])),
+        (2, 1, "Say hi", json.dumps(["bye", "hi"])),
+        (3, 2, "p", json.dumps(["a", "b"]))])
+    conn.executemany("INSERT INTO labelers VALUES (?, ?, ?, ?, 0)", [(1, 1, "ann", "t1"), (2, 2, "bob", "t2")])
+    conn.executemany("INSERT INTO assignments VALUES (?, ?, ?, ?, ?, 0)",
+                     [(1, 1, 1, 1, "[0]"), (2, 1, 1, 2, "[1]"), (3, 2, 2, 3, "[1, 0]")])
+    conn.executemany("INSERT INTO labels VALUES (?, ?, ?, ?, ?, ?, ?, 0)", [
+        (1, 1, 1, 1, 1, "critique", json.dumps({"critique": "2+12 is 14", "corrected": "3*4=12\n2+12=14"})),
+        (2, 1, 2, 1, 2, "critique", json.dumps({"critique": "Polite enough."})),
+        (3, 2, 3, 2, 3, "preference", json.dumps({"choice": "a"}))])
+    conn.commit()
+    conn.close()
+
+
+def test_a_version_1_database_is_migrated_and_exports_as_before(tmp_path):
+    path = tmp_path / "old.sqlite"
+    _version_1_database(path)
+    store = LabelStore.open(path)
+    assert store.schema_version() == SCHEMA_VERSION == 2
+    crit, pref = store.project("crit"), store.project("pref")
+    records = export_records(store, crit)
+    assert records == {"critique": [Critique("2+3*4=", "3*4=12\n2+12=15\nanswer: 15", "2+12 is 14"),
+                                    Critique("Say hi", "hi", "Polite enough.")],
+                       "correction": [Correction("2+3*4=", "3*4=12\n2+12=15\nanswer: 15", "3*4=12\n2+12=14")]}
+    assert export_records(store, pref) == {"comparison": [Comparison("p", "b", "a")]}
+    write_records(records["critique"], tmp_path / "c.jsonl")
+    assert [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()] == [
+        {"prompt": "2+3*4=", "completion": "3*4=12\n2+12=15\nanswer: 15", "critique": "2+12 is 14"},
+        {"prompt": "Say hi", "completion": "hi", "critique": "Polite enough."}]  # no verdict columns appear
+    # the migrated store takes new labels, with verdicts, beside the old ones
+    store.add_items(crit, [("1+1=", ["answer: 2", "answer: 3"], {})])
+    ann = store.labelers(crit)[0]
+    item = store.items(crit)[-1]
+    a = store.assign(crit, ann, item, [1])
+    store.submit_label(crit, ann, a.id, item.id, {"verdict": "incorrect", "first_wrong_step": 1})
+    assert export_records(store, crit)["critique"][-1] == Critique("1+1=", "answer: 3", "verdict: incorrect 1",
+                                                                   "incorrect", 1)
+    store.close()
+    again = LabelStore.open(path)  # opening again migrates nothing twice
+    assert again.conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+    assert again.integrity_check() == "ok"
+    again.conn.execute("INSERT INTO schema_version VALUES (3, 0)")
+    again.close()
+    with pytest.raises(StoreError, match=r"old.sqlite has label schema version 3, newer than this rlxf reads "
+                                         r"\(up to 2\)"):
+        LabelStore.open(path)
+
+
+def test_a_fresh_database_starts_at_the_current_version(store):
+    assert store.schema_version() == SCHEMA_VERSION
+
+
+def test_critique_labels_mark_the_first_wrong_step_within_the_steps_shown(store):
+    project, _ = _project(store, kind="critique")
+    answer = "3*4=12\n\n2+12=15\nanswer: 15"
+    with pytest.raises(StoreError, match="item 0: field 'meta.steps' must be a list with one entry per response"):
+        store.add_items(project, [("q", [answer, "b"], {"steps": [["one"]]})])
+    with pytest.raises(StoreError, match="item 0: field 'meta.steps' entry 1 must be null or a list"):
+        store.add_items(project, [("q", [answer, "b"], {"steps": [None, [""]]})])
+    store.add_items(project, [("2+3*4=", [answer, "b"], {}), ("q", ["x y z", "b"], {"steps": [["x", "y z"], None]})])
+    lines, explicit = store.items(project)
+    assert response_steps(lines, 0) == ["3*4=12", "2+12=15", "answer: 15"]  # blank lines are not steps
+    assert response_steps(explicit, 0) == ["x", "y z"] and response_steps(explicit, 1) == ["b"]
+    ann, _ = _labeler(store, project)
+    a = store.assign(project, ann, lines, [0])
+    for value, expected in [({"verdict": "incorrect", "first_wrong_step": 4}, "is 4 but the response was shown as 3"),
+                            ({"verdict": "correct", "first_wrong_step": 2}, "only with verdict 'incorrect'"),
+                            ({"verdict": "maybe"}, "'verdict' is 'maybe'"),
+                            ({"critique": "verdict: correct", "verdict": "incorrect", "first_wrong_step": 2},
+                             "verdict line says 'correct'"),
+                            ({"critique": " "}, "non-empty string \\(or mark a 'verdict'\\)")]:
+        with pytest.raises(StoreError, match=expected):
+            store.submit_label(project, ann, a.id, lines.id, value)
+    store.submit_label(project, ann, a.id, lines.id, {"critique": "2+12 is 14", "verdict": "incorrect",
+                                                      "first_wrong_step": 2, "corrected": "3*4=12\n2+12=14"})
+    b = store.assign(project, ann, explicit, [0])
+    with pytest.raises(StoreError, match="is 3 but the response was shown as 2"):
+        store.submit_label(project, ann, b.id, explicit.id, {"verdict": "incorrect", "first_wrong_step": 3})
+    store.submit_label(project, ann, b.id, explicit.id, {"critique": "  ", "verdict": "correct"})
+    assert [l.value for l in store.labels(project)] == [
+        {"critique": "2+12 is 14", "corrected": "3*4=12\n2+12=14", "verdict": "incorrect", "first_wrong_step": 2},
+        {"verdict": "correct"}]
+    records = export_records(store, project)
+    assert records["critique"] == [Critique("2+3*4=", answer, "2+12 is 14", "incorrect", 2),
+                                   Critique("q", "x y z", "verdict: correct", "correct")]
+    assert records["correction"] == [Correction("2+3*4=", answer, "3*4=12\n2+12=14")]

@@ -21,7 +21,8 @@ from starlette.concurrency import run_in_threadpool
 
 from rlxf.app.selection import QueryQueue, Scorer
 from rlxf.app.stats import project_stats
-from rlxf.data.label_store import RECORD_KINDS, Labeler, LabelStore, Project, StoreError, export_records
+from rlxf.data.label_store import (RECORD_KINDS, Labeler, LabelStore, Project, StoreError, export_records,
+                                   response_steps)
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 256 * 1024
@@ -109,9 +110,12 @@ def create_app(store: LabelStore, project: Project, scorer: Scorer | None = None
         a = await run_in_threadpool(queue.next, labeler)
         if a is None:
             return {"done": True}
-        return {"done": False, "assignment_id": a.id, "item_id": a.item.id, "kind": project.kind,
-                "prompt": a.item.prompt, "responses": [a.item.responses[i] for i in a.shown],
-                "scale": project.settings["scale"], "max_critique_chars": project.settings["max_critique_chars"]}
+        out = {"done": False, "assignment_id": a.id, "item_id": a.item.id, "kind": project.kind,
+               "prompt": a.item.prompt, "responses": [a.item.responses[i] for i in a.shown],
+               "scale": project.settings["scale"], "max_critique_chars": project.settings["max_critique_chars"]}
+        if project.kind == "critique":  # the steps a labeler may mark as the first wrong one
+            out["steps"] = response_steps(a.item, a.shown[0])
+        return out
 
     @app.post("/api/labels")
     async def submit(request: Request):

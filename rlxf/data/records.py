@@ -175,13 +175,46 @@ class Rating:
         return cls(prompt, response, rating, _require(row, "scale", "a pair [low, high]"))
 
 
+VERDICTS = ("correct", "incorrect")
+
+
+def check_verdict(critique: str | None, verdict: Any, first_wrong_step: Any) -> None:
+    """Check a critique's structured verdict: ``verdict`` is None, "correct" or "incorrect";
+    ``first_wrong_step`` is None or a 1-based step number, given only with "incorrect"; and when
+    ``critique`` text ends in its own ``verdict:`` line (:mod:`rlxf.critique.format`), both must
+    say the same (neither wins: a disagreement is an error)."""
+    from rlxf.critique.format import parse_critique  # lazy: rlxf.critique may grow imports of rlxf.data
+
+    if verdict is not None and verdict not in VERDICTS:
+        raise RecordError("verdict", _describe(verdict), "'correct', 'incorrect' or null")
+    if first_wrong_step is not None:
+        if isinstance(first_wrong_step, bool) or not isinstance(first_wrong_step, int) or first_wrong_step < 1:
+            raise RecordError("first_wrong_step", _describe(first_wrong_step), "a step number >= 1 (1-based) or null")
+        if verdict != "incorrect":
+            raise RecordError("first_wrong_step", f"is {first_wrong_step} with verdict {verdict!r}",
+                              "a step only with verdict 'incorrect'")
+    if verdict is None or critique is None:
+        return
+    written = parse_critique(critique)
+    given = (verdict == "correct", first_wrong_step)
+    if written.correct is not None and (written.correct, written.first_wrong_step) != given:
+        said = "correct" if written.correct else f"incorrect {written.first_wrong_step or ''}".strip()
+        fields = verdict + (f" {first_wrong_step}" if first_wrong_step else "")
+        raise RecordError("verdict", f"is '{fields}' but the critique text's verdict line says '{said}'",
+                          "the verdict fields and the text's verdict line to agree")
+
+
 @dataclass(frozen=True)
 class Critique:
-    """Free-text feedback on one response."""
+    """Feedback on one response: free text, and optionally a structured ``verdict``
+    ("correct" | "incorrect") with the 1-based ``first_wrong_step`` of an incorrect response
+    (see :func:`check_verdict`). Rows without the verdict columns (older exports) still load."""
 
     prompt: str
     response: str
     critique: str
+    verdict: str | None = None
+    first_wrong_step: int | None = None
 
     RESPONSE_COLUMNS: ClassVar[tuple[str, ...]] = ("completion",)
 
@@ -189,13 +222,30 @@ class Critique:
         _text("prompt", self.prompt)
         _text("completion", self.response)
         _text("critique", self.critique)
+        check_verdict(self.critique, self.verdict, self.first_wrong_step)
+
+    @property
+    def judgment(self):
+        """The critique's :class:`~rlxf.critique.format.Verdict`: from the verdict fields when
+        given, else parsed from the text (``Verdict(None)`` when neither judges)."""
+        from rlxf.critique.format import Verdict, parse_critique
+
+        if self.verdict is None:
+            return parse_critique(self.critique)
+        return Verdict(self.verdict == "correct", self.first_wrong_step)
 
     def to_row(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "completion": self.response, "critique": self.critique}
+        row: dict[str, Any] = {"prompt": self.prompt, "completion": self.response, "critique": self.critique}
+        if self.verdict is not None:
+            row["verdict"] = self.verdict
+        if self.first_wrong_step is not None:
+            row["first_wrong_step"] = self.first_wrong_step
+        return row
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Critique:
-        return cls(*_texts(row, "prompt", "completion", "critique"))
+        return cls(*_texts(row, "prompt", "completion", "critique"), verdict=row.get("verdict"),
+                   first_wrong_step=row.get("first_wrong_step"))
 
 
 @dataclass(frozen=True)

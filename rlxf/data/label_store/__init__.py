@@ -29,14 +29,14 @@ from rlxf.data.label_store.entities import (
     StoreError,
     hash_token,
 )
-from rlxf.data.label_store.store import LabelStore
-from rlxf.data.label_store.values import label_to_records, validate_value
+from rlxf.data.label_store.store import SCHEMA_VERSION, LabelStore
+from rlxf.data.label_store.values import label_to_records, response_steps, validate_value
 from rlxf.data.records import Record
 
 __all__ = [
-    "CHOICES", "DEFAULT_SETTINGS", "KINDS", "RECORD_KINDS", "Assignment", "Conflict", "Item", "Label",
+    "CHOICES", "DEFAULT_SETTINGS", "KINDS", "RECORD_KINDS", "SCHEMA_VERSION", "Assignment", "Conflict", "Item", "Label",
     "LabelStore", "Labeler", "NotFound", "Project", "StoreError", "export_records", "hash_token",
-    "label_to_records", "open_project_dir", "read_project_records", "validate_value",
+    "label_to_records", "open_project_dir", "read_project_records", "response_steps", "validate_value",
 ]
 
 

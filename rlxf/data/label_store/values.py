@@ -5,16 +5,43 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from rlxf.data.label_store.entities import CHOICES, Label, Project, StoreError
-from rlxf.data.records import Comparison, Correction, Critique, Ranking, Rating, Record
+from rlxf.data.label_store.entities import CHOICES, Item, Label, Project, StoreError
+from rlxf.data.records import Comparison, Correction, Critique, Ranking, Rating, Record, RecordError, check_verdict
 
-def validate_value(project: Project, n_shown: int, value: Any) -> dict:
+
+def response_steps(item: Item, index: int) -> list[str]:
+    """The steps a labeler marks in response ``index`` of ``item``: the item's explicit
+    ``meta["steps"][index]`` when given, else the response's non-blank lines (stripped)."""
+    explicit = (item.meta.get("steps") or [None] * len(item.responses))[index]
+    if explicit is not None:
+        return list(explicit)
+    return [line.strip() for line in item.responses[index].split("\n") if line.strip()]
+
+
+def check_item_steps(meta: Any, n_responses: int) -> str | None:
+    """What is wrong with an item's optional ``meta["steps"]`` (None when it is fine): one
+    entry per response, each null (split the response into lines) or a list of non-empty strings."""
+    if not isinstance(meta, dict) or meta.get("steps") is None:
+        return None
+    steps = meta["steps"]
+    if not isinstance(steps, list) or len(steps) != n_responses:
+        return f"field 'meta.steps' must be a list with one entry per response ({n_responses})"
+    for k, entry in enumerate(steps):
+        if entry is not None and (not isinstance(entry, list) or not entry
+                                  or not all(isinstance(t, str) and t.strip() for t in entry)):
+            return f"field 'meta.steps' entry {k} must be null or a list of non-empty strings"
+    return None
+
+
+def validate_value(project: Project, n_shown: int, value: Any, n_steps: int | None = None) -> dict:
     """Check a submitted label against the project's kind; return its clean form.
 
     preference: ``{"choice": "a"|"b"|"tie"|"skip"}``; ranking: ``{"order": [...]}``, a
     permutation of the shown positions, best first; rating: ``{"ratings": [...]}``, one
     per shown response within the scale; critique: ``{"critique": text}`` with an
-    optional ``"corrected"`` response, at most ``max_critique_chars`` each.
+    optional ``"corrected"`` response, at most ``max_critique_chars`` each, and an optional
+    ``"verdict"`` ("correct" | "incorrect") with ``"first_wrong_step"`` (1-based, at most
+    ``n_steps``, the number of steps shown). With a verdict the text may be left empty.
     """
     if not isinstance(value, dict):
         raise StoreError("'value' must be a JSON object")
@@ -42,15 +69,27 @@ def validate_value(project: Project, n_shown: int, value: Any) -> dict:
     clean = {}
     for key in ("critique", "corrected"):
         text = value.get(key)
-        if text is None or (key == "corrected" and text == ""):
-            continue
+        blank = text == "" if key == "corrected" else isinstance(text, str) and not text.strip()
+        if text is None or (blank and (key == "corrected" or value.get("verdict") is not None)):
+            continue  # an empty correction, or no words beside a marked verdict
         if not isinstance(text, str):
             raise StoreError(f"'{key}' must be a string")
         if len(text) > limit:
             raise StoreError(f"'{key}' is {len(text)} characters; the limit is {limit}")
         clean[key] = text
-    if not clean.get("critique", "").strip():
-        raise StoreError("'critique' must be a non-empty string")
+    verdict, step = value.get("verdict"), value.get("first_wrong_step")
+    if verdict is None and not clean.get("critique", "").strip():
+        raise StoreError("'critique' must be a non-empty string (or mark a 'verdict')")
+    try:
+        check_verdict(clean.get("critique"), verdict, step)
+    except RecordError as e:
+        raise StoreError(f"'{e.field}' {e.problem} (expected {e.expected})") from None
+    if step is not None and n_steps is not None and step > n_steps:
+        raise StoreError(f"'first_wrong_step' is {step} but the response was shown as {n_steps} step(s)")
+    if verdict is not None:
+        clean["verdict"] = verdict
+    if step is not None:
+        clean["first_wrong_step"] = step
     return clean
 
 
@@ -67,7 +106,17 @@ def label_to_records(label: Label, scale: tuple[float, float]) -> list[Record]:
         return [Ranking(item.prompt, tuple(texts), tuple(v["order"]))]
     if label.kind == "rating":
         return [Rating(item.prompt, t, r, scale) for t, r in zip(texts, v["ratings"])]
-    out: list[Record] = [Critique(item.prompt, texts[0], v["critique"])]
+    out: list[Record] = [critique_record(label)]
     if v.get("corrected"):
         out.append(Correction(item.prompt, texts[0], v["corrected"]))
     return out
+
+
+def critique_record(label: Label) -> Critique:
+    """A critique label as a record; a verdict given without text gets its verdict line as text."""
+    from rlxf.critique.format import verdict_line
+
+    v = label.value
+    verdict, step = v.get("verdict"), v.get("first_wrong_step")
+    text = v.get("critique") or verdict_line(verdict == "correct", step)
+    return Critique(label.item.prompt, label.item.responses[label.shown[0]], text, verdict, step)
