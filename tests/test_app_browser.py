@@ -1,6 +1,7 @@
 """End to end in real headless Chromium (Debian's chromium + chromium-driver, via Selenium):
-a labeler answers with the keyboard and the mouse; the labels reach the database and the
-export; hostile item text shows as text; screenshots land in build/screenshots/."""
+a labeler answers with the keyboard and the mouse, and marks a critique's first wrong step;
+the labels reach the database and the export; hostile item text shows as text; screenshots
+land in build/screenshots/."""
 
 from __future__ import annotations
 
@@ -145,3 +146,61 @@ def test_ratings_and_critiques_by_keyboard_alone(tmp_path, browser):
     assert label.value == {"critique": f"Too short. {PAYLOAD}", "corrected": "Cold, white and quiet."}
     assert browser.execute_script("return window.__pwned") is None
     store.close()
+
+
+def test_marking_the_first_wrong_step_reaches_the_export(tmp_path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    directory = tmp_path / "steps"
+    init_project(directory, "critique")
+    store, project = open_project(directory)
+    wrong = "3*4=12\n2+12=15\nanswer: 15"
+    store.add_items(project, [("2+3*4=", [wrong, wrong], {}),
+                              ("1+1=", ["ok", "ok"], {"steps": [[PAYLOAD, "answer: 2"]] * 2})])
+    token = store.add_labeler(project, "ann")
+
+    def steps(d):
+        """(text, classes, aria-pressed) of each step button on screen."""
+        return d.execute_script("return [...document.querySelectorAll('#responses .step')].map((b) => ["
+                                "b.querySelector('.step-text').textContent, b.className,"
+                                " b.getAttribute('aria-pressed')])")
+
+    with serve_in_background(create_app(store, project)) as url:
+        browser.get(f"{url}/label#token={token}")
+        for _ in range(2):
+            _wait(browser, lambda d: d.find_element(By.ID, "task").is_displayed() and steps(d))
+            before = browser.find_element(By.ID, "task").get_attribute("data-assignment")
+            prompt = browser.find_element(By.ID, "prompt").text
+            if prompt == "2+3*4=":
+                assert [s[0] for s in steps(browser)] == ["3*4=12", "2+12=15", "answer: 15"]
+                browser.find_element(By.CSS_SELECTOR, '.step[data-step="3"]').click()
+                browser.find_element(By.CSS_SELECTOR, '.step[data-step="2"]').click()  # the mark moves up
+                marks = steps(browser)
+                assert [s[2] for s in marks] == ["false", "true", "false"]
+                assert "ok" in marks[0][1] and "wrong" in marks[1][1] and "after" in marks[2][1]
+                assert browser.find_element(By.ID, "verdict").text == "verdict: incorrect from step 2"
+                SHOTS.mkdir(parents=True, exist_ok=True)
+                browser.save_screenshot(str(SHOTS / "critique_steps.png"))
+                browser.find_element(By.ID, "critique").send_keys("2+12 is 14")
+                browser.find_element(By.ID, "corrected").send_keys("3*4=12", Keys.ENTER, "2+12=14")
+                browser.find_element(By.XPATH, "//button[starts-with(normalize-space(.), 'Submit')]").click()
+            else:
+                assert [s[0] for s in steps(browser)] == [PAYLOAD, "answer: 2"]  # explicit steps, as text
+                browser.find_element(By.ID, "all-correct").click()
+                assert browser.find_element(By.ID, "verdict").text == "verdict: correct"
+                browser.find_element(By.ID, "critique").send_keys(Keys.CONTROL, Keys.ENTER)  # no words needed
+            _wait(browser, lambda d: d.find_element(By.ID, "done").is_displayed()
+                  or d.find_element(By.ID, "task").get_attribute("data-assignment") != before)
+        _wait(browser, lambda d: d.find_element(By.ID, "done").is_displayed())
+        assert browser.execute_script("return window.__pwned") is None
+    store.close()
+    out, n = export_project(directory, tmp_path / "critiques.jsonl", record="critique")
+    by_prompt = {r.prompt: r for r in read_records(out, kind="critique")}
+    assert n == 2
+    marked = by_prompt["2+3*4="]
+    assert (marked.critique, marked.verdict, marked.first_wrong_step) == ("2+12 is 14", "incorrect", 2)
+    accepted = by_prompt["1+1="]
+    assert (accepted.critique, accepted.verdict, accepted.first_wrong_step) == ("verdict: correct", "correct", None)
+    fixes = read_records(export_project(directory, tmp_path / "fix.jsonl", record="correction")[0], kind="correction")
+    assert [(f.prompt, f.corrected) for f in fixes] == [("2+3*4=", "3*4=12\n2+12=14")]

@@ -139,12 +139,47 @@
     render();
   }
 
+  // The response as numbered steps: click the first wrong one, or "All steps correct".
+  // marked: null (no verdict), 0 (all correct) or k (step k is the first wrong one).
+  function stepMarker(steps) {
+    let marked = null;
+    const buttons = steps.map((text, i) => el("button", { type: "button", class: "step",
+      "data-step": String(i + 1), "aria-pressed": "false", onclick: () => mark(marked === i + 1 ? null : i + 1) },
+      el("span", { class: "step-no" }, String(i + 1)), el("span", { class: "step-text" }, text)));
+    const allOk = el("button", { type: "button", id: "all-correct", "aria-pressed": "false",
+      onclick: () => mark(marked === 0 ? null : 0) }, "All steps correct");
+    const note = el("span", { id: "verdict", class: "muted small" }, "");
+    const card = el("article", { class: "response" },
+      el("div", { class: "response-head" }, el("span", { class: "badge" }, "Response"), allOk, note),
+      el("ol", { class: "steps" }, ...buttons.map((b) => el("li", {}, b))));
+    function mark(k) {
+      marked = k;
+      buttons.forEach((b, i) => {
+        b.classList.toggle("wrong", marked === i + 1);
+        b.classList.toggle("after", marked > 0 && i + 1 > marked);
+        b.classList.toggle("ok", marked === 0 || (marked > 0 && i + 1 < marked));
+        b.setAttribute("aria-pressed", String(marked === i + 1));
+      });
+      allOk.classList.toggle("chosen", marked === 0);
+      allOk.setAttribute("aria-pressed", String(marked === 0));
+      note.textContent = marked === null ? "no verdict marked"
+        : marked === 0 ? "verdict: correct" : `verdict: incorrect from step ${marked}`;
+    }
+    mark(null);
+    // the verdict fields of the label value ({} when nothing is marked)
+    const verdict = () => (marked === null ? {} : marked === 0 ? { verdict: "correct" }
+      : { verdict: "incorrect", first_wrong_step: marked });
+    return { card, verdict };
+  }
+
   function showCritique(a) {
     const limit = a.max_critique_chars;
-    $("question").textContent = "What is wrong with this response, and how would you fix it?";
-    $("responses").append(responseCard("Response", a.responses[0]));
+    $("question").textContent = "Click the first wrong step (or all steps correct), then say what is wrong " +
+      "and how you would fix it.";
+    const marker = stepMarker(a.steps || [a.responses[0]]);
+    $("responses").append(marker.card);
     const crit = el("textarea", { id: "critique", rows: "4", maxlength: String(limit),
-      placeholder: "Your critique (required)" });
+      placeholder: "Your critique (required unless you marked the steps)" });
     const fix = el("textarea", { id: "corrected", rows: "3", maxlength: String(limit),
       placeholder: "A corrected response (optional)" });
     const count = el("span", { class: "muted small" }, "");
@@ -153,10 +188,14 @@
       el("label", { for: "critique" }, "Critique"), crit,
       el("label", { for: "corrected" }, "Corrected response"), fix, count,
       button("Submit", "Ctrl+Enter", () => done(), "primary"));
-    $("hint").textContent = "Ctrl+Enter submits from either box.";
+    $("hint").textContent = "Click a step to mark it as the first wrong one (click again to unmark). " +
+      "Ctrl+Enter submits from either box.";
     function done() {
-      if (!crit.value.trim()) { status("Please write a critique first.", "error"); crit.focus(); return; }
-      const value = { critique: crit.value };
+      const value = marker.verdict();
+      if (!crit.value.trim() && !value.verdict) {
+        status("Please write a critique or mark the steps first.", "error"); crit.focus(); return;
+      }
+      if (crit.value.trim()) value.critique = crit.value;
       if (fix.value.trim()) value.corrected = fix.value;
       submit(value);
     }
