@@ -85,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--quiet", action="store_true", help="no progress messages")
     rep = sub.add_parser("report", help="rewrite report.html of a finished run (of any lab) and print its table")
     rep.add_argument("run_dir")
+    crit = sub.add_parser("critique-eval", help="RealCritic's closed-loop evaluation of critics (direct, self, cross, "
+                                                "iterative critique): prints the table")
+    crit.add_argument("config", help="path to a TOML config (e.g. configs/critique_eval.toml)")
+    crit.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                      help="override a config value (repeatable), e.g. --set items.n=100")
     from rlxf.app.cli import add_label_commands
 
     add_label_commands(sub)
@@ -227,6 +232,11 @@ def _main(argv: list[str] | None) -> int:
             return _run(quickstart_config_path(), args)
         if args.command == "sweep":
             return _sweep(args)
+        if args.command == "critique-eval":
+            from rlxf.critique.config import critique_eval_command
+
+            print(critique_eval_command(args.config, args.overrides))
+            return 0
         return _report(args.run_dir)
     except (ConfigError, DataError, PipelineError, RunError, TrackerError, ClusterError, FileNotFoundError,
             *USER_ERRORS) as e:
