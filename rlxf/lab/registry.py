@@ -21,6 +21,7 @@ LABS: dict[str, str] = {
     "direct": "rlxf.lab.direct:DirectLab",
     "train": "rlxf.lab.train:TrainLab",
     "search": "rlxf.lab.search:SearchLab",
+    "critique": "rlxf.lab.critique:CritiqueLab",
 }
 
 
