@@ -213,6 +213,9 @@ def test_critique_view_gets_steps_and_the_export_carries_the_marked_step(tmp_pat
         r = client.post("/api/labels", headers=_h(token),
                         json={"assignment_id": a["assignment_id"], "item_id": a["item_id"], "value": value})
         assert r.status_code == 200, r.text
+    stats = client.get("/api/project", headers=_h(owner)).json()
+    assert stats["distribution"] == {"short (<100 chars)": 1, "no text": 1, "with correction": 1,
+                                     "verdict: incorrect": 1, "verdict: correct": 1}
     shown = seen["1+1="]["responses"][0]
     r = client.get("/api/export?record=critique", headers=_h(owner))
     rows = sorted((json.loads(line) for line in r.content.decode().splitlines()), key=lambda row: row["prompt"])

@@ -44,7 +44,7 @@ def agreement(labels: list[Label]) -> dict:
 
 
 def distribution(labels: list[Label]) -> dict[str, int]:
-    """Counts of answers: choices, top-ranked display position, ratings, or critique lengths."""
+    """Counts of answers: choices, top-ranked display position, ratings, or critique lengths and verdicts."""
     counts: Counter = Counter()
     for label in labels:
         v = label.value
@@ -55,9 +55,10 @@ def distribution(labels: list[Label]) -> dict[str, int]:
         elif label.kind == "rating":
             counts.update(f"{r:g}" for r in v["ratings"])
         else:
-            n = len(v["critique"])
-            counts["short (<100 chars)" if n < 100 else "long (100+ chars)"] += 1
+            n = len(v.get("critique", ""))  # a marked verdict may come without words
+            counts["no text" if n == 0 else "short (<100 chars)" if n < 100 else "long (100+ chars)"] += 1
             counts["with correction"] += "corrected" in v
+            counts[f"verdict: {v['verdict']}" if "verdict" in v else "no verdict"] += 1
     return dict(sorted(counts.items()))
 
 
