@@ -332,11 +332,15 @@ def test_critique_labels_mark_the_first_wrong_step_within_the_steps_shown(store)
     answer = "3*4=12\n\n2+12=15\nanswer: 15"
     with pytest.raises(StoreError, match="item 0: field 'meta.steps' must be a list with one entry per response"):
         store.add_items(project, [("q", [answer, "b"], {"steps": [["one"]]})])
-    with pytest.raises(StoreError, match="item 0: field 'meta.steps' entry 1 must be null or a list"):
-        store.add_items(project, [("q", [answer, "b"], {"steps": [None, [""]]})])
-    store.add_items(project, [("2+3*4=", [answer, "b"], {}), ("q", ["x y z", "b"], {"steps": [["x", "y z"], None]})])
+    with pytest.raises(StoreError, match="item 0: field 'meta.steps' entry 1 must be null or a non-empty list"):
+        store.add_items(project, [("q", [answer, "b"], {"steps": [None, []]})])
+    with pytest.raises(StoreError, match="item 0: field 'meta.steps' entry 0 must be null or a non-empty list"):
+        store.add_items(project, [("q", [answer, "b"], {"steps": [["x", 2], None]})])
+    store.add_items(project, [("2+3*4=", [answer, "def f():\n    return 1  \n"], {}),
+                              ("q", ["x y z", "b"], {"steps": [["x", "y z"], None]})])
     lines, explicit = store.items(project)
     assert response_steps(lines, 0) == ["3*4=12", "2+12=15", "answer: 15"]  # blank lines are not steps
+    assert response_steps(lines, 1) == ["def f():", "    return 1"]  # indentation kept
     assert response_steps(explicit, 0) == ["x", "y z"] and response_steps(explicit, 1) == ["b"]
     ann, _ = _labeler(store, project)
     a = store.assign(project, ann, lines, [0])

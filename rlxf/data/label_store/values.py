@@ -11,25 +11,26 @@ from rlxf.data.records import Comparison, Correction, Critique, Ranking, Rating,
 
 def response_steps(item: Item, index: int) -> list[str]:
     """The steps a labeler marks in response ``index`` of ``item``: the item's explicit
-    ``meta["steps"][index]`` when given, else the response's non-blank lines (stripped)."""
+    ``meta["steps"][index]`` when given, else the response's non-blank lines (indentation
+    kept, so code reads as code)."""
     explicit = (item.meta.get("steps") or [None] * len(item.responses))[index]
     if explicit is not None:
         return list(explicit)
-    return [line.strip() for line in item.responses[index].split("\n") if line.strip()]
+    return [line.rstrip() for line in item.responses[index].split("\n") if line.strip()]
 
 
 def check_item_steps(meta: Any, n_responses: int) -> str | None:
     """What is wrong with an item's optional ``meta["steps"]`` (None when it is fine): one
-    entry per response, each null (split the response into lines) or a list of non-empty strings."""
+    entry per response, each null (split the response into lines) or a non-empty list of strings
+    (blank ones allowed: a task may count blank lines as steps)."""
     if not isinstance(meta, dict) or meta.get("steps") is None:
         return None
     steps = meta["steps"]
     if not isinstance(steps, list) or len(steps) != n_responses:
         return f"field 'meta.steps' must be a list with one entry per response ({n_responses})"
     for k, entry in enumerate(steps):
-        if entry is not None and (not isinstance(entry, list) or not entry
-                                  or not all(isinstance(t, str) and t.strip() for t in entry)):
-            return f"field 'meta.steps' entry {k} must be null or a list of non-empty strings"
+        if entry is not None and not (isinstance(entry, list) and entry and all(isinstance(t, str) for t in entry)):
+            return f"field 'meta.steps' entry {k} must be null or a non-empty list of strings"
     return None
 
 
