@@ -17,6 +17,16 @@ from rlxf.critique.evaluate import MODES, critique_eval, format_table
 from rlxf.critique.simulated import CriticProfile, simulated_corrector, simulated_critic
 
 KINDS = ("simulated", "lm")
+CRITIC_INSTRUCTION = (
+    "Check the answer below. The question comes first, then the answer's steps, one per line, then a line '#'. "
+    "Check each step in order and stop at the first wrong one. End with one line: 'verdict: correct' if every step "
+    "is right, or 'verdict: incorrect K' where K is the number of the first wrong step.\n\n")
+"""What an LM critic is told before each :func:`~rlxf.critique.format.critic_prompt` request (a tiny
+critic trained on the format needs no telling; an instruction-tuned model does)."""
+CORRECTOR_INSTRUCTION = (
+    "Below are a question, an answer to it, a line '#', a critique of the answer and another '#'. Rewrite the "
+    "answer, fixing it from the first wrong step the critique names, in the same format. Write only the answer.\n\n")
+"""What an LM corrector is told before each :func:`~rlxf.critique.format.corrector_prompt` request."""
 
 
 @dataclass
@@ -100,25 +110,37 @@ def make_items(spec: ItemsSpec):
     return code_items(spec.n, spec.seed, spec.wrong_share)
 
 
-def _lm_role(spec: RoleSpec):
+@dataclass
+class Instructed:
+    """A text model asked with ``instruction`` before every request (an LM role told its job)."""
+
+    model: object  # a TextModel
+    instruction: str
+
+    def complete(self, requests: list[str]) -> list[str]:
+        return self.model.complete([self.instruction + r for r in requests])
+
+
+def _lm_role(spec: RoleSpec, instruction: str) -> Instructed:
     from rlxf.labelers.roles import LMRole
     from rlxf.policies.loading import ModelSettings, load_policy
 
-    return LMRole(load_policy(ModelSettings(path=spec.model), seed=spec.seed), max_new_tokens=spec.max_new_tokens,
+    role = LMRole(load_policy(ModelSettings(path=spec.model), seed=spec.seed), max_new_tokens=spec.max_new_tokens,
                   seed=spec.seed)
+    return Instructed(role, instruction)
 
 
 def make_critic(spec: RoleSpec, task: str):
     """The critic ``spec`` names, for ``task`` answers."""
     if spec.kind == "lm":
-        return _lm_role(spec)
+        return _lm_role(spec, CRITIC_INSTRUCTION)
     return simulated_critic(CriticProfile(spec.miss, spec.false_alarm, spec.misplace, spec.notes), spec.seed, task)
 
 
 def make_corrector(spec: RoleSpec, task: str):
     """The corrector ``spec`` names, for ``task`` answers."""
     if spec.kind == "lm":
-        return _lm_role(spec)
+        return _lm_role(spec, CORRECTOR_INSTRUCTION)
     return simulated_corrector(spec.skill, spec.seed, task)
 
 
@@ -158,5 +180,6 @@ def critique_eval_command(path, overrides: list[str] = ()) -> str:
     return format_table(run_critique_eval(load_eval_config(path, overrides)))
 
 
-__all__ = ["CritiqueEvalConfig", "critique_eval_command", "load_eval_config", "run_critique_eval", "ItemsSpec", "KINDS", "RoleSpec", "check_critics", "check_items", "check_modes", "check_role",
-           "make_corrector", "make_critic", "make_items"]
+__all__ = ["CORRECTOR_INSTRUCTION", "CRITIC_INSTRUCTION", "CritiqueEvalConfig", "Instructed", "ItemsSpec", "KINDS",
+           "RoleSpec", "check_critics", "check_items", "check_modes", "check_role", "critique_eval_command",
+           "load_eval_config", "make_corrector", "make_critic", "make_items", "run_critique_eval"]
