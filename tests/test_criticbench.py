@@ -7,7 +7,7 @@ import pytest
 
 from rlxf.algorithms.critique.criticbench import (accuracy_by_certainty, certainty, certainty_bucket, criticbench,
                                                   final_answer, majority, paired_gain, policy_items,
-                                                  question_certainty, self_check)
+                                                  question_certainty, self_check, train_verifier)
 from rlxf.critique.bench import arithmetic_items
 from rlxf.critique.format import render_critique
 from rlxf.critique.simulated import ALWAYS_CORRECT, CriticProfile, simulated_critic
@@ -83,6 +83,19 @@ def test_criticbench_scores_by_difficulty_and_certainty():
     assert [it.first_wrong_step for it in pitems[-4:]] == [1] * 4 and pitems[0].difficulty == 1
     by_c = criticbench(simulated_critic(ALWAYS_CORRECT), pitems)["by_certainty"]
     assert by_c == {"low": {"accuracy": 0.5, "n": 8}, "high": {"accuracy": 1.0, "n": 8}}
+
+
+def test_train_verifier_smoke(tmp_path):
+    """The trained-verifier path runs end to end: a 1-layer critic LM, a few steps, judged by criticbench."""
+    from rlxf.algorithms.loop import OptimConfig
+    from rlxf.core.runs import Run
+
+    items = arithmetic_items(8, seed=5)
+    cfg = OptimConfig(steps=3, batch_size=4, lr=3e-3, checkpoint_every=10**6)
+    critic = train_verifier(Run(tmp_path, "verifier", fresh=True), "verifier", items, cfg, n_layer=1, n_embd=16)
+    assert critic.policy.model.config.n_layer == 1 and not critic.policy.model.training
+    out = criticbench(critic, items)
+    assert out["n"] == 8 and 0.0 <= out["accuracy"] <= 1.0 and critic.requests == 8
 
 
 @pytest.mark.slow

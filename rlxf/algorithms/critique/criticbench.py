@@ -23,11 +23,16 @@ from collections import Counter
 
 import numpy as np
 
+from rlxf.algorithms.loop import OptimConfig
+from rlxf.algorithms.sft import train_sft
+from rlxf.core.runs import Run
 from rlxf.critique.bench import CritiqueItem, gold_verdict
 from rlxf.critique.evaluate import critique_items, score_verdicts
-from rlxf.critique.format import critic_prompt, parse_critique
+from rlxf.critique.format import CRITIC_CHARS, critic_prompt, parse_critique, render_critique
 from rlxf.critique.simulated import difficulty_of
-from rlxf.labelers.roles import TextModel
+from rlxf.labelers.roles import LMRole, TextModel
+from rlxf.policies.language import LanguagePolicy
+from rlxf.policies.tiny import tiny_causal_lm, tiny_tokenizer
 from rlxf.tasks.arithmetic import evaluate, split_steps
 
 _ANSWER = re.compile(r"^answer\s*:\s*(-?\d+)$")
@@ -120,6 +125,19 @@ def self_check(critic: TextModel, problems: list[str], samples: list[list[str]],
             "critic_requests": len(requests)}
 
 
+def train_verifier(run: Run, stage: str, items: list[CritiqueItem], cfg: OptimConfig, n_layer: int = 2,
+                   n_embd: int = 64, seed: int = 0, quiet: bool = True) -> LMRole:
+    """A tiny character-level critic LM SFT'd to write each item's gold verdict line (no notes) after
+    its :func:`critic_prompt`: a trained verifier of ``n_layer`` x ``n_embd``, as a greedy critic."""
+    tok = tiny_tokenizer(CRITIC_CHARS, split="chars")
+    policy = LanguagePolicy(tiny_causal_lm(tok, "gpt2", n_layer, n_embd, 4, 128, seed=seed), tok)
+    prompts = policy.encode([critic_prompt(it.question, it.answer) for it in items])
+    targets = policy.encode_responses([render_critique(it.correct, it.first_wrong_step) for it in items])
+    train_sft(run, stage, policy, prompts, targets, cfg, seed, quiet)
+    policy.model.eval()
+    return LMRole(policy, max_new_tokens=24, chat=False, seed=seed)
+
+
 def paired_gain(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Mean of ``a - b`` over paired problems and its standard error."""
     d = np.asarray(a, float) - np.asarray(b, float)
@@ -134,4 +152,5 @@ def accuracy_by_certainty(result: dict, key: str = "majority") -> dict[str, dict
 
 
 __all__ = ["CERTAINTY_BUCKETS", "accuracy_by_certainty", "certainty", "certainty_bucket", "criticbench",
-           "final_answer", "majority", "paired_gain", "policy_items", "question_certainty", "self_check"]
+           "final_answer", "majority", "paired_gain", "policy_items", "question_certainty", "self_check",
+           "train_verifier"]
