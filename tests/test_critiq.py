@@ -151,6 +151,8 @@ def test_flow_keeps_revises_and_bans_on_hand_built_judgments(lib, examples):
     assert second == {"valid_steps", "answer_correct", "no_repetition"}  # revised + 2 new for the 2 banned
     assert {c.name for c in flow.final} == {"valid_steps", "answer_correct", "no_repetition"}
     assert flow.accuracy["answer_correct"] == pytest.approx(0.75) and flow.accuracy["complete"] == pytest.approx(8 / 12)
+    with pytest.raises(ValueError, match="preference 1 has label 'tie'"):
+        critiq_flow([prefs[0], Preference(prefs[1].a, prefs[1].b, "tie")], worker, proposer, manager, lib)
 
 
 def test_accuracy_fate_and_majority_vote_on_hand_computed_numbers():
@@ -196,8 +198,10 @@ def test_bt_scorer_ranks_by_hidden_quality_and_top_k_beats_random(examples):
     # reversed labels learn the reversed order: the ranking comes from the labels
     flipped = train_scorer(pairs, [{"A": "B", "B": "A", "tie": "tie"}[y] for y in exact], seed=0)
     assert gold_correlation(flipped.score(pool), gold)["pearson"] < -0.85
-    with pytest.raises(ValueError, match="row \\[1\\]"):
+    with pytest.raises(ValueError, match="label of row 1 is 'maybe'"):
         train_scorer(pairs[:2], ["A", "maybe"])
+    with pytest.raises(ValueError, match="1 labels for 2 pairs"):
+        train_scorer(pairs[:2], ["A"])
     with pytest.raises(ValueError, match="k must be in 1..600"):
         select_top_k(pool, scores, 0)
     with pytest.raises(ValueError, match="no criteria"):

@@ -373,6 +373,11 @@ def critiq_flow(preferences: list[Preference], worker: TextModel, proposer: Text
     criterion, keeps the good, asks the manager to rewrite the mid and bans the low (the proposer
     replaces them); after ``epochs`` rounds a last evaluation scores the last set, and the final
     criteria are those whose best accuracy over all evaluations is >= high (as the paper's code does)."""
+    if not preferences:
+        raise ValueError("critiq_flow: no preferences to mine criteria from")
+    bad = [i for i, p in enumerate(preferences) if p.label not in ("A", "B")]
+    if bad:
+        raise ValueError(f"critiq_flow: preference {bad[0]} has label {preferences[bad[0]].label!r}; expected 'A' or 'B'")
     pairs = [(p.a, p.b) for p in preferences]
     labels = [p.label for p in preferences]
 
@@ -442,9 +447,11 @@ class Scorer:
 def train_scorer(pairs: list[tuple[Example, Example]], labels: list[str], seed: int = 0, hidden: int = 16,
                  steps: int = 300, lr: float = 1e-2) -> Scorer:
     """Fit the scorer on labelled pairs with :func:`soft_bt_loss` (A = 1, B = 0, tie = 0.5), full batch."""
+    if len(labels) != len(pairs):
+        raise ValueError(f"train_scorer: {len(labels)} labels for {len(pairs)} pairs; expected one label per pair")
     bad = [i for i, y in enumerate(labels) if y not in JUDGMENTS]
-    if bad or len(labels) != len(pairs):
-        raise ValueError(f"train_scorer: labels must be one of {JUDGMENTS} per pair; row {bad[:1] or len(labels)} is not")
+    if bad:
+        raise ValueError(f"train_scorer: label of row {bad[0]} is {labels[bad[0]]!r}; expected one of {JUDGMENTS}")
     torch.manual_seed(seed)
     xa = torch.tensor([feature_vector(a) for a, _ in pairs])
     xb = torch.tensor([feature_vector(b) for _, b in pairs])
