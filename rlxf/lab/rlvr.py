@@ -40,7 +40,7 @@ def train_prover(run: Run, task: ArithmeticTask, cfg: OptimConfig, corpus_size: 
     return policy
 
 
-def sample_responses(policy: LanguagePolicy, prompts: list[str], n: int, seed: int = 0, temperature: float = 1.0,
+def sample_responses(policy: LanguagePolicy, prompts: list[str], n: int, seed: int = 0, *, temperature: float = 1.0,
                      max_new_tokens: int = 48) -> list[list[str]]:
     """``n`` decoded samples per prompt at ``temperature`` (in eval mode, without gradients), grouped by prompt."""
     was_training = policy.model.training
@@ -58,7 +58,7 @@ def evaluate_prover(policy: LanguagePolicy, problems: list[str], temperature: fl
     """Mean over ``problems`` x ``n`` samples at ``temperature`` (``1e-4`` with ``n=1``: greedy):
     ``exact_match`` (the strict verifier), ``lenient_match`` (either answer format: the
     arithmetic alone) and ``second_format`` (share of answers written ``answer = N``)."""
-    groups = sample_responses(policy, problems, n, seed, temperature, max_new_tokens)
+    groups = sample_responses(policy, problems, n, seed, temperature=temperature, max_new_tokens=max_new_tokens)
     expanded = [q for q in problems for _ in range(n)]
     texts = [t for g in groups for t in g]
     return {"exact_match": float(np.mean([check_answer(p, t) for p, t in zip(expanded, texts)])),

@@ -255,14 +255,26 @@ class RunningMoments:
 
 
 def collect(executor, policy: LanguagePolicy, ref: LanguagePolicy, prompts: list[list[int]], scorer: Scorer,
-            cfg: OnlineConfig, seed: int, index: int, kl_coef: float, moments: RunningMoments) -> Batch:
-    """Sample, score and KL-shape rollout ``index`` (deterministic in ``(seed, index)`` and the weights)."""
+            cfg: OnlineConfig, seed: int, index: int, kl_coef: float, moments: RunningMoments,
+            method=None) -> Batch:
+    """Sample, score and KL-shape rollout ``index`` (deterministic in ``(seed, index)`` and the weights).
+
+    A method with a ``rollout(executor, policy, index, prompts, cfg, seed) -> Rollout`` method samples
+    the rollout itself (a guide's roll-in, a second attempt); it returns rows grouped by prompt, the
+    same number per prompt, and that number is the batch's ``k``."""
     rng = step_rng(seed, index, salt=31)
     picked = rng.integers(0, len(prompts), cfg.optim.batch_size).tolist()
     chosen = [prompts[i] for i in picked]
     gen_seed = int(rng.integers(2**62))
-    k = cfg.samples_per_prompt
-    ro = executor.sample(policy, index, chosen, k, cfg.max_new_tokens, cfg.temperature, cfg.top_p, gen_seed)
+    if hasattr(method, "rollout"):
+        ro = method.rollout(executor, policy, index, chosen, cfg, gen_seed)
+        k, rest = divmod(len(ro.response_ids), len(chosen))
+        if rest or k < 1:
+            raise OnlineError(f"{type(method).__name__}.rollout returned {len(ro.response_ids)} rows for "
+                              f"{len(chosen)} prompts; expected the same number of rows per prompt")
+    else:
+        k = cfg.samples_per_prompt
+        ro = executor.sample(policy, index, chosen, k, cfg.max_new_tokens, cfg.temperature, cfg.top_p, gen_seed)
     if not getattr(executor, "exact_logprobs", True):  # the engine's own kernels: score with the learner's
         ro = behaviour_logprobs(policy, ro)
     samples = Samples(ro.prompt_ids, ro.response_ids, ro.finished, k, prompt_index=[i for i in picked for _ in range(k)])
@@ -373,7 +385,8 @@ def train_online(run: Run, stage: str, policy: LanguagePolicy, ref: LanguagePoli
             rank, size = world()
             batch = None
             if rank == 0:  # in a data-parallel learner only rank 0 samples, scores and prepares
-                batch = collect(executor, policy, ref, prompts, scorer, cfg, seed, index, ctx.kl_coef, moments)
+                batch = collect(executor, policy, ref, prompts, scorer, cfg, seed, index, ctx.kl_coef, moments,
+                                method)
                 watch.update(batch.scores, batch.k, step)
                 method.prepare(batch, ctx)
                 if on_rollout is not None:

@@ -319,7 +319,8 @@ def lab_prepare(setup: TaskSetup, run: Run, seed: int) -> Evolved:
 
 def _lab_search(rule: str, scorer: str, how: str):
     def search(setup: TaskSetup, prepared: Evolved, budget: int, seed: int) -> dict:
-        cands = sample_responses(prepared.policy, setup.prompts, budget, seed, setup.extras.get("max_new_tokens", 48))
+        cands = sample_responses(prepared.policy, setup.prompts, budget, seed,
+                                 max_new_tokens=setup.extras.get("max_new_tokens", 48))
         chosen = pick(setup.prompts, cands, getattr(prepared, scorer), rule, how)
         check = setup.extras.get("check", check_answer)
         golds = [float(check(p, r)) for p, r in zip(setup.prompts, chosen)]
