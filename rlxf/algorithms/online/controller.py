@@ -59,6 +59,7 @@ METHODS: dict[str, str] = {
     "spo": "rlxf.algorithms.online.spo:SPO",
     "p3o": "rlxf.algorithms.online.p3o:P3O",
     "fdpg": "rlxf.algorithms.online.fdpg:FDPG",
+    "score": "rlxf.algorithms.online.score:SCoRe",
 }
 REDUCTIONS = ("token", "sequence", "sum", "constant")
 NO_SIGNAL_ROLLOUTS = 10  # identical rewards in every group for this many rollouts in a row -> warn
