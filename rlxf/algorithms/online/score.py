@@ -81,7 +81,8 @@ class SCoRe(Method):
             raise OnlineError(f"method_args.stage: SCoRe has stages 1 and 2, got {stage!r}")
         self.stage, self.alpha, self.beta1, self.beta2, self.clip = stage, alpha, beta1, beta2, clip
 
-    def rollout(self, executor, policy: LanguagePolicy, index: int, prompts: list[list[int]], cfg, seed: int) -> Rollout:
+    def rollout(self, executor, policy: LanguagePolicy, index: int, prompts: list[list[int]], cfg,
+                seed: int) -> Rollout:
         if cfg.kl.mode != "none" or not cfg.kl.monitor:
             raise OnlineError("kl: SCoRe applies its own per-turn KL; set kl.mode = \"none\" and kl.monitor = true")
         m, P = cfg.samples_per_prompt, len(prompts)
@@ -261,6 +262,8 @@ def two_turn_corpus(task, n: int, wrong_share: float = 0.5, seed: int = 0) -> li
     out = [dict(r) for r in rows]
     for i, r in enumerate(rows):
         other = rows[(i + 1 + rng.randrange(n - 1)) % n] if n > 1 else r
-        shown = corrupt(other["prompt"], other["completion"], rng) if rng.random() < wrong_share else other["completion"]
+        shown = other["completion"]
+        if rng.random() < wrong_share:
+            shown = corrupt(other["prompt"], shown, rng)
         out.append({"prompt": second_prompt(r["prompt"], shown), "completion": r["completion"]})
     return out
