@@ -101,6 +101,44 @@ def test_prepare_gives_per_turn_rloo_advantages_with_per_turn_kl(stage):
     assert batch.stats["acc_t1"] == 0.5 and batch.stats["acc_t2"] == 1.0
 
 
+class _ScriptedExecutor:
+    """Answers every prompt with ``answer: j`` (j = sample number, or 9 for single samples); each row's
+    log-probs hold its position in the call, so a reordering of steps shows."""
+
+    calls = 0
+
+    def sample(self, policy, index, prompts, n, max_new_tokens, temperature, top_p, seed):
+        from rlxf.policies.language import Rollout
+
+        self.calls += 1
+        texts = [f"answer: {j if n > 1 else 9}" for _ in prompts for j in range(n)]
+        ids = policy.encode_responses(texts)
+        width = max(map(len, ids))
+        base = 100.0 * self.calls
+        logps = torch.tensor([[base + i] * width for i in range(len(ids))])
+        return Rollout([p for p in prompts for _ in range(n)], ids, [True] * len(ids),
+                       Steps(logps=logps, mask=torch.ones_like(logps)))
+
+
+def test_rollout_groups_each_prompts_first_attempts_then_their_second_attempts():
+    from rlxf.lab.rlvr import arithmetic_tokenizer
+    from rlxf.policies.language import LanguagePolicy
+    from rlxf.policies.tiny import tiny_causal_lm
+
+    tok = arithmetic_tokenizer()
+    policy = LanguagePolicy(tiny_causal_lm(tok, n_layer=1, n_embd=8, n_head=2, max_positions=128), tok)
+    problems = ["3+4*2=", "1+1-1="]
+    ro = SCoRe().rollout(_ScriptedExecutor(), policy, 0, policy.encode(problems), score_config(1, attempts=2), 0)
+    prompts = [policy.decode(p) for p in ro.prompt_ids]
+    assert prompts == [problems[0], problems[0], second_prompt(problems[0], "answer: 0"),
+                       second_prompt(problems[0], "answer: 1"),
+                       problems[1], problems[1], second_prompt(problems[1], "answer: 0"),
+                       second_prompt(problems[1], "answer: 1")]
+    assert [policy.decode(r) for r in ro.response_ids] == ["answer: 0", "answer: 1", "answer: 9", "answer: 9"] * 2
+    # first call rows 0-3 (log-probs 100..103), second call rows 0-3 (200..203), interleaved per prompt
+    assert ro.steps.logps[:, 0].tolist() == [100, 101, 200, 201, 102, 103, 202, 203]
+
+
 def test_problem_reward_scores_each_row_against_its_problem():
     problems = ["3+4*2=", "1+1-1="]
     texts = [solve(problems[0]), "answer: 2", solve(problems[1])]
