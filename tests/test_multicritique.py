@@ -162,10 +162,7 @@ def test_claim_a_critic_trained_on_merged_meta_critiques_beats_one_trained_on_a_
     run = Run(tmp_path / "run", "multicritique claim", fresh=True)
     items, gathered, merged = mc.training_data(cfg, seed=1)
     best = mc.best_single_agent(items, gathered)
-    seen = {(it.question, it.answer) for it in items}
-    test = [it for it in arithmetic_items(1500, seed=7, difficulties=cfg.difficulties)
-            if (it.question, it.answer) not in seen][:600]
-    assert len(test) >= 500
+    test = mc.held_out(cfg, items, 600, seed=7)
     verdicts, scores = {}, {}
     for name, targets in (("merged", merged), ("single", gathered[best])):
         policy = mc.train_critic(run, name, items, targets, cfg.sft, seed=1)

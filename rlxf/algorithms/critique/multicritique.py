@@ -337,3 +337,55 @@ def lab_critic(kind: str, cfg: MultiCritiqueConfig = LAB_CONFIG) -> Callable[[Ru
 
 LAB_CRITICS: dict[str, Callable[[Run, int], TextModel]] = {kind: lab_critic(kind) for kind in KINDS}
 """The critics this method gives the critique lab, by name."""
+
+
+def held_out(cfg: MultiCritiqueConfig, trained: list[CritiqueItem], n: int = 600, seed: int = 7,
+             pool: int = 1500) -> list[CritiqueItem]:
+    """The first ``n`` of ``pool`` items of ``cfg.difficulties`` whose (question, answer) pair is not
+    in ``trained``."""
+    seen = {(it.question, it.answer) for it in trained}
+    out = [it for it in arithmetic_items(pool, seed=seed, difficulties=cfg.difficulties)
+           if (it.question, it.answer) not in seen][:n]
+    if len(out) < n:
+        raise ValueError(f"held_out: only {len(out)} unseen items of difficulties {cfg.difficulties}, asked {n}")
+    return out
+
+
+def measure(run: Run, cfg: MultiCritiqueConfig | None = None, seed: int = 1, test_seed: int = 7,
+            n_test: int = 600) -> dict[str, dict]:
+    """The guide's table: the merged and single-agent SFT critics and the merged critic after MARV DPO,
+    each scored on the same held-out items (:func:`rlxf.critique.evaluate.score_verdicts`, plus
+    ``hits``, per-item verdict agreement, for paired comparisons)."""
+    from rlxf.critique.evaluate import critique_items, score_verdicts
+
+    cfg = cfg or MultiCritiqueConfig()
+    items, gathered, merged = training_data(cfg, seed)
+    test = held_out(cfg, items, n_test, test_seed)
+    sft = train_critic(run, "multicritique_sft", items, merged, cfg.sft, seed)
+    single = train_critic(run, "single_agent_sft", items, gathered[best_single_agent(items, gathered)], cfg.sft, seed)
+    dpo, counts = marv_critic(run, "multicritique_dpo", sft, cfg, seed)
+    out = {}
+    for name, policy in (("multicritique_sft", sft), ("single_agent_sft", single), ("multicritique_dpo", dpo)):
+        verdicts = critique_items(as_role(policy), test)
+        out[name] = {**score_verdicts(test, verdicts), "hits": [v.accepts == it.correct for v, it in zip(verdicts, test)]}
+    out["multicritique_dpo"]["pairs"] = counts["pairs"]
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+    import tempfile
+
+    from rlxf.critique.evaluate import paired_se
+
+    table = measure(Run(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(), "multicritique guide", fresh=True))
+    print(f"{'critic':<18} {'accuracy':>8} {'accept right':>12} {'reject wrong':>12} {'localisation':>12}")
+    for name, s in table.items():
+        print(f"{name:<18} {s['accuracy']:8.3f} {s['accept_right']:12.3f} {s['reject_wrong']:12.3f} "
+              f"{s['localisation']:12.3f}")
+    hits = {name: s["hits"] for name, s in table.items()}
+    for label, a, b in (("merged - single", "multicritique_sft", "single_agent_sft"),
+                        ("dpo - sft", "multicritique_dpo", "multicritique_sft")):
+        print(f"{label:<18} {table[a]['accuracy'] - table[b]['accuracy']:+.3f} "
+              f"(paired SE {paired_se(hits[a], hits[b]):.3f})")
+    print(f"MARV pairs: {table['multicritique_dpo']['pairs']}")
