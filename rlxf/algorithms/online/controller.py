@@ -60,6 +60,9 @@ METHODS: dict[str, str] = {
     "p3o": "rlxf.algorithms.online.p3o:P3O",
     "fdpg": "rlxf.algorithms.online.fdpg:FDPG",
     "score": "rlxf.algorithms.online.score:SCoRe",
+    "ppo_pp": "rlxf.algorithms.online.rlgf:PPOPlusPlus",
+    "aggrevated": "rlxf.algorithms.online.rlgf:AggreVaTeD",
+    "d2lols": "rlxf.algorithms.online.rlgf:D2LOLS",
 }
 REDUCTIONS = ("token", "sequence", "sum", "constant")
 NO_SIGNAL_ROLLOUTS = 10  # identical rewards in every group for this many rollouts in a row -> warn

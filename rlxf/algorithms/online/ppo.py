@@ -71,7 +71,9 @@ class PPO(Method):
         values = self.critic(s.prompt_ids, s.response_ids)[:, :T]
         mask = batch.steps.mask
         adv, returns = gae(batch.token_rewards, values, mask, self.gamma, self.lam)
-        batch.extra.update(values=values, returns=returns, adv=whiten(adv, mask) if self.whiten else adv)
+        # a method whose rollout trains fewer tokens than GAE runs over (RLGF) sets "policy_mask"
+        trained = batch.extra.get("policy_mask", mask)
+        batch.extra.update(values=values, returns=returns, adv=whiten(adv, trained) if self.whiten else adv * trained)
 
     def loss(self, batch, groups, reducer, ctx):
         rows = batch.rows(groups)
@@ -80,9 +82,12 @@ class PPO(Method):
         s = batch.samples
         values = self.critic([s.prompt_ids[i] for i in rows], [s.response_ids[i] for i in rows])[:, :T]
         old_v, ret = batch.extra["values"][rows, :T], batch.extra["returns"][rows, :T]
+        vmask = batch.extra["value_mask"][rows, :T] * steps.mask if "value_mask" in batch.extra else steps.mask
+        if "policy_mask" in batch.extra:
+            steps = steps.replace(mask=steps.mask * batch.extra["policy_mask"][rows, :T].to(steps.mask))
         pg = reducer(ppo_clip_loss(steps, batch.extra["adv"][rows, :T], self.clip), steps.mask)
-        vl = reducer(value_loss(values, old_v, ret, steps.mask, self.value_clip or None), steps.mask)
+        vl = reducer(value_loss(values, old_v, ret, vmask, self.value_clip or None), vmask)
         share = len(groups) * batch.k / reducer.n_rows
         metrics = {"loss": (pg + self.vf_coef * vl).item(), "policy_loss": pg.item(), "value_loss": vl.item(),
-                   "explained_variance": explained_variance(values.detach(), ret, steps.mask) * share}
+                   "explained_variance": explained_variance(values.detach(), ret, vmask) * share}
         return pg + self.vf_coef * vl, metrics, steps
