@@ -331,8 +331,9 @@ LAB_CONFIG = MultiCritiqueConfig()
 
 
 def lab_critic(kind: str, cfg: MultiCritiqueConfig = LAB_CONFIG) -> Callable[[Run, int], TextModel]:
-    """A lab builder: ``(run, seed) ->`` the trained critic of ``kind`` as a greedy text model."""
-    return lambda run, seed: as_role(build_critic(run, kind, cfg, seed))
+    """A lab builder: ``(run, seed) ->`` the trained critic of ``kind`` as a greedy text model (room for
+    the notes of a 3-operator answer: up to 128 characters)."""
+    return lambda run, seed: as_role(build_critic(run, kind, cfg, seed), max_new_tokens=128)
 
 
 LAB_CRITICS: dict[str, Callable[[Run, int], TextModel]] = {kind: lab_critic(kind) for kind in KINDS}
