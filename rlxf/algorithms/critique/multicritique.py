@@ -2,9 +2,9 @@
 agents, a meta-critique that keeps the flaws a checker confirms, a critic LM fine-tuned on the
 merged critiques, then DPO on pairs of its own critiques ranked by multi-agent revision (MARV).
 
-- An agent's critique is a list of analytical critique units (ACUs), one note per step it thinks is
-  wrong (``step 2: wrong``), then the verdict that rejects at the first flagged step (or accepts
-  when it flags none): :func:`flag_critique`. Agents are simulated from gold
+- An agent's critique is a list of analytical critique units (ACUs), one line per step with the
+  step worked again and the agent's judgment (``step 2: 4*2=8 wrong``), then the verdict that
+  rejects at the first flagged step (or accepts when it flags none): :func:`flag_critique`. Agents are simulated from gold
   (:func:`critic_agent`), each with its own miss and false-alarm rates and a blind spot (a kind of
   step whose errors it nearly always misses), so different agents see different flaws.
 - The meta-critique (:func:`meta_critique`) checks every ACU with a step checker
