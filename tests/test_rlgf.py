@@ -165,6 +165,19 @@ def test_d2lols_rolls_out_with_the_guide_before_tau_and_in_after(pair):
             assert all(policy_mask[i, len(r) - 1] == 1 for i, r in enumerate(ro.response_ids))
 
 
+def test_d2lols_trains_through_both_phases_on_the_controller(pair, tmp_path):
+    pi, _, prompts = pair
+    policy = copy.deepcopy(pi)
+    c = cfg(method="d2lols", method_args={"tau": 1, "beta": 0.5})
+    seen = []
+    train_online(Run(tmp_path / "d", "d"), "rl", policy, policy, prompts, scorer_of(pi), c, 0,
+                 method=build_method(c, critic=critic_of(policy), guide=pair[1]), quiet=True, on_rollout=seen.append)
+    first, second = (b.extra["policy_mask"] for b in seen)
+    assert torch.all(first.sum(1) == 1) and bool((second.sum(1) > 1).any())  # one switch action, then suffixes
+    assert not torch.equal(torch.cat([p.flatten() for p in policy.model.parameters()]),
+                           torch.cat([p.flatten() for p in pi.model.parameters()]))
+
+
 def test_bad_settings_name_the_option(pair):
     with pytest.raises(ValueError, match="beta must be in"):
         make(PPOPlusPlus, pair, beta=1.5)

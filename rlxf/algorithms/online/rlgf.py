@@ -125,7 +125,7 @@ class RLGF(PPO):
         responses, finished, logps, owner = splice(heads, row_segments(cont), GUIDE, PI, cont.finished, T)
         mask = (owner == PI).float()
         self._masks, self._counts = (mask, mask), owner_counts(owner)
-        return Rollout(rows, responses, finished, Steps(logps=logps * mask, mask=mask))
+        return self._on_device(Rollout(rows, responses, finished, Steps(logps=logps * mask, mask=mask)), cont)
 
     def roll_out_with_guide(self, executor, policy, index, prompts, cfg, seed) -> Rollout:
         """AggreVaTeD: guided rows keep the learner's tokens up to and including a uniform switch
@@ -152,7 +152,14 @@ class RLGF(PPO):
         value_mask = ((owner == PI) & (switch < 0) | (owner == GUIDE)).float()
         mask = ((owner > 0) & (positions >= switch.clamp(min=0))).float()
         self._masks, self._counts = (policy_mask, value_mask), owner_counts(owner)
-        return Rollout(ro.prompt_ids, responses, finished, Steps(logps=logps * policy_mask, mask=mask))
+        return self._on_device(Rollout(ro.prompt_ids, responses, finished, Steps(logps=logps * policy_mask, mask=mask)),
+                               ro)
+
+    def _on_device(self, spliced: Rollout, sampled: Rollout) -> Rollout:
+        """``spliced`` (built on the CPU) and the stashed masks on the device the learner sampled on."""
+        device = sampled.steps.logps.device
+        self._masks = tuple(m.to(device) for m in self._masks)
+        return Rollout(spliced.prompt_ids, spliced.response_ids, spliced.finished, spliced.steps.to(device))
 
     # -- update ------------------------------------------------------------------------------
     def prepare(self, batch, ctx) -> None:
