@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rlxf.algorithms.loop import OptimConfig
-from rlxf.algorithms.online.controller import KLSettings, OnlineConfig, build_method, train_online
+from rlxf.algorithms.online.controller import KLSettings, OnlineConfig, OnlineError, build_method, train_online
 from rlxf.algorithms.online.ppo import Critic
 from rlxf.algorithms.online.rlgf import GUIDE, PI, D2LOLS, AggreVaTeD, PPOPlusPlus, splice, switch_points
 from rlxf.core.runs import Run
@@ -183,6 +183,8 @@ def test_bad_settings_name_the_option(pair):
         make(PPOPlusPlus, pair, beta=1.5)
     with pytest.raises(ValueError, match="tau must be >= 0"):
         make(D2LOLS, pair, tau=-1)
+    with pytest.raises(OnlineError, match="method: ppo_pp needs guide"):
+        build_method(cfg(method="ppo_pp"), critic=critic_of(pair[0]))
 
 
 @pytest.mark.slow

@@ -195,7 +195,12 @@ def build_method(cfg: OnlineConfig, **objects):
     if unknown:
         raise OnlineError(f"method_args: {cfg.method} has no parameter {', '.join(unknown)} "
                           f"(it takes: {', '.join(p for p in params if p not in objects)})")
-    return cls(**cfg.method_args, **{k: v for k, v in objects.items() if k in params})
+    given = {k: v for k, v in objects.items() if k in params}
+    missing = [p for p, v in params.items() if v.default is inspect.Parameter.empty
+               and v.kind is v.POSITIONAL_OR_KEYWORD and p not in cfg.method_args and p not in given]
+    if missing:  # e.g. RLGF's guide policy, which a config cannot name
+        raise OnlineError(f"method: {cfg.method} needs {', '.join(missing)}, which this caller does not pass")
+    return cls(**cfg.method_args, **given)
 
 
 def validate(cfg: OnlineConfig, method) -> None:
