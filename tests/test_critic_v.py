@@ -36,6 +36,7 @@ def test_critique_text_round_trips_its_flags():
     assert flag_critique(()) == "verdict: correct" and flagged_steps("verdict: correct") == set()
     assert flagged_steps("looks off\nverdict: incorrect 2") == {2}  # the verdict's step counts as flagged
     assert flagged_steps("no verdict here") == set()
+    assert flagged_steps("step 2: wrong\nverdict: correct") == set()  # an accepting critique flags nothing
 
 
 @pytest.mark.parametrize("problem", ["3+4*2=", "8*3*8-9=", "9-2-3+1="])
@@ -161,12 +162,29 @@ def test_claim_dpo_critic_localises_corrupted_steps_better_than_its_sft_start(tr
     held-out VEST items (test-split problems, 0-2 corrupted steps) beats the SFT critic it started
     from by >= 2 paired standard errors. Held equal: the same SFT start, the same items, greedy
     decoding; DPO adds 150 steps on RBR-ranked pairs of the SFT critic's own samples (800 items).
-    Measured (seed 0): SFT 0.230, DPO 0.347, gain +0.117 (paired se 0.030)."""
+    Measured (seed 0): SFT 0.230, DPO 0.340, gain +0.110 (paired se 0.031). The DPO critic accepts
+    every answer, and 170 of the 500 items are uncorrupted: see the next test. (The first run counted
+    flag lines under an accepting verdict: DPO 0.347, +0.117, se 0.030, the same collapse.)"""
     sft, dpo, held_out = trained_critics
     j_sft, j_dpo = mean_jaccard(critic_role(sft), held_out), mean_jaccard(critic_role(dpo), held_out)
     gain = j_dpo - j_sft
     se = gain.std(ddof=1) / np.sqrt(len(gain))
     print(f"\nJaccard: SFT {j_sft.mean():.3f}, DPO {j_dpo.mean():.3f}, gain {gain.mean():+.3f} (se {se:.3f})")
+    assert gain.mean() > 0 and gain.mean() >= 2 * se
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured (seed 0, 500 items): the DPO critic accepts every answer; its "
+                   "Jaccard 0.340 equals the always-accept critic's 0.340 (the share of uncorrupted items)")
+def test_claim_dpo_critic_beats_accepting_everything(trained_critics):
+    """Added after claim (a)'s run showed a DPO critic that accepts every answer: the DPO critic's
+    mean Jaccard beats the trivial critic that accepts everything (Jaccard 1 on uncorrupted items,
+    0 elsewhere) by >= 2 paired standard errors on the same 500 held-out items."""
+    _, dpo, held_out = trained_critics
+    j_dpo = mean_jaccard(critic_role(dpo), held_out)
+    gain = j_dpo - np.array([float(not it.meta["corrupted"]) for it in held_out])
+    se = gain.std(ddof=1) / np.sqrt(len(gain))
+    print(f"\nDPO {j_dpo.mean():.3f} vs accept-all: {gain.mean():+.3f} (se {se:.3f})")
     assert gain.mean() > 0 and gain.mean() >= 2 * se
 
 

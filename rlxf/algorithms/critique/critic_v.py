@@ -120,8 +120,12 @@ def flag_critique(flagged) -> str:
 
 
 def flagged_steps(text: str) -> frozenset[int]:
-    """The steps a critique flags: its ``step K: wrong`` lines, plus the step its verdict names."""
+    """The steps a critique flags: its ``step K: wrong`` lines, plus the step its verdict names; none
+    when its verdict accepts the answer (the verdict is the judgment, so flags under ``verdict:
+    correct`` do not count)."""
     verdict = parse_critique(text)
+    if verdict.accepts:
+        return frozenset()
     extra = {verdict.first_wrong_step} if verdict.first_wrong_step else set()
     return frozenset({int(k) for k in _FLAG.findall(text)} | extra)
 
