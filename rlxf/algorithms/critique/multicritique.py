@@ -374,12 +374,19 @@ def measure(run: Run, cfg: MultiCritiqueConfig | None = None, seed: int = 1, tes
 
 
 if __name__ == "__main__":
-    import sys
+    import argparse
     import tempfile
+    from dataclasses import replace
 
     from rlxf.critique.evaluate import paired_se
 
-    table = measure(Run(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(), "multicritique guide", fresh=True))
+    parser = argparse.ArgumentParser(description="MultiCritique's table: merged vs single-agent critics, and DPO")
+    parser.add_argument("run_dir", nargs="?", default=None, help="where the run goes (default: a temporary folder)")
+    parser.add_argument("--sft-steps", type=int, default=MultiCritiqueConfig().sft.steps, help="SFT steps per critic")
+    args = parser.parse_args()
+    base = MultiCritiqueConfig()
+    cfg = replace(base, sft=replace(base.sft, steps=args.sft_steps))
+    table = measure(Run(args.run_dir or tempfile.mkdtemp(), f"multicritique guide {args.sft_steps}", fresh=True), cfg)
     print(f"{'critic':<18} {'accuracy':>8} {'accept right':>12} {'reject wrong':>12} {'localisation':>12}")
     for name, s in table.items():
         print(f"{name:<18} {s['accuracy']:8.3f} {s['accept_right']:12.3f} {s['reject_wrong']:12.3f} "
