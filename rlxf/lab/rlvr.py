@@ -31,11 +31,16 @@ def train_prover(run: Run, task: ArithmeticTask, cfg: OptimConfig, corpus_size: 
                  n_layer: int = 2, n_embd: int = 64, mixed_format: float = 0.0, quiet: bool = True) -> LanguagePolicy:
     """A tiny char-level LM fine-tuned on ``corpus_size`` worked solutions (the SFT prover);
     ``mixed_format`` of them end ``answer = N`` (see :meth:`ArithmeticTask.corpus`)."""
+    return prover_on_rows(run, task.corpus(corpus_size, mixed_format), cfg, seed, n_layer, n_embd, quiet)
+
+
+def prover_on_rows(run: Run, rows: list[dict[str, str]], cfg: OptimConfig, seed: int = 0, n_layer: int = 2,
+                   n_embd: int = 64, quiet: bool = True) -> LanguagePolicy:
+    """A fresh tiny char-level LM (stage ``sft``) fine-tuned on ``{"prompt", "completion"}`` rows."""
     tok = arithmetic_tokenizer()
     policy = LanguagePolicy(tiny_causal_lm(tok, "gpt2", n_layer, n_embd, 4, 128, seed=seed), tok)
-    corpus = task.corpus(corpus_size, mixed_format)
-    prompts = policy.encode([c["prompt"] for c in corpus])
-    responses = policy.encode_responses([c["completion"] for c in corpus])
+    prompts = policy.encode([r["prompt"] for r in rows])
+    responses = policy.encode_responses([r["completion"] for r in rows])
     train_sft(run, "sft", policy, prompts, responses, cfg, seed, quiet)
     return policy
 

@@ -33,13 +33,11 @@ import numpy as np
 import torch
 
 from rlxf.algorithms.loop import OptimConfig
-from rlxf.algorithms.sft import train_sft
 from rlxf.core.runs import Run
-from rlxf.lab.rlvr import arithmetic_tokenizer
+from rlxf.lab.rlvr import prover_on_rows
 from rlxf.labelers.roles import SimulatedRole, TextModel
 from rlxf.policies.control import single_thread
 from rlxf.policies.language import LanguagePolicy
-from rlxf.policies.tiny import tiny_causal_lm
 from rlxf.rewards.losses import soft_bt_loss
 from rlxf.tasks.arithmetic import ALT_ANSWER, ArithmeticTask, check_answer, check_steps, corrupt, solve, split_steps
 
@@ -497,11 +495,8 @@ def critiq_select(pool: list[Example], preferences: list[Preference], k: int, wo
 def sft_on_rows(run: Run, rows: list[Example], cfg: OptimConfig, seed: int = 0) -> LanguagePolicy:
     """A fresh tiny char-level GPT-2 (2 layers, 64 wide, as the arithmetic prover) fine-tuned on
     ``rows``, on one thread (the same numbers on any machine, and faster on a busy one)."""
-    tok = arithmetic_tokenizer()
-    policy = LanguagePolicy(tiny_causal_lm(tok, "gpt2", 2, 64, 4, 128, seed=seed), tok)
     with single_thread():
-        train_sft(run, "sft", policy, policy.encode([r["prompt"] for r in rows]),
-                  policy.encode_responses([r["completion"] for r in rows]), cfg, seed, quiet=True)
+        policy = prover_on_rows(run, rows, cfg, seed)
     policy.model.eval()
     return policy
 
