@@ -1,0 +1,9 @@
+"""Language agents: text environments, multi-turn episodes and the learners and papers built on them.
+
+- :mod:`rlxf.agents.env`: the gymnasium-style text-environment interface, its vectorised form, and the
+  plug-in loader (``make_env("maze")`` or ``make_env("my_envs.py:make")``).
+- :mod:`rlxf.agents.episodes`: multi-turn episodes, scripted policies of set skill, offline datasets
+  (JSONL on disk) and success rates.
+- :mod:`rlxf.agents.render`: turning an episode into token ids through the chat template, with the
+  mask of the tokens the agent wrote (its actions), and an LM actor that samples actions.
+"""

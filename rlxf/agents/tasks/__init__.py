@@ -1,0 +1,1 @@
+"""Built-in text environments (each registered by name in :data:`rlxf.agents.env.ENVS`)."""
