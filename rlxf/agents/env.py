@@ -135,6 +135,9 @@ class VecTextEnv:
 ENVS: dict[str, str] = {
     # one line per built-in task: "name": "rlxf.agents.tasks.<module>:<factory>"
     "corridor": "rlxf.agents.tasks.corridor:make",
+    "maze": "rlxf.agents.tasks.maze:make",
+    "maze_po": "rlxf.agents.tasks.maze:make_po",
+    "web": "rlxf.agents.tasks.web:make",
 }
 """Built-in environments by name -> ``module:factory``."""
 
