@@ -6,4 +6,5 @@
   (JSONL on disk) and success rates.
 - :mod:`rlxf.agents.render`: turning an episode into token ids through the chat template, with the
   mask of the tokens the agent wrote (its actions), and an LM actor that samples actions.
+- :mod:`rlxf.agents.ppo`: multi-turn PPO on the online controller, with turn-level GAE spread onto action tokens.
 """
