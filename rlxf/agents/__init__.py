@@ -6,5 +6,8 @@
   (JSONL on disk) and success rates.
 - :mod:`rlxf.agents.render`: turning an episode into token ids through the chat template, with the
   mask of the tokens the agent wrote (its actions), and an LM actor that samples actions.
+- :mod:`rlxf.agents.tasks.dialogue`, :mod:`~rlxf.agents.tasks.car_dealer`, :mod:`~rlxf.agents.tasks.endgame`:
+  twenty questions and guess-my-city against an oracle role, selling a car to a scripted buyer, and Nim
+  against an exact solver (LMRL-Gym's dialogue, negotiation and endgame tasks).
 - :mod:`rlxf.agents.ppo`: multi-turn PPO on the online controller, with turn-level GAE spread onto action tokens.
 """
