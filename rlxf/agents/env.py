@@ -137,7 +137,12 @@ ENVS: dict[str, str] = {
     "corridor": "rlxf.agents.tasks.corridor:make",
     "maze": "rlxf.agents.tasks.maze:make",
     "maze_po": "rlxf.agents.tasks.maze:make_po",
+    "wordle": "rlxf.agents.tasks.wordle:make",
     "web": "rlxf.agents.tasks.web:make",
+    "twenty_questions": "rlxf.agents.tasks.dialogue:make_twenty_questions",
+    "guess_my_city": "rlxf.agents.tasks.dialogue:make_guess_my_city",
+    "car_dealer": "rlxf.agents.tasks.car_dealer:make",
+    "endgame": "rlxf.agents.tasks.endgame:make",
 }
 """Built-in environments by name -> ``module:factory``."""
 
