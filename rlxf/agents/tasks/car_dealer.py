@@ -10,7 +10,8 @@ distance to the budget (rounded up to the grid) or, out of patience, leaves.
 
 Reward (LMRL-Gym): the sale price on a deal, 0 without one (the buyer leaves, or ``max_turns`` runs out);
 0 on the turns before. No buyer pays more than the budget, so the budget is the optimal return; the expert
-(which may read the hidden budget) offers it at once.
+(which may read the hidden budget) offers it at once. ``success()`` is a deal at the budget: the best price
+this buyer would pay (any deal at all is easy; random offers close one most of the time).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class CarDealer(TextEnv):
         return f"buyer : {move} is too much . i offer {self.counter}", 0.0, False, {}
 
     def success(self) -> bool:
-        return self.price is not None
+        return self.price == self.budget
 
     def expert_action(self) -> str:
         return f"offer {self.budget}"
