@@ -15,7 +15,7 @@ from rlxf.agents.episodes import read_episodes, run_episodes, scripted_dataset, 
 from rlxf.agents.render import agent_tokenizer
 from rlxf.agents.tasks.dialogue import (CATALOGUES, GUESS_MY_CITY, SKILLS, TWENTY_QUESTIONS, UNKNOWN, Catalogue,
                                         make_guess_my_city, make_twenty_questions, optimal_expected_turns,
-                                        simulated_oracle)
+                                        oracle_accuracy, oracle_request, simulated_oracle)
 
 MAKERS = {"twenty_questions": make_twenty_questions, "guess_my_city": make_guess_my_city}
 
@@ -78,12 +78,11 @@ def test_noisy_oracle_errs_at_its_rate_with_the_questions_answers():
     wrong = 0
     for _ in range(4000):
         q, i = rng.choice(qs), rng.randrange(16)
-        reply = oracle.complete([f"You are thinking of {GUESS_MY_CITY.items[i]}. Answer the question in a few "
-                                 f"words.\nQuestion: {q}"])[0]
+        reply = oracle.complete([oracle_request(GUESS_MY_CITY.items[i], q)])[0]
         assert reply in GUESS_MY_CITY.choices(q)
         wrong += reply != GUESS_MY_CITY.answers[q][i]
     assert abs(wrong / 4000 - 0.3) < 0.035
-    with pytest.raises(ValueError, match="guess_my_city oracle: malformed request"):
+    with pytest.raises(ValueError, match="guess_my_city oracle: not a request about this catalogue"):
         oracle.complete(["what is it?"])
 
 
@@ -112,10 +111,27 @@ def test_any_text_model_can_be_the_oracle():
     env = make_twenty_questions(oracle=model)
     env.reset(0)
     assert env.step("is it red ?")[0] == "yes"
-    assert model.seen == [f"You are thinking of {env.secret}. Answer the question in a few words.\n"
-                          "Question: is it red ?"]
+    assert model.seen == [f"Is {env.secret} red? Answer with yes, no or one word."]
     env.oracle = _Replies("Bananas are yellow.")
     assert env.step("is it red ?")[0] == UNKNOWN and env.history[-1] == ("is it red ?", UNKNOWN)
+    city = make_guess_my_city(oracle=_Replies("Well, Lima is in South America, not Europe."))
+    city.reset(0)
+    assert city.step("which continent is it on ?")[0] == "south america"  # the answer named first
+
+
+def test_requests_name_the_secret():
+    assert oracle_request("lima", "what language do people speak there ?") == \
+        "What language do people speak in lima? Answer with yes, no or one word."
+    assert oracle_request("cat", "can you eat it ?") == "Can you eat cat? Answer with yes, no or one word."
+
+
+def test_oracle_accuracy_counts_right_answers():
+    assert oracle_accuracy(simulated_oracle(TWENTY_QUESTIONS), TWENTY_QUESTIONS) == 1.0
+    # always "yes": right on the pairs whose answer is yes (10+6+4+1+2+2+1+5+4+2+2+2+4+2+1+1+1 = 50 of 16 x 17)
+    yes = sum(a == "yes" for ans in TWENTY_QUESTIONS.answers.values() for a in ans)
+    assert yes == 50 and oracle_accuracy(_Replies("Yes."), TWENTY_QUESTIONS) == pytest.approx(50 / 272)
+    # a city oracle that always says "europe" is right on the 6 european cities' continent only
+    assert oracle_accuracy(_Replies("Europe!"), GUESS_MY_CITY) == pytest.approx(6 / (16 * 7))
 
 
 def _cat(n: int, answers: dict) -> Catalogue:

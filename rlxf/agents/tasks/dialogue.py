@@ -5,7 +5,8 @@ The agent's actions are the catalogue's questions, word for word (``is it alive 
 on ?``) or ``guess ITEM``. Questions go to an *oracle* behind the :class:`~rlxf.labelers.roles.TextModel`
 interface: by default a :class:`~rlxf.labelers.roles.SimulatedRole` that answers from the secret with a set
 error rate (a wrong reply is another of the question's answers); an :class:`~rlxf.labelers.roles.LMRole`
-(e.g. SmolLM2) can stand in, its reply mapped to the question's answers (``i do not know`` if none fits).
+(e.g. SmolLM2) can stand in, its reply read as the first of the question's answers it names (``i do not
+know`` if none); :func:`oracle_accuracy` measures how often a stand-in answers right.
 Twenty questions asks only yes/no questions; guess-my-city also open ones (continent, language).
 
 Reward (LMRL-Gym): -1 per turn that does not end the game, 0 for the correct guess, which ends it;
@@ -123,24 +124,26 @@ GUESS_MY_CITY = Catalogue(
 CATALOGUES = {c.name: c for c in (TWENTY_QUESTIONS, GUESS_MY_CITY)}
 
 
-def _request(secret: str, question: str) -> str:
-    return f"You are thinking of {secret}. Answer the question in a few words.\nQuestion: {question}"
+def oracle_request(secret: str, question: str) -> str:
+    """What the oracle is asked: the question about the secret by name (``Is dog alive? Answer with yes, no
+    or one word.``), which even a small LM answers better than a question about "it"."""
+    text = re.sub(r"\bthere\b", f"in {secret}", re.sub(r"\bit\b", secret, question)).replace(" ?", "?")
+    return f"{text[0].upper()}{text[1:]} Answer with yes, no or one word."
 
 
 def simulated_oracle(catalogue: Catalogue, error: float = 0.0, seed: int = 0) -> SimulatedRole:
     """An oracle answering from the secret named in the request; with probability ``error`` it gives
     another of the question's answers."""
-    pattern = re.compile(r"You are thinking of (.+?)\. Answer.*\nQuestion: (.+)$", re.S)
+    pairs = {oracle_request(x, q): (i, q) for i, x in enumerate(catalogue.items) for q in catalogue.answers}
 
-    def parts(request: str) -> tuple[str, str]:
-        m = pattern.match(request)
-        if m is None or m.group(2) not in catalogue.answers or m.group(1) not in catalogue.items:
-            raise ValueError(f"{catalogue.name} oracle: malformed request {request[:80]!r}")
-        return m.group(1), m.group(2)
+    def parts(request: str) -> tuple[int, str]:
+        if request not in pairs:
+            raise ValueError(f"{catalogue.name} oracle: not a request about this catalogue: {request[:80]!r}")
+        return pairs[request]
 
     def right(request: str) -> str:
-        secret, question = parts(request)
-        return catalogue.answers[question][catalogue.items.index(secret)]
+        i, question = parts(request)
+        return catalogue.answers[question][i]
 
     def wrong(request: str, reply: str, rng: random.Random) -> str:
         others = [a for a in catalogue.choices(parts(request)[1]) if a != reply]
@@ -151,6 +154,24 @@ def simulated_oracle(catalogue: Catalogue, error: float = 0.0, seed: int = 0) ->
 
 def _normalise(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9? ]", " ", text.lower()).split())
+
+
+def read_answer(catalogue: Catalogue, question: str, reply: str) -> str:
+    """The answer of ``question`` that an oracle's free-text ``reply`` gives: the one it names first
+    (``No, no.`` -> ``no``, ``Paris is in Europe`` -> ``europe``), or :data:`UNKNOWN` when it names none."""
+    reply = f" {_normalise(reply)} "
+    found = [(reply.find(f" {a} "), a) for a in catalogue.choices(question) if f" {a} " in reply]
+    return min(found)[1] if found else UNKNOWN
+
+
+def oracle_accuracy(oracle: TextModel, catalogue: Catalogue) -> float:
+    """The fraction of (item, question) pairs ``oracle`` answers right, asked in one batch: how good a
+    stand-in oracle (an LM) is."""
+    pairs = [(x, q) for x in catalogue.items for q in catalogue.answers]
+    replies = oracle.complete([oracle_request(x, q) for x, q in pairs])
+    right = [read_answer(catalogue, q, r) == catalogue.answers[q][catalogue.items.index(x)]
+             for (x, q), r in zip(pairs, replies)]
+    return sum(right) / len(right)
 
 
 class QuestionGame(TextEnv):
@@ -195,8 +216,7 @@ class QuestionGame(TextEnv):
                 return "correct", 0.0, True, {}
             self.guessed.add(what)
             return f"no it is not {what}", -1.0, False, {}
-        reply = _normalise(self.oracle.complete([_request(self.secret, what)])[0])
-        answer = next((a for a in self.catalogue.choices(what) if reply == a or reply.startswith(a + " ")), UNKNOWN)
+        answer = read_answer(self.catalogue, what, self.oracle.complete([oracle_request(self.secret, what)])[0])
         self.history.append((what, answer))
         return answer, -1.0, False, {}
 
