@@ -10,4 +10,6 @@
   twenty questions and guess-my-city against an oracle role, selling a car to a scripted buyer, and Nim
   against an exact solver (LMRL-Gym's dialogue, negotiation and endgame tasks).
 - :mod:`rlxf.agents.ppo`: multi-turn PPO on the online controller, with turn-level GAE spread onto action tokens.
+- :mod:`rlxf.agents.offline`: offline multi-turn learners (BC, filtered BC, Monte-Carlo return regression,
+  token-level ILQL) and Q-guided decoding; their losses are in :mod:`rlxf.objectives.agents`.
 """
