@@ -16,4 +16,6 @@
   and an instruction-following environment on them (click, type, submit).
 - :mod:`rlxf.agents.qweb`: QWeb and MetaQWeb, a DQN with a factorised Q over (element, click/type, field),
   a warm-start curriculum, and hindsight instruction generation (Learning to Navigate the Web).
+- :mod:`rlxf.agents.pae`: PAE: a proposer writes tasks from a website's description, the agent attempts
+  them, a judge grades the outcome, and online filtered BC trains on the judged successes.
 """
