@@ -157,6 +157,9 @@ def test_archetypes_forecast_better_than_heuristic_agents_at_a_tenth_of_the_quer
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured on seeds 0-4: log MSE gap (agent - heuristic) +0.035, SE 0.515; "
+                   "mean forecast MSE heuristic 22172 vs LLM-as-agent 22061 (archetypes 1970): the fixed rule's "
+                   "bias (it cannot follow the behaviour's response to cases) is as large as the subsample's noise")
 def test_heuristic_agents_at_full_scale_forecast_better_than_llm_as_agent_on_a_subsample(table):
     """Claim (Table 1): population-scale heuristics beat 300 individually prompted agents scaled up.
     Threshold, set before the first run: the paired difference of log forecast MSE (agent - heuristic)
