@@ -12,6 +12,8 @@
 - :mod:`rlxf.agents.ppo`: multi-turn PPO on the online controller, with turn-level GAE spread onto action tokens.
 - :mod:`rlxf.agents.offline`: offline multi-turn learners (BC, filtered BC, Monte-Carlo return regression,
   token-level ILQL) and Q-guided decoding; their losses are in :mod:`rlxf.objectives.agents`.
+- :mod:`rlxf.agents.perf`: PerfRL, RRHF on code rewrites rewarded by a deterministic cost (bytecode
+  instructions counted in the sandbox) with the tests passing.
 - :mod:`rlxf.agents.tasks.web`: synthetic websites (page graphs with links and forms, described in text)
   and an instruction-following environment on them (click, type, submit).
 - :mod:`rlxf.agents.qweb`: QWeb and MetaQWeb, a DQN with a factorised Q over (element, click/type, field),

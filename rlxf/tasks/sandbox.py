@@ -100,10 +100,30 @@ def _child() -> None:
         stop("error", f"the code does not define {job['entry']}")
     except BaseException as e:  # noqa: BLE001 - anything the candidate raises is its failure
         stop("error", f"{type(e).__name__} while loading: {e}")
+    ops = [0]
+
+    def count(frame, event, arg):  # the local tracer of a candidate frame: count its bytecode instructions
+        if event == "opcode":
+            ops[0] += 1
+        return count
+
+    def trace(frame, event, arg):  # the global tracer: only frames of the candidate's own code are counted
+        if frame.f_code.co_filename != "<candidate>":
+            return None
+        frame.f_trace_opcodes, frame.f_trace_lines = True, False
+        return count
+
     for args, expected in job["tests"]:
         call = f"{job['entry']}({', '.join(map(short, args))})"
+        ops[0] = 0
         try:
-            got = fn(*copy.deepcopy(args))
+            args = copy.deepcopy(args)
+            if job["count"]:
+                sys.settrace(trace)
+            try:
+                got = fn(*args)
+            finally:
+                sys.settrace(None)
             passed, got_text = bool(got == expected), short(got)
         except MemoryError:
             stop("memory", f"ran out of memory (limit {job['memory_mb']} MB) in {call}")
@@ -111,7 +131,8 @@ def _child() -> None:
             passed, got_text = False, "RecursionError"
         except BaseException as e:  # noqa: BLE001
             passed, got_text = False, f"{type(e).__name__}: {e}"
-        send({"kind": "case", "call": call, "passed": passed, "expected": short(expected), "got": got_text})
+        send({"kind": "case", "call": call, "passed": passed, "expected": short(expected), "got": got_text,
+              "cost": ops[0]})
     send({"kind": "done"})
     leave(0)
 
@@ -148,12 +169,15 @@ class Limits:
 
 @dataclass
 class CaseResult:
-    """One test: its call as text, whether it passed, and what came back (repr or the error)."""
+    """One test: its call as text, whether it passed, and what came back (repr or the error).
+    ``cost``: the bytecode instructions the candidate's own code executed in the call, counted
+    when the run asked for it (:func:`run` with ``count=True``), else 0."""
 
     call: str
     passed: bool
     expected: str
     got: str
+    cost: int = 0
 
 
 @dataclass
@@ -170,6 +194,11 @@ class RunResult:
     output: str = ""
 
     @property
+    def cost(self) -> int:
+        """Bytecode instructions executed over all cases (with ``count=True``): a deterministic run time."""
+        return sum(c.cost for c in self.cases)
+
+    @property
     def pass_rate(self) -> float:
         return sum(c.passed for c in self.cases) / self.n_tests if self.n_tests else 0.0
 
@@ -183,15 +212,19 @@ class RunResult:
         return "\n".join(lines)
 
 
-def run(code: str, entry: str, tests: list[tuple[list, object]], limits: Limits = Limits()) -> RunResult:
+def run(code: str, entry: str, tests: list[tuple[list, object]], limits: Limits = Limits(),
+        count: bool = False) -> RunResult:
     """Define ``code`` in a sandboxed child and call ``entry(*args)`` for each ``(args, expected)``
-    in ``tests`` (JSON-able values; a case passes when the result ``==`` expected)."""
+    in ``tests`` (JSON-able values; a case passes when the result ``==`` expected). ``count``: trace
+    each call and count the bytecode instructions executed in the code's own frames (builtins it
+    calls count as one instruction), a cost that is the same on every run and machine load, unlike
+    wall time; tracing slows the calls several times over."""
     with tempfile.TemporaryDirectory(prefix="rlxf_sandbox_") as work:
         work = os.path.realpath(work)
         read_fd, write_fd = os.pipe()
         job = json.dumps({"code": code, "entry": entry, "tests": tests, "work": work,
                           "cpu_s": limits.cpu_s, "memory_mb": limits.memory_mb, "file_mb": limits.file_mb,
-                          "result_fd": write_fd})
+                          "result_fd": write_fd, "count": count})
         out_path = os.path.join(work, ".output")
         with open(out_path, "wb") as out:
             proc = subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__)], cwd=work,
@@ -220,12 +253,13 @@ def run(code: str, entry: str, tests: list[tuple[list, object]], limits: Limits 
                        output)
 
 
-def run_many(jobs: list[tuple[str, str, list]], limits: Limits = Limits(), workers: int = 2) -> list[RunResult]:
+def run_many(jobs: list[tuple[str, str, list]], limits: Limits = Limits(), workers: int = 2,
+             count: bool = False) -> list[RunResult]:
     """:func:`run` for each ``(code, entry, tests)``, ``workers`` children at a time, in order."""
     if workers < 1:
         raise ValueError(f"sandbox run_many: workers must be >= 1, got {workers}")
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda j: run(*j, limits=limits), jobs))
+        return list(pool.map(lambda j: run(*j, limits=limits, count=count), jobs))
 
 
 def _read_all(fd: int, chunks: list[bytes]) -> None:
@@ -250,7 +284,7 @@ def _result(stream: str, n_tests: int, rc: int, timed_out: bool, limits: Limits,
         except json.JSONDecodeError:
             continue
         if msg.get("kind") == "case":
-            cases.append(CaseResult(msg["call"], msg["passed"], msg["expected"], msg["got"]))
+            cases.append(CaseResult(msg["call"], msg["passed"], msg["expected"], msg["got"], msg.get("cost", 0)))
         else:
             final = msg
     res = RunResult("ok", "ran", cases, n_tests, output)
