@@ -22,6 +22,7 @@ LABS: dict[str, str] = {
     "train": "rlxf.lab.train:TrainLab",
     "search": "rlxf.lab.search:SearchLab",
     "critique": "rlxf.lab.critique:CritiqueLab",
+    "agents": "rlxf.lab.agents:AgentsLab",
 }
 
 
