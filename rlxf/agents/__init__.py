@@ -10,6 +10,8 @@
   twenty questions and guess-my-city against an oracle role, selling a car to a scripted buyer, and Nim
   against an exact solver (LMRL-Gym's dialogue, negotiation and endgame tasks).
 - :mod:`rlxf.agents.ppo`: multi-turn PPO on the online controller, with turn-level GAE spread onto action tokens.
+- :mod:`rlxf.agents.abm`: AgentTorch's LLM archetypes in a differentiable epidemic ABM (archetype broadcast vs
+  LLM-as-agent on a subsample vs a heuristic rule, with gradient calibration through the simulator).
 - :mod:`rlxf.agents.offline`: offline multi-turn learners (BC, filtered BC, Monte-Carlo return regression,
   token-level ILQL) and Q-guided decoding; their losses are in :mod:`rlxf.objectives.agents`.
 - :mod:`rlxf.agents.perf`: PerfRL, RRHF on code rewrites rewarded by a deterministic cost (bytecode
