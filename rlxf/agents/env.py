@@ -143,6 +143,7 @@ ENVS: dict[str, str] = {
     "guess_my_city": "rlxf.agents.tasks.dialogue:make_guess_my_city",
     "car_dealer": "rlxf.agents.tasks.car_dealer:make",
     "endgame": "rlxf.agents.tasks.endgame:make",
+    "tools": "rlxf.agents.tasks.tools:make",
 }
 """Built-in environments by name -> ``module:factory``."""
 
