@@ -22,4 +22,7 @@
   a warm-start curriculum, and hindsight instruction generation (Learning to Navigate the Web).
 - :mod:`rlxf.agents.pae`: PAE: a proposer writes tasks from a website's description, the agent attempts
   them, a judge grades the outcome, and online filtered BC trains on the judged successes.
+- :mod:`rlxf.agents.oni`: ONI, PPO with an intrinsic reward distilled online from an LM judge's labels of
+  event captions (hash table or bag-of-words classifier, per-episode count decay), on the caption grid of
+  :mod:`rlxf.agents.tasks.caption_grid`.
 """
