@@ -251,15 +251,17 @@ def bug_texts(p: PerfProblem) -> list[str]:
             for m in code.mutants(code._indent(p.placeholders(body)))]
 
 
-def vocabulary() -> list[str]:
-    """Every word a program of :data:`REWRITES` (or a mutant of a reference) can contain."""
+@lru_cache(maxsize=1)
+def vocabulary() -> tuple[str, ...]:
+    """Every word a program of :data:`REWRITES` (or a mutant of a rewrite) can contain."""
     words = {SEP, "K0", "K1", "K2", "K3"} | {f"@{i}" for i in range(4)}
-    for p in perf_problems().values():
+    one_per_template = {p.template: p for p in perf_problems().values()}  # the words hide the constants
+    for p in one_per_template.values():
         for body in (REWRITES[p.template][0], REWRITES[p.template][1], *REWRITES[p.template][2]):
             words.update(p.model_text(body).split())
         for text in bug_texts(p):
             words.update(text.split())
-    return sorted(words)
+    return tuple(sorted(words))
 
 
 MIX = {"fast": 0.3, "other": 0.3, "slow": 0.2, "bug": 0.2}
@@ -285,7 +287,7 @@ def sft_rows(problems: list[PerfProblem], mix: dict[str, float], n_per_problem: 
 
 def make_policy(seed: int = 0, n_layer: int = 2, n_embd: int = 64) -> LanguagePolicy:
     """A fresh tiny GPT-2 over the code words."""
-    tok = tiny_tokenizer(vocabulary())
+    tok = tiny_tokenizer(list(vocabulary()))
     return LanguagePolicy(tiny_causal_lm(tok, n_layer=n_layer, n_embd=n_embd, max_positions=160, seed=seed), tok)
 
 
