@@ -2,7 +2,6 @@
 behaviour sources, gradient calibration, and the paper's Table 1 ordering as a slow claim test."""
 
 import math
-from dataclasses import replace
 
 import pytest
 import torch
