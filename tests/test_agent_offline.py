@@ -26,6 +26,7 @@ from rlxf.agents.render import agent_tokenizer
 from rlxf.agents.tasks.corridor import Corridor
 from rlxf.algorithms.loop import OptimConfig
 from rlxf.core.runs import Run
+from rlxf.lab.agents import paired_difference
 from rlxf.objectives.agents import (
     cql_loss,
     ilql_q_loss,
@@ -212,8 +213,7 @@ def test_ilql_beats_bc_on_the_fully_observed_maze(tmp_path):
                       held_out, batch=500)
     ilql = run_episodes(make, guided_actor(policy, values, cfg.beta, 1, generator=torch.Generator().manual_seed(seed)),
                         held_out, batch=500)
-    diff = torch.tensor([float(a.success) - float(b.success) for a, b in zip(ilql, bc)])
-    mean, se = diff.mean().item(), (diff.std() / math.sqrt(len(diff))).item()
+    mean, se = paired_difference([float(e.success) for e in ilql], [float(e.success) for e in bc])
     print(f"maze success: BC {success_rate(bc)[0]:.3f}, ILQL {success_rate(ilql)[0]:.3f}, "
           f"paired difference {mean:+.3f} +- {se:.3f}")
     assert mean >= 2 * se > 0

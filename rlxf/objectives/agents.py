@@ -59,3 +59,24 @@ def q_guided_logits(bc_logits: Tensor, q_all: Tensor, v: Tensor | None, beta: fl
     a learner without V (Monte-Carlo regression) passes None."""
     adv = q_all if v is None else q_all - v.unsqueeze(-1)
     return torch.log_softmax(bc_logits, -1) + beta * adv
+
+
+def double_regression_loss(preds: tuple[Tensor, Tensor], targets: tuple[Tensor, Tensor]) -> Tensor:
+    """``sum_i (pred_i - target_i)^2`` per example, ``[B]``: Digi-Q's double Q (or V) heads, each towards its own
+    target network's target (Q_i to ``r + gamma V'_i(s')``, V_i to ``Q'_i(s, a_data)``)."""
+    return sum((p - t.detach()) ** 2 for p, t in zip(preds, targets))
+
+
+def best_of_n_advantage(q1: Tensor, q2: Tensor, v1: Tensor, v2: Tensor) -> Tensor:
+    """Digi-Q's advantage of a candidate action ``max(Q1, Q2) - max(V1, V2)``, same shape as the inputs."""
+    return torch.maximum(q1, q2) - torch.maximum(v1, v2)
+
+
+def best_of_n_choice(advantage: Tensor, valid: Tensor, present: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+    """Best-of-N policy extraction over ``advantage [S, N]`` (candidates per state; ``present`` False on
+    padding, ``valid`` False on actions the task cannot parse, whose advantage counts as 0): the argmax
+    candidate per state and whether to imitate it (its advantage clamped to [0, 1] exceeds ``threshold``)."""
+    adv = torch.where(valid, advantage, torch.zeros_like(advantage))
+    adv = torch.where(present, adv, torch.full_like(adv, float("-inf")))
+    best, idx = adv.max(-1)
+    return idx, best.clamp(0.0, 1.0) > threshold
