@@ -355,6 +355,14 @@ def evaluate(policy: LanguagePolicy, problems: list[PerfProblem], meter: CostMet
             "error": [sum(not o.passed for o in g) / n for g in per]}
 
 
+def sft_baseline(run: Run, seed: int, train_p: list[PerfProblem], sft_steps: int = 150, width: int = 64,
+                 layers: int = 1) -> LanguagePolicy:
+    """The claim's baseline: a fresh tiny GPT-2 after ``sft_steps`` SFT steps (batch 32) on :data:`MIX`."""
+    policy = make_policy(seed, n_layer=layers, n_embd=width)
+    finetune(run, policy, train_p, OptimConfig(steps=sft_steps, batch_size=32, lr=3e-3, checkpoint_every=0), seed)
+    return policy
+
+
 def experiment(run_dir: str, seed: int = 0, sft_steps: int = 150, rrhf_steps: int = 30, ft_weight: float = 1.0,
                n_eval: int = 4, width: int = 64, layers: int = 1, meter: CostMeter | None = None) -> dict[str, dict[str, list[float]]]:
     """The claim's measurement for one seed: an SFT baseline on the train problems, then RRHF from
@@ -365,14 +373,35 @@ def experiment(run_dir: str, seed: int = 0, sft_steps: int = 150, rrhf_steps: in
     train_p, test_p = split(0)
     run = Run(run_dir, f"perf {seed} {sft_steps} {rrhf_steps} {ft_weight} {width} {layers}", fresh=True)
     with single_thread():
-        policy = make_policy(seed, n_layer=layers, n_embd=width)
-        finetune(run, policy, train_p, OptimConfig(steps=sft_steps, batch_size=32, lr=3e-3, checkpoint_every=0),
-                 seed)
+        policy = sft_baseline(run, seed, train_p, sft_steps, width, layers)
         before = evaluate(policy, test_p, meter, n_eval, seed)
         train_rrhf(run, policy, train_p, meter,
                    OptimConfig(steps=rrhf_steps, batch_size=8, lr=1e-3, checkpoint_every=0), seed=seed,
                    ft_weight=ft_weight)
         return {"sft": before, "rrhf": evaluate(policy, test_p, meter, n_eval, seed)}
+
+
+def controls(run_dir: str, seed: int = 0, extra_steps: int = 30, n_eval: int = 4,
+             meter: CostMeter | None = None) -> dict[str, dict[str, list[float]]]:
+    """What RRHF's gain is made of: from the same SFT baseline and for the same extra gradient steps
+    (batches of 8), more SFT on the same mixed data, SFT on the references alone (what RRHF's
+    fine-tuning term mostly imitates), RRHF without its fine-tuning term, and RRHF; each evaluated
+    as in :func:`experiment`."""
+    meter = meter or CostMeter()
+    train_p, test_p = split(0)
+    extra = OptimConfig(steps=extra_steps, batch_size=8, lr=1e-3, checkpoint_every=0)
+    more = {"sft_more_mixed": lambda run, pol: finetune(run, pol, train_p, extra, seed + 1000),
+            "sft_more_reference": lambda run, pol: finetune(run, pol, train_p, extra, seed + 1000, mix={"fast": 1.0}),
+            "rrhf_no_ft": lambda run, pol: train_rrhf(run, pol, train_p, meter, extra, seed=seed, ft_weight=0.0),
+            "rrhf": lambda run, pol: train_rrhf(run, pol, train_p, meter, extra, seed=seed)}
+    with single_thread():
+        base = sft_baseline(Run(f"{run_dir}/sft", f"perf controls {seed}", fresh=True), seed, train_p)
+        out = {"sft": evaluate(base, test_p, meter, n_eval, seed)}
+        for name, step in more.items():
+            policy = base.copy()
+            step(Run(f"{run_dir}/{name}", f"perf controls {seed} {name} {extra_steps}", fresh=True), policy)
+            out[name] = evaluate(policy, test_p, meter, n_eval, seed)
+    return out
 
 
 def paired(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -383,17 +412,22 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float]:
     return mean, (var / len(d)) ** 0.5
 
 
-def main(seeds: tuple[int, ...] = (0, 1, 2), run_root: str = "runs/perf") -> None:
-    """Print the claim's table: SFT vs RRHF on the held-out problems, per seed, with paired SEs."""
+def main(seeds: tuple[int, ...] = (0, 1, 2), run_root: str = "runs/perf", with_controls: bool = False) -> None:
+    """Print the claim's table (SFT vs RRHF on the held-out problems, per seed, with paired SEs), or
+    with ``with_controls`` the rows of :func:`controls` against the same SFT baseline."""
     meter = CostMeter()
     for seed in seeds:
-        out = experiment(f"{run_root}/seed{seed}", seed, meter=meter)
-        for k in ("speedup", "opt", "error"):
-            a, b = out["sft"][k], out["rrhf"][k]
-            d, se = paired(a, b)
-            print(f"seed {seed} {k:8} sft {sum(a) / len(a):6.3f}  rrhf {sum(b) / len(b):6.3f}  "
-                  f"diff {d:+.3f} (se {se:.3f})", flush=True)
+        out = (controls(f"{run_root}/controls{seed}", seed, meter=meter) if with_controls
+               else experiment(f"{run_root}/seed{seed}", seed, meter=meter))
+        for name in list(out)[1:]:
+            for k in ("speedup", "opt", "error"):
+                a, b = out["sft"][k], out[name][k]
+                d, se = paired(a, b)
+                print(f"seed {seed} {name:18} {k:8} sft {sum(a) / len(a):6.3f}  {sum(b) / len(b):6.3f}  "
+                      f"diff {d:+.3f} (se {se:.3f})", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(with_controls="--controls" in sys.argv[1:])
