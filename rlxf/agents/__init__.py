@@ -14,12 +14,16 @@
   LLM-as-agent on a subsample vs a heuristic rule, with gradient calibration through the simulator).
 - :mod:`rlxf.agents.offline`: offline multi-turn learners (BC, filtered BC, Monte-Carlo return regression,
   token-level ILQL) and Q-guided decoding; their losses are in :mod:`rlxf.objectives.agents`.
+- :mod:`rlxf.agents.digiq`: Digi-Q, a TD critic on frozen LM features and Best-of-N policy extraction.
 - :mod:`rlxf.agents.perf`: PerfRL, RRHF on code rewrites rewarded by a deterministic cost (bytecode
   instructions counted in the sandbox) with the tests passing.
 - :mod:`rlxf.agents.tasks.web`: synthetic websites (page graphs with links and forms, described in text)
   and an instruction-following environment on them (click, type, submit).
 - :mod:`rlxf.agents.qweb`: QWeb and MetaQWeb, a DQN with a factorised Q over (element, click/type, field),
   a warm-start curriculum, and hindsight instruction generation (Learning to Navigate the Web).
+- :mod:`rlxf.agents.tasks.tools`: a tool-use task (shopping questions answered through a price lookup and
+  a calculator, three levels), and :mod:`rlxf.agents.itool`: iTool, iterative reinforced fine-tuning on it
+  (easy-to-hard SFT, mined fragment deficiencies, SimPO on step pairs).
 - :mod:`rlxf.agents.pae`: PAE: a proposer writes tasks from a website's description, the agent attempts
   them, a judge grades the outcome, and online filtered BC trains on the judged successes.
 - :mod:`rlxf.agents.oni`: ONI, PPO with an intrinsic reward distilled online from an LM judge's labels of
