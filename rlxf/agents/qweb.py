@@ -53,6 +53,8 @@ LINK, FIELD, SUBMIT, PAD = 0, 1, 2, 3
 
 @dataclass
 class QWebConfig:
+    """DQN settings and the guidance switches (``shaping``, ``curriculum``, ``meta``; see the module docstring)."""
+
     steps: int = 1500  # optimiser steps; each first steps n_envs environments once
     n_envs: int = 4
     batch_size: int = 32
