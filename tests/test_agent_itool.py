@@ -92,14 +92,17 @@ def test_replay_adds_the_gold_turns_nll(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured on seed 0, 500 held-out questions: SFT 0.794, iTool 0.796, "
+                   "paired difference +0.002 (SE 0.018), under the 2 SE threshold")
 def test_itool_beats_more_sft_on_held_out_questions(tmp_path):
     """The claim (iTool: iterative RFT on mined fragment deficiencies improves tool use over plain SFT).
 
     Threshold, set before the first run on the reported seed: on seed 0, over 500 held-out questions
     played by both policies (the same questions and sampling seed, so paired), iTool's success minus
     SFT's is at least 2 paired standard errors above 0. Held equal: the easy-to-hard warm-up (shared),
-    the gradient steps after it (2 rounds x 40 for iTool, 80 for SFT), the batch size of gold or pair rows
-    and the gold training questions. Settings were chosen on seeds 11-12 only."""
+    the gradient steps after it (2 rounds x 40 for iTool, 80 for SFT), the rows per step (iTool: 32 pairs
+    + 32 gold turns; SFT: 64 gold turns) and the gold training questions. Settings were chosen on seed 11
+    only (there: +0.088, paired SE 0.018, against an SFT baseline of 32 rows a step)."""
     from rlxf.agents.itool import experiment
     from rlxf.agents.perf import paired
 

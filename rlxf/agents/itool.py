@@ -12,7 +12,7 @@ Iterative Reinforced Fine-Tuning"), on the tool environment (:mod:`rlxf.agents.t
    ``nll_weight``), on the shared loop; steps 2-4 repeat for ``rounds``.
 
 The baseline (:func:`experiment`) is plain SFT: the same warm-up, then as many further SFT steps on the
-gold episodes as iTool takes preference steps.
+gold episodes, of as many rows, as iTool takes preference steps.
 """
 
 from __future__ import annotations
@@ -188,8 +188,9 @@ def evaluate(policy: LanguagePolicy, n: int = 200, seed: int = 0, temperature: f
 
 def experiment(run_dir: str, seed: int = 0, cfg: IToolConfig | None = None, n_eval: int = 500) -> dict:
     """The claim's measurement for one seed: a shared easy-to-hard warm-up, then (a) plain SFT for
-    ``rounds * pref.steps`` more steps on the gold episodes and (b) iTool's rounds, at the same batch
-    size; both played on the same held-out questions. Returns per-episode success of each."""
+    ``rounds * pref.steps`` more steps on the gold episodes and (b) iTool's rounds, with as many rows per
+    step (an iTool step reads ``pref.batch_size`` pairs and as many gold turns, the SFT step twice as many
+    gold turns); both played on the same held-out questions. Returns per-episode success of each."""
     cfg = cfg or IToolConfig()
     run = Run(run_dir, f"itool {seed} {cfg}", fresh=True)
     data = gold_episodes(list(range(seed * cfg.n_train, (seed + 1) * cfg.n_train)))
@@ -198,8 +199,9 @@ def experiment(run_dir: str, seed: int = 0, cfg: IToolConfig | None = None, n_ev
         turns, difficulty = gold_turns(base, data)
         warmup(run, base, turns, difficulty, cfg.warmup, seed)
         more = copy.deepcopy(base)
+        rows = cfg.pref.batch_size * (2 if cfg.replay else 1)  # what an iTool step reads: pairs (+ gold turns)
         sft(run, "itool_sft_more", more, turns, list(range(len(turns))),
-            replace(cfg.pref, steps=cfg.rounds * cfg.pref.steps), seed + 1)
+            replace(cfg.pref, steps=cfg.rounds * cfg.pref.steps, batch_size=rows), seed + 1)
         log = itool(run, base, cfg, seed, turns if cfg.replay else None)
         out = {}
         for name, pol in (("sft", more), ("itool", base)):
