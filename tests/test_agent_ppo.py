@@ -1,5 +1,5 @@
 """Multi-turn PPO: turn-level credit on hand numbers, the episode layout the controller trains on, the
-rollout hook, errors, and (slow) the claim that PPO from a BC start beats that BC start on the maze."""
+rollout hook and errors. (No claim test yet: see docs/agents.md, LMRL Gym.)"""
 
 from __future__ import annotations
 
