@@ -112,8 +112,8 @@ def test_simulation_spreads_only_with_transmission_and_contact_and_is_differenti
 
 
 def test_calibration_recovers_the_transmission_rate_by_gradient_through_the_simulator():
-    cfg = ABMConfig(n_agents=3000, beta=2.0, beta_init=1.0)
-    pop = make_population(3000, cfg.degree, torch.Generator().manual_seed(0))
+    cfg = ABMConfig(n_agents=2000, beta=2.0, beta_init=1.0, calibration_steps=15)
+    pop = make_population(2000, cfg.degree, torch.Generator().manual_seed(0))
     with torch.no_grad():
         observed = simulate(pop, HeuristicBehaviour(0.2), torch.tensor(2.0), cfg, 6, torch.Generator().manual_seed(9))
     beta = calibrate(pop, HeuristicBehaviour(0.2), observed, cfg, seed=0)

@@ -218,6 +218,17 @@ class AgentBehaviour(Behaviour):
         return torch.tensor(_ask(self.llm, prompts, self.fallback))
 
 
+def _spmv(adjacency: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``adjacency @ x`` on one thread: each row's sum is sequential either way (same bits), and torch's
+    threaded sparse product waited ~50 ms per call for its second thread on a busy 2-core machine (0.02 ms alone)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return adjacency @ x
+    finally:
+        torch.set_num_threads(threads)
+
+
 class _Spread(torch.autograd.Function):
     """``A @ x`` for a symmetric sparse ``A``, whose gradient is therefore ``A @ grad`` (torch's own
     sparse backward builds the transpose on every call, ten times slower here)."""
@@ -225,11 +236,11 @@ class _Spread(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, adjacency):
         ctx.adjacency = adjacency
-        return adjacency @ x
+        return _spmv(adjacency, x)
 
     @staticmethod
     def backward(ctx, grad):
-        return ctx.adjacency @ grad, None
+        return _spmv(ctx.adjacency, grad), None
 
 
 def simulate(pop: Population, behaviour: Behaviour, beta: torch.Tensor, cfg: ABMConfig, weeks: int,
