@@ -36,7 +36,7 @@ def test_first_deficiency_is_the_first_call_off_the_gold_plan():
 
 def test_mined_pairs_share_the_prefix_and_differ_in_the_call():
     policy = make_policy(0, n_layer=1, n_embd=16)  # untrained: it fails every question
-    seeds = list(range(12))
+    seeds = list(range(6))
     pairs, rate = mine(policy, seeds, torch.Generator().manual_seed(0))
     assert rate == 0.0 and 0 < len(pairs) <= len(seeds)
     for pair in pairs:
@@ -76,7 +76,7 @@ def test_pair_training_prefers_the_ground_truth_call(tmp_path):
 
 def test_replay_adds_the_gold_turns_nll(tmp_path):
     policy = make_policy(0, n_layer=1, n_embd=16)
-    turns, _ = gold_turns(policy, gold_episodes(list(range(6))))
+    turns, _ = gold_turns(policy, gold_episodes(list(range(3))))
     ctx = policy.encode(["user: task 3 apple\n"])[0]
     good, bad = policy.encode_responses(["calc 7 * 3", "calc 7 * 4"])
 
