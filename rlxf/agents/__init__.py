@@ -29,4 +29,6 @@
 - :mod:`rlxf.agents.oni`: ONI, PPO with an intrinsic reward distilled online from an LM judge's labels of
   event captions (hash table or bag-of-words classifier, per-episode count decay), on the caption grid of
   :mod:`rlxf.agents.tasks.caption_grid`.
+- :mod:`rlxf.agents.read`: ReAd, an LM planner for two agents whose proposals a prefix critic (Q on joint-action
+  prefixes, fit by Monte Carlo regression) scores and sends back for refinement before execution.
 """
