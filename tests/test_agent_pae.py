@@ -120,3 +120,8 @@ def test_filtered_bc_trains_only_on_judged_successes_and_never_on_held_out_tasks
     assert hist[1]["buffer"] == hist[1]["posed"] > 4 and hist[1]["judged_success"] == 1.0
     assert hist[1]["bc_rows"] > hist[1]["buffer"] and len(run.metrics("pae_1")) == 2
     assert not all(torch.equal(a, b) for a, b in zip(before, pol.model.parameters()))
+    # the warm start's demonstrations start the buffer: BC sees them even when nothing new is judged a success
+    _, demos = attempt(make, skill_actor(1.0), web_tasks(SITE_LIST, 2, seed=9, exclude=frozenset(heldout)), seed=0)
+    hist = train_pae(Run(tmp_path / "d", "x"), pol, contexts, web_proposer(0.0), judge("failure"), make, heldout,
+                     cfg, seed=0, demonstrations=demos)
+    assert hist[1]["buffer"] == len(demos) == 4 and hist[1]["bc_rows"] == sum(len(e) for e in demos)

@@ -152,15 +152,18 @@ def evaluate(policy: LanguagePolicy, make_env: Callable[[Task], TextEnv | None],
 
 def train_pae(run: Run, policy: LanguagePolicy, contexts: list[str], proposer: TextModel,
               evaluator: TextModel, make_env: Callable[[Task], TextEnv | None], heldout: list[Task],
-              cfg: PAEConfig, seed: int = 0, stage: str = "pae") -> list[dict]:
+              cfg: PAEConfig, seed: int = 0, stage: str = "pae",
+              demonstrations: list[TextEpisode] = ()) -> list[dict]:
     """Run PAE for ``cfg.iterations`` iterations, training ``policy`` in place. Returns one record per
     evaluation (iteration 0 is before training): the held-out success of every task (``heldout``, a list
     of bools), and for trained iterations the proposals made, the tasks posed, the judged and the true
-    success rate of the rollouts, the buffer size and the number of turns BC trained on."""
+    success rate of the rollouts, the buffer size and the number of turns BC trained on.
+    ``demonstrations`` (the warm start's episodes, if any) start the replay buffer, so BC keeps seeing them
+    until newer successes push them out."""
     rng = random.Random(seed)
     held = set(heldout)
     history = [{"iteration": 0, "heldout": evaluate(policy, make_env, heldout, cfg, seed)}]
-    buffer: list[TextEpisode] = []
+    buffer: list[TextEpisode] = list(demonstrations)
     for it in range(1, cfg.iterations + 1):
         # a proposal equal to a held-out task is not posed: the agent never trains on held-out tasks
         tasks = [t for t in propose_tasks(proposer, contexts, cfg.tasks_per_context) if t not in held]
