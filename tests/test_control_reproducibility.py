@@ -44,3 +44,33 @@ def test_ppo_is_bit_identical_in_two_fresh_processes():
     assert a["init"] == b["init"]
     assert a["returns"] == b["returns"]
     assert a["final"] == b["final"]
+
+
+# argv: nothing. Trains a tiny arithmetic prover on 2 threads; prints a digest of its weights.
+SFT = """
+import hashlib, tempfile, torch
+torch.set_num_threads(2)
+from rlxf.algorithms.loop import OptimConfig
+from rlxf.core.runs import Run
+from rlxf.lab.rlvr import train_prover
+from rlxf.tasks.arithmetic import ArithmeticTask
+run = Run(tempfile.mkdtemp(), "p", fresh=True)
+pol = train_prover(run, ArithmeticTask(seed=0), OptimConfig(steps=100, batch_size=32, lr=3e-3, checkpoint_every=10**6),
+                   corpus_size=800)
+print(torch.are_deterministic_algorithms_enabled(),
+      hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in pol.model.parameters())).hexdigest())
+"""
+
+
+def test_language_model_training_is_bit_identical_in_two_fresh_processes():
+    """The shared loop trains with torch's deterministic algorithms on CPU (rlxf.algorithms.loop.reproducible):
+    without them, two processes training the same tiny prover on 2 threads ended with different weights
+    (every one of three runs of 150 steps differed). Two fresh interpreters must now agree bit for bit, and the
+    caller's setting (off in a fresh process) is restored afterwards."""
+    outs = []
+    for _ in range(2):  # one after the other: two 2-thread processes on 2 cores would crawl
+        p = subprocess.run([sys.executable, "-c", SFT], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        outs.append(p.stdout.strip().splitlines()[-1])
+    assert outs[0] == outs[1] and outs[0].startswith("False ")

@@ -99,6 +99,10 @@ def test_train_verifier_smoke(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured with deterministic training (session 13): self-check 0.417, majority "
+                   "0.392, single 0.315; vs majority +0.025 (se 0.015, 1.7 se: short of 2), vs single +0.102 (5.8 se). "
+                   "Session 12's +0.057 (4.1 se) and CI's +0.028 came from provers that multi-threaded CPU training "
+                   "made differently in each process")
 def test_self_check_beats_self_consistency_and_single_samples(arith_prover):
     """CriticBench's self-check claim at toy scale. The weak arithmetic prover samples k = 8 answers
     (temperature 1, sampler seed 0) to each of 600 held-out problems; a simulated critic of set
