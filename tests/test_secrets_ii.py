@@ -86,10 +86,6 @@ def run_arms(root, seeds=(0, 1, 2)) -> dict[str, list[dict]]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="not reproducible (session 11): seed 2's run differs between processes "
-                   "(BT held-out accuracy 0.7145, 0.7112, 0.7162 in three runs of the same code), and the adaptive "
-                   "margin's paired gain moved with it: +0.8, +2.2 and +1.1 se (session 10: 3 se); the "
-                   "nondeterminism is not found yet (docs/features.md, Secrets of RLHF II)")
 def test_flipping_or_adaptive_margin_beats_plain_bt_under_label_noise(tmp_path):
     """Secrets of RLHF II's claim at the test budget. With 20% of the comparison labels flipped,
     flipping low-strength labels or the adaptive margin raises held-out accuracy against gold over
