@@ -26,6 +26,7 @@ from functools import lru_cache
 import torch
 
 from rlxf.algorithms.batching import epoch_batches
+from rlxf.algorithms.evaluate import paired_gain
 from rlxf.algorithms.loop import OptimConfig, train
 from rlxf.algorithms.sft import train_sft
 from rlxf.core.runs import Run
@@ -406,10 +407,7 @@ def controls(run_dir: str, seed: int = 0, extra_steps: int = 30, n_eval: int = 4
 
 def paired(a: list[float], b: list[float]) -> tuple[float, float]:
     """Mean and standard error of the paired differences ``b - a``."""
-    d = [y - x for x, y in zip(a, b)]
-    mean = sum(d) / len(d)
-    var = sum((x - mean) ** 2 for x in d) / max(1, len(d) - 1)
-    return mean, (var / len(d)) ** 0.5
+    return paired_gain(b, a)
 
 
 def main(seeds: tuple[int, ...] = (0, 1, 2), run_root: str = "runs/perf", with_controls: bool = False) -> None:

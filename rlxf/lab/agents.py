@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import tempfile
 from dataclasses import dataclass, field
 from typing import Callable
@@ -29,6 +28,7 @@ from rlxf.agents.offline import METHODS as OFFLINE_METHODS
 from rlxf.agents.offline import ValueConfig, guided_actor, train_offline
 from rlxf.agents.ppo import MultiTurnPPO, seed_prompts
 from rlxf.agents.render import agent_tokenizer
+from rlxf.algorithms.evaluate import paired_gain
 from rlxf.algorithms.loop import OptimConfig
 from rlxf.algorithms.online.controller import KLSettings, OnlineConfig, train_online
 from rlxf.algorithms.online.ppo import Critic
@@ -96,9 +96,7 @@ def paired_difference(a: list[float], b: list[float]) -> tuple[float, float]:
     """Mean of ``a - b`` over paired entries and its standard error."""
     if len(a) != len(b) or len(a) < 2:
         raise ValueError(f"paired difference needs two equal lists of at least 2 entries, got {len(a)} and {len(b)}")
-    d = [x - y for x, y in zip(a, b)]
-    m = sum(d) / len(d)
-    return m, math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d))
+    return paired_gain(a, b)
 
 
 class AgentsLab(StagedLab):
