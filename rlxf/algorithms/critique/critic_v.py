@@ -2,8 +2,8 @@
 reasoner that answers again after reading the critic's critique.
 
 - **VEST-text** (:func:`vest_items`): correct worked solutions of the arithmetic task with ``k``
-  steps made wrong (``k = 0, 1, 2``); the gold set of corrupted steps is what
-  :func:`~rlxf.tasks.arithmetic.check_steps` flags.
+  steps made wrong (``k = 1, 2``: like the paper's VEST, every item has errors inserted); the gold
+  set of corrupted steps is what :func:`~rlxf.tasks.arithmetic.check_steps` flags.
 - **Critiques** list the steps they flag (``step 2: wrong``) and end in the shared verdict line
   (:func:`flag_critique`, :func:`flagged_steps`).
 - **RBR** (:func:`rbr`) = Jaccard(flagged steps, corrupted steps): 1 for exactly the corrupted steps.
@@ -87,13 +87,22 @@ def corrupted_steps(question: str, answer: str) -> frozenset[int]:
     return frozenset(i + 1 for i, ok in enumerate(check_steps(question, answer)) if not ok)
 
 
-def vest_items(n: int, seed: int = 0, split: str = "train", ks: tuple[int, ...] = (0, 1, 2)) -> list[CritiqueItem]:
-    """``n`` VEST-text items on distinct ``split`` problems of ``ArithmeticTask(seed)``, the error
-    count ``k`` drawn uniformly from ``ks`` per item; ``meta["corrupted"]`` holds the gold set of
-    wrong steps and ``difficulty`` is ``max(1, k)``."""
+def vest_items(n: int, seed: int = 0, split: str = "train", ks: tuple[int, ...] = (1, 2), *,
+               task_seed: int | None = None, start: int = 0) -> list[CritiqueItem]:
+    """``n`` VEST-text items on the distinct ``split`` problems ``start .. start + n - 1`` of
+    ``ArithmeticTask(task_seed)`` (``task_seed`` defaults to ``seed``), the error count ``k`` and
+    the errors drawn with ``seed``, ``k`` uniformly from ``ks`` per item; ``meta["corrupted"]``
+    holds the gold set of wrong steps and ``difficulty`` is ``max(1, k)``. The default has no
+    uncorrupted items, as in the paper: with them, Jaccard rewards a critic that accepts everything
+    on their share of the data."""
+    if not ks:
+        raise ValueError("vest_items: ks (the error counts to draw from) must not be empty")
+    if start < 0:
+        raise ValueError(f"vest_items: start must be >= 0, got {start}")
     rng = random.Random(f"vest|{seed}|{split}")
     items = []
-    for q in ArithmeticTask(seed).prompts(n, split):
+    task = ArithmeticTask(seed if task_seed is None else task_seed)
+    for q in task.prompts(start + n, split)[start:]:
         k = rng.choice(ks)
         answer = insert_errors(q, k, rng)
         wrong = corrupted_steps(q, answer)
@@ -201,7 +210,10 @@ class CriticVConfig:
     ``dpo_items``: fresh items whose candidate critiques are ranked; ``temperatures`` x ``samples``:
     the SFT critic's candidates per item (the noisy critic variants); ``simulated``: error rates of
     gold-driven simulated critics adding one candidate each (none by default: their off-policy
-    critiques made DPO worse here, see docs/critique.md)."""
+    critiques made DPO worse here, see docs/critique.md); ``task_seed``: the ``ArithmeticTask`` whose
+    train problems both stages use (SFT the first ``sft_items``, DPO the next ``dpo_items``), the
+    same for every training seed, so that its test split stays held out (keep it equal to the
+    reasoner's task seed)."""
 
     sft_items: int = 6000
     sft: OptimConfig = field(default_factory=lambda: OptimConfig(steps=600, batch_size=32, lr=3e-3,
@@ -215,6 +227,7 @@ class CriticVConfig:
     beta: float = 0.1
     n_layer: int = 2
     n_embd: int = 64
+    task_seed: int = 0
 
 
 def critic_tokenizer():
@@ -230,7 +243,7 @@ def train_critic_sft(run: Run, cfg: CriticVConfig, seed: int = 0, quiet: bool = 
     """The SFT critic: a tiny char-level GPT-2 fine-tuned on ``cfg.sft_items`` VEST items' gold critiques."""
     tok = critic_tokenizer()
     policy = LanguagePolicy(tiny_causal_lm(tok, "gpt2", cfg.n_layer, cfg.n_embd, 4, 192, seed=seed), tok)
-    rows = sft_rows(vest_items(cfg.sft_items, seed, "train"))
+    rows = sft_rows(vest_items(cfg.sft_items, seed, "train", task_seed=cfg.task_seed))
     train_sft(run, "critic_v_sft", policy, policy.encode([p for p, _ in rows]),
               policy.encode_responses([c for _, c in rows]), cfg.sft, seed, quiet)
     policy.model.eval()
@@ -259,8 +272,8 @@ def candidate_critiques(sft: LanguagePolicy, items: list[CritiqueItem], cfg: Cri
 def train_critic_dpo(run: Run, sft: LanguagePolicy, cfg: CriticVConfig, seed: int = 0,
                      quiet: bool = True) -> LanguagePolicy:
     """A copy of the SFT model trained by DPO on RBR-ranked pairs of candidate critiques of
-    ``cfg.dpo_items`` fresh training items."""
-    items = vest_items(cfg.dpo_items, seed + 1, "train")
+    ``cfg.dpo_items`` fresh training items (the train problems after the SFT critic's)."""
+    items = vest_items(cfg.dpo_items, seed + 1, "train", task_seed=cfg.task_seed, start=cfg.sft_items)
     ranked = rank_pairs(items, candidate_critiques(sft, items, cfg, seed))
     policy = sft.copy()
     pairs = [(p, c, r) for p, c, r in zip(sft.encode([p for p, _, _ in ranked]),
