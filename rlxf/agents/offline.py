@@ -300,15 +300,17 @@ def guided_actor(policy: LanguagePolicy, values: TokenValues | None = None, beta
 
 def train_offline(method: str, run: Run, policy: LanguagePolicy, episodes: list[TextEpisode], bc: OptimConfig,
                   values: ValueConfig | None = None, fraction: float = 0.1,
-                  generator: torch.Generator | None = None) -> Actor:
+                  generator: torch.Generator | None = None, bc_done: bool = False) -> Actor:
     """Train one of :data:`METHODS` on ``episodes`` (``policy`` is trained in place: BC on all episodes, or on
     the top ``fraction`` for filtered BC) and return its actor: the policy, or the BC policy guided by the
-    value model for "mc" and "ilql"."""
+    value model for "mc" and "ilql". With ``bc_done`` the value methods take ``policy`` as the BC policy
+    already trained on ``episodes`` and skip BC (so several methods can guide one BC policy)."""
     if method not in METHODS:
         raise ValueError(f"offline method must be one of {', '.join(METHODS)}, got {method!r}")
     values = values or ValueConfig()
     turns = values.context_turns
-    train_bc(run, "bc", policy, episodes, bc, turns, values.seed, fraction if method == "filtered_bc" else 1.0)
+    if not (bc_done and method in ("mc", "ilql")):
+        train_bc(run, "bc", policy, episodes, bc, turns, values.seed, fraction if method == "filtered_bc" else 1.0)
     if method in ("bc", "filtered_bc"):
         return guided_actor(policy, context_turns=turns, generator=generator)
     model = train_values(run, method, policy, episodes, values, method)

@@ -6,7 +6,8 @@ For every task: ``data_<task>`` writes an offline dataset of mixed quality (scri
 configured skill levels, :func:`rlxf.agents.episodes.scripted_dataset`); then one stage per method trains a
 tiny word-level GPT-2 on it and plays ``eval_episodes`` episodes from held-out environment seeds (the same
 seeds for every method, so differences are paired by seed). Offline methods are those of
-:mod:`rlxf.agents.offline` (BC, filtered BC, Monte-Carlo regression, ILQL); ``ppo`` is multi-turn PPO
+:mod:`rlxf.agents.offline` (BC, filtered BC, Monte-Carlo regression, ILQL; the value methods guide the
+``bc`` stage's policy when ``bc`` is listed before them); ``ppo`` is multi-turn PPO
 (:mod:`rlxf.agents.ppo`) started from the BC stage's policy, with the BC policy as its KL reference. The
 table gives each method's success rate +- SE and its paired difference to BC; the report plots PPO's
 rollout success against environment episodes beside the offline methods' held-out success.
@@ -84,6 +85,7 @@ class AgentsLabConfig:
     skills: dict[str, float] = field(default_factory=lambda: {"expert": 1.0, "noisy": 0.5, "random": 0.0})
     episodes_per_skill: int = 40
     eval_episodes: int = 200
+    eval_seed: int = EVAL_SEED_BASE  # held-out episodes play seeds eval_seed, eval_seed + 1, ...
     fraction: float = 0.1  # filtered BC keeps this top fraction of episodes by return
     model: AgentModelSection = field(default_factory=AgentModelSection)
     bc: OptimConfig = field(default_factory=lambda: OptimConfig(steps=300, batch_size=64, lr=1e-3,
@@ -108,7 +110,7 @@ class AgentsLab(StagedLab):
         bad = [m for m in cfg.methods if m not in METHODS]
         if bad:
             raise ConfigError(f"methods: unknown method(s) {bad}; expected some of {list(METHODS)}")
-        if "ppo" in cfg.methods and "bc" not in cfg.methods[: cfg.methods.index("ppo")]:
+        if "ppo" in cfg.methods and not self._after_bc("ppo"):
             raise ConfigError("methods: ppo starts from the BC policy, so list \"bc\" before \"ppo\"")
         if "ppo" in cfg.methods and cfg.values.context_turns is not None:
             raise ConfigError("values.context_turns: multi-turn PPO trains on whole episodes, so its BC start must "
@@ -122,6 +124,9 @@ class AgentsLab(StagedLab):
                 raise ConfigError(f"tasks: {e}") from None
         if cfg.eval_episodes < 2 or cfg.episodes_per_skill < 1 or not cfg.skills:
             raise ConfigError("eval_episodes must be >= 2, episodes_per_skill >= 1 and skills non-empty")
+        if cfg.eval_seed < PPO_SEED_BASE + cfg.ppo.train_seeds:
+            raise ConfigError(f"eval_seed: held-out seeds must start at or above {PPO_SEED_BASE + cfg.ppo.train_seeds} "
+                              f"(datasets and PPO's rollouts use the seeds below), got {cfg.eval_seed}")
 
     def stages(self) -> list[tuple[str, Callable[[], dict]]]:
         out = []
@@ -149,26 +154,38 @@ class AgentsLab(StagedLab):
         return LanguagePolicy(tiny_causal_lm(tok, "gpt2", m.n_layer, m.n_embd, m.n_head, m.max_positions,
                                              seed=self.seed), tok)
 
+    def _after_bc(self, method: str) -> bool:
+        """Whether ``method`` starts from the ``bc`` stage's policy (bc is listed before it)."""
+        return "bc" in self.cfg.methods[: self.cfg.methods.index(method)]
+
+    def _load_bc(self, task: str, policy: LanguagePolicy) -> None:
+        policy.model.load_state_dict(torch.load(self.run.stage_dir(f"bc_{task}") / "policy.pt"))
+
     def _method(self, task: str, method: str) -> dict:
         policy, data = self._policy(task), self._dataset(task)
         gen = torch.Generator().manual_seed(self.seed)
         if method == "ppo":
             actor = self._ppo(task, policy)
         else:
+            # mc and ilql guide the bc stage's policy when there is one (the same policy BC is scored with)
+            bc_done = method in ("mc", "ilql") and self._after_bc(method)
+            if bc_done:
+                self._load_bc(task, policy)
             with tempfile.TemporaryDirectory() as tmp:  # the offline learners' checkpoints are scratch
                 actor = train_offline(method, Run(tmp, "scratch = 1\n"), policy, data, self.cfg.bc, self.cfg.values,
-                                      self.cfg.fraction, generator=gen)
+                                      self.cfg.fraction, generator=gen, bc_done=bc_done)
             if method == "bc":
                 torch.save(policy.model.state_dict(), self.run.stage_dir(f"bc_{task}") / "policy.pt")
-        seeds = [EVAL_SEED_BASE + i for i in range(self.cfg.eval_episodes)]
+        seeds = [self.cfg.eval_seed + i for i in range(self.cfg.eval_episodes)]
         eps = run_episodes(self._make(task), actor, seeds, policy=method)
         rate, se = success_rate(eps)
         return {"success": rate, "se": se, "return": sum(e.ret for e in eps) / len(eps),
+                "invalid": sum(sum(e.invalid) for e in eps) / sum(len(e) for e in eps),
                 "successes": [int(e.success) for e in eps]}
 
     def _ppo(self, task: str, policy: LanguagePolicy):
         p = self.cfg.ppo
-        policy.model.load_state_dict(torch.load(self.run.stage_dir(f"bc_{task}") / "policy.pt"))
+        self._load_bc(task, policy)
         ref = LanguagePolicy(copy.deepcopy(policy.model).requires_grad_(False), policy.tokenizer)
         critic = Critic(scalar_head(policy.model, policy.tokenizer.pad_token_id), policy.tokenizer.pad_token_id)
         method = MultiTurnPPO(critic, make=self._make(task), clip=p.clip, value_clip=p.value_clip, gamma=p.gamma,
@@ -184,14 +201,14 @@ class AgentsLab(StagedLab):
 
     # -- summary and report ---------------------------------------------------------------------
     def summary(self) -> dict:
-        """Per task: the dataset's figures and, per method, success +- SE, mean return and the paired
-        difference in success to BC (over the same held-out seeds)."""
+        """Per task: the dataset's figures and, per method, success +- SE, mean return, the fraction of turns
+        with an invalid action and the paired difference in success to BC (over the same held-out seeds)."""
         out: dict = {}
         for task in self.cfg.tasks:
             row: dict = {"data": self.run.result(f"data_{task}")}
             results = {m: self.run.result(f"{m}_{task}") for m in self.cfg.methods}
             for m, r in results.items():
-                cell = {k: r[k] for k in ("success", "se", "return")}
+                cell = {k: r[k] for k in ("success", "se", "return", "invalid")}
                 if m != "bc" and "bc" in results:
                     cell["vs_bc"], cell["vs_bc_se"] = paired_difference(r["successes"], results["bc"]["successes"])
                 row[m] = cell
