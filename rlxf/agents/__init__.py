@@ -31,4 +31,6 @@
   :mod:`rlxf.agents.tasks.caption_grid`.
 - :mod:`rlxf.agents.read`: ReAd, an LM planner for two agents whose proposals a prefix critic (Q on joint-action
   prefixes, fit by Monte Carlo regression) scores and sends back for refinement before execution.
+- :mod:`rlxf.agents.game_on`: Game On, a text model as the RL experimenter: it proposes the next maze level and
+  starting point, runs control PPO as its tool, reads results back as text and keeps a skill library.
 """
