@@ -164,19 +164,23 @@ def test_correction_traces_pair_wrong_with_right_and_keep_right():
     ]  # problem 3: no right attempt anywhere, no row
 
 
-def test_two_turn_corpus_shows_another_problems_attempt():
+def test_two_turn_corpus_keeps_a_right_first_attempt_and_answers_a_corrupted_one_anew():
+    from rlxf.tasks.arithmetic import check_answer, check_steps
+
     task = ArithmeticTask(seed=0)
-    rows = two_turn_corpus(task, 20, seed=0)
-    assert rows[:20] == task.corpus(20)
-    completions, kept = {r["completion"] for r in rows[:20]}, 0
-    for first, second in zip(rows[:20], rows[20:]):
-        q = first["prompt"]
-        assert second["completion"] == first["completion"]
+    rows = two_turn_corpus(task, 40, seed=0)
+    assert rows[:40] == task.corpus(40)
+    kept = 0
+    for first, second in zip(rows[:40], rows[40:]):
+        q, solution = first["prompt"], first["completion"]
+        assert second["completion"] == solution  # always the worked solution of the same problem
         assert second["prompt"].startswith(q) and second["prompt"].endswith(INSTRUCTION + q)
         shown = second["prompt"][len(q):-len(INSTRUCTION + q)]
-        assert shown != first["completion"]
-        kept += shown in completions
-    assert 5 <= kept <= 15  # about half the shown attempts are another problem's solution, half corrupted
+        if shown == solution:
+            kept += 1
+        else:  # one step corrupted: a wrong answer that the checker flags at exactly one line
+            assert not check_answer(q, shown) and check_steps(q, shown).count(False) == 1
+    assert 10 <= kept <= 30  # about half the shown attempts are right and kept, half corrupted
 
 
 def test_config_errors():
@@ -208,21 +212,22 @@ def test_smoke_two_stages_on_the_controller(tmp_path):
 
 @pytest.fixture(scope="module")
 def two_turn_start(arith_prover, tmp_path_factory):
-    """The weak prover SFT'd 600 steps on the two-attempt format (never shown a correction)."""
+    """The weak prover SFT'd 600 steps on the two-attempt format (keep a right first attempt, answer a
+    corrupted one anew), corpus seed 1."""
     import copy
 
     from rlxf.core.runs import Run
     from rlxf.lab.self_correction import two_turn_start
 
     run = Run(tmp_path_factory.mktemp("two_turn_start"), "two-attempt start", fresh=True)
-    return two_turn_start(run, copy.deepcopy(arith_prover), ArithmeticTask(seed=0))
+    return two_turn_start(run, copy.deepcopy(arith_prover), ArithmeticTask(seed=0), seed=1)
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
-    "measured (seed 0, 500 test problems, greedy): Delta start -0.174, SCoRe -0.100 (Acc@t1 0.192, t2 0.092), "
-    "two-turn RL -0.154, Pair-SFT -0.010; SCoRe - two-turn RL +0.054 (se 0.021) holds, SCoRe - Pair-SFT "
-    "-0.090 (se 0.022) does not; changed answers 1.00 / 0.95 / 0.88 (start 0.92)"))
+    "measured (seed 1, 500 test problems, greedy; start that keeps right answers: Delta -0.038, changed 0.47): "
+    "Delta SCoRe -0.028 (Acc@t1 0.242, t2 0.214), two-turn RL -0.016, Pair-SFT +0.010; SCoRe - two-turn RL "
+    "-0.012 (se 0.012), SCoRe - Pair-SFT -0.038 (se 0.012): neither holds; changed answers 0.73 / 0.57 / 0.56"))
 def test_score_improves_more_from_attempt_1_to_2_than_naive_sft_and_two_turn_rl(two_turn_start, tmp_path):
     """SCoRe (stage 1: 20 steps, stage 2: 40 steps, alpha 10, beta1 0.01, beta2 0.1) against plain two-turn
     RL (60 stage-2 steps, alpha 0, no stage 1) and naive Pair-SFT (pairs of the start's own attempts:
@@ -237,7 +242,7 @@ def test_score_improves_more_from_attempt_1_to_2_than_naive_sft_and_two_turn_rl(
     from rlxf.lab.self_correction import compare, paired_gain
 
     run = Run(tmp_path, "score claim", fresh=True)
-    table = compare(run, two_turn_start, ArithmeticTask(seed=0), arms=("score", "two_turn_rl", "pair_sft"))
+    table = compare(run, two_turn_start, ArithmeticTask(seed=0), arms=("score", "two_turn_rl", "pair_sft"), seed=1)
     for name, m in table.items():
         print(name, {k: round(v, 3) for k, v in m.items() if k not in ("r1", "r2")})
     gains = {arm: paired_gain(table["score"], table[arm]) for arm in ("two_turn_rl", "pair_sft")}

@@ -2,7 +2,7 @@
 stage 2 without stage 1, and naive SFT on correction traces, each from the same start with the same
 number of sampled attempt pairs, scored greedily on test problems (:mod:`rlxf.algorithms.online.score`).
 
-``python -m rlxf.lab.self_correction [run_dir]`` trains the weak prover, its two-attempt start and
+``python -m rlxf.lab.self_correction [run_dir [seed]]`` trains the weak prover, its two-attempt start and
 every arm, and prints the table of ``docs/critique.md``.
 """
 
@@ -30,8 +30,8 @@ ARMS = ("score", "two_turn_rl", "stage2_only", "pair_sft")
 
 def two_turn_start(run: Run, prover: LanguagePolicy, task: ArithmeticTask, steps: int = 600, seed: int = 0,
                    quiet: bool = True) -> LanguagePolicy:
-    """A copy of ``prover`` SFT'd (batch 16, lr 3e-3) on :func:`two_turn_corpus` so it can answer a
-    second time; it has never seen a first attempt of the same problem kept or fixed."""
+    """A copy of ``prover`` SFT'd (batch 16, lr 3e-3) on :func:`two_turn_corpus`: on its second attempt
+    it learned to keep a right first answer and to answer a (synthetically) corrupted one anew."""
     policy = prover.copy()
     rows = two_turn_corpus(task, 2000, seed=seed)
     train_sft(run, "two_turn_start", policy, policy.encode([r["prompt"] for r in rows]),
@@ -88,7 +88,7 @@ def demo(run_dir: str = "runs/self_correction", seed: int = 0) -> dict[str, dict
 if __name__ == "__main__":
     import sys
 
-    table = demo(*sys.argv[1:2])
+    table = demo(*sys.argv[1:2], *map(int, sys.argv[2:3]))
     cols = ("acc_t1", "acc_t2", "delta", "i_to_c", "c_to_i", "changed", "edit_ratio")
     print(f"{'':12}" + "".join(f"{c:>11}" for c in cols))
     for name, m in table.items():

@@ -245,14 +245,15 @@ def train_pair_sft(run: Run, stage: str, policy: LanguagePolicy, problems: list[
     return len(rows)
 
 
-# -- the toy's start: a prover that knows the two-attempt format but was never shown a correction --
+# -- the toy's start: a prover that keeps a right first attempt and answers a wrong one anew --
 
 
 def two_turn_corpus(task, n: int, wrong_share: float = 0.5, seed: int = 0) -> list[dict[str, str]]:
     """``2n`` SFT rows from ``task.corpus(n)``: each worked solution as a first attempt, and again as
-    a second attempt whose shown first attempt belongs to another problem (right, or one step
-    corrupted with probability ``wrong_share``). So a prover trained on it answers a second time
-    without ever having seen a first attempt of the same problem fixed or kept."""
+    a second attempt after a shown first attempt at the same problem: the solution itself (kept), or
+    with probability ``wrong_share`` the solution with one step corrupted (answered anew with the
+    solution). This is the start SCoRe assumes, a model whose second attempt mostly keeps a right
+    answer; it learns when to keep from the shown attempt alone, never from gold at test time."""
     import random
 
     from rlxf.tasks.arithmetic import corrupt
@@ -260,10 +261,7 @@ def two_turn_corpus(task, n: int, wrong_share: float = 0.5, seed: int = 0) -> li
     rng = random.Random(f"score|{seed}")
     rows = task.corpus(n)
     out = [dict(r) for r in rows]
-    for i, r in enumerate(rows):
-        other = rows[(i + 1 + rng.randrange(n - 1)) % n] if n > 1 else r
-        shown = other["completion"]
-        if rng.random() < wrong_share:
-            shown = corrupt(other["prompt"], shown, rng)
+    for r in rows:
+        shown = corrupt(r["prompt"], r["completion"], rng) if rng.random() < wrong_share else r["completion"]
         out.append({"prompt": second_prompt(r["prompt"], shown), "completion": r["completion"]})
     return out
