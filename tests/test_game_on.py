@@ -34,8 +34,7 @@ def test_maze_rules_bands_and_optimal_policy():
     # a move into a wall stays put
     x, y = env.pos
     walls = [i for i, (dx, dy) in enumerate(MOVES) if (x + dx, y + dy) not in env.open[env.pos]]
-    if walls:
-        assert env.step(walls[0])[1:4] == (0.0, False, False) and env.pos == (x, y)
+    assert walls and env.step(walls[0])[1:4] == (0.0, False, False) and env.pos == (x, y)
     # the optimal policy reaches the exit from every start of the farthest band, in exactly its distance
     for start in env.bands[5]:
         env.reset(seed=1)
@@ -46,11 +45,9 @@ def test_maze_rules_bands_and_optimal_policy():
     # wandering truncates after distance + slack steps without reward
     env.reset(seed=2)
     limit = env.limit
-    stuck = next(i for i, (dx, dy) in enumerate(MOVES)
-                 if (env.pos[0] + dx, env.pos[1] + dy) not in env.open[env.pos]) if walls else None
-    if stuck is not None:
-        out = [env.step(stuck) for _ in range(limit)]
-        assert [o[3] for o in out] == [False] * (limit - 1) + [True] and sum(o[1] for o in out) == 0.0
+    stuck = next(i for i, (dx, dy) in enumerate(MOVES) if (env.pos[0] + dx, env.pos[1] + dy) not in env.open[env.pos])
+    out = [env.step(stuck) for _ in range(limit)]
+    assert [o[3] for o in out] == [False] * (limit - 1) + [True] and sum(o[1] for o in out) == 0.0
 
 
 def test_level_mix_draws_every_level_and_bad_levels_are_refused():
