@@ -40,6 +40,7 @@ import gymnasium as gym
 import numpy as np
 from torch import Tensor
 
+from rlxf.agents.tasks.maze import distances
 from rlxf.algorithms.control.ppo import PPO, PPOConfig
 from rlxf.algorithms.control.rollout import Rollout, evaluate
 from rlxf.algorithms.evaluate import mean_se
@@ -130,16 +131,11 @@ def _perfect_maze(size: int, rng: random.Random) -> dict[tuple[int, int], set[tu
 
 
 def _distances(passages: dict, goal: tuple[int, int]) -> dict[tuple[int, int], int]:
-    dist, frontier = {goal: 0}, [goal]
-    while frontier:
-        nxt = []
-        for c in frontier:
-            for n in passages[c]:
-                if n not in dist:
-                    dist[n] = dist[c] + 1
-                    nxt.append(n)
-        frontier = nxt
-    return dist
+    """Moves from every cell to ``goal``, by the text maze's breadth-first search on the maze drawn at double
+    scale (cell (x, y) at (2x, 2y), each passage as the open cell between its two cells)."""
+    grid = {(2 * x, 2 * y) for x, y in passages} | {(a[0] + b[0], a[1] + b[1]) for a, nbrs in passages.items() for b in nbrs}
+    doubled = distances(grid, (2 * goal[0], 2 * goal[1]))
+    return {(x, y): doubled[(2 * x, 2 * y)] // 2 for x, y in passages}
 
 
 def task_name(d: int | None) -> str:
