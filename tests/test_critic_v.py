@@ -187,6 +187,8 @@ def _gain(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured (seed 1, 500 held-out items, all corrupted): DPO lowers the mean "
+                   "Jaccard from the SFT critic's 0.356 to 0.136 (-0.221, paired se 0.016)")
 def test_claim_dpo_critic_localises_corrupted_steps_better_than_its_sft_start(trained_critics):
     """Claim (a), threshold fixed before the first run: the DPO critic's mean Jaccard(flagged,
     corrupted) on the 500 held-out VEST items beats the SFT critic it started from by >= 2 paired
@@ -222,6 +224,8 @@ def test_best_constant_critic_on_hand_made_items():
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured (seed 1, 500 held-out items): the DPO critic's Jaccard 0.136 is below "
+                   "the best constant critic's (flag steps 1-3 always) 0.416 (-0.281, se 0.014); the SFT critic's 0.356 too")
 def test_claim_dpo_critic_beats_the_best_constant_critic(trained_critics):
     """A guard against a degenerate critic, threshold fixed before its first run: the DPO critic's
     mean Jaccard on the 500 held-out items beats the best constant critic (the same steps flagged
@@ -236,12 +240,16 @@ def test_claim_dpo_critic_beats_the_best_constant_critic(trained_critics):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured (seed 1, 500 held-out problems): the DPO critic's loop lowers the "
+                   "reasoner's direct 0.166 to 0.086 (-0.080, se 0.013; c->i 43, i->c 3); the SFT critic's ends at 0.170 "
+                   "(+0.004, se 0.014) and self-refine's at 0.224 (+0.058, se 0.014)")
 def test_claim_dpo_critic_feedback_raises_the_reasoner_accuracy(trained_critics, arith_prover):
     """Claim (b), threshold fixed before the first run: the frozen reasoner (the ``arith_prover``
     fixture, sampling at temperature 1) with the DPO critic's feedback (up to 3 rounds, RealCritic's
     closed loop) is right more often than its single shot on the same 500 held-out problems by >= 2
-    paired standard errors (and by more than 0). The SFT critic's loop and self-refine's (the
-    reasoner re-solving to check itself) are printed beside it, not asserted.
+    paired standard errors (and by more than 0). Self-refine's loop (the reasoner re-solving to
+    check itself) is printed beside it, not asserted; the SFT critic's loop was printed in the seed-1
+    run too and is left out since, to keep the test's cost (it ended at 0.170, +0.004, se 0.014).
 
     Re-measured on new seeds (critic seed 1, reasoner sampling seed 1, new problems) after VEST was
     made to follow the paper. Before (seed 0): direct 0.196, DPO loop 0.196 (+0.000: it accepted
@@ -250,8 +258,7 @@ def test_claim_dpo_critic_feedback_raises_the_reasoner_accuracy(trained_critics,
     reasoner = LMReasoner(arith_prover, temperature=1.0, seed=SEED)
     direct = direct_answers(reasoner, t["held_out"])
     loops = {name: closed_loop(critic, reasoner, direct, rounds=3)
-             for name, critic in (("dpo", critic_role(t["dpo"])), ("sft", critic_role(t["sft"])),
-                                  ("self", SelfCritic(arith_prover, seed=SEED + 1)))}
+             for name, critic in (("dpo", critic_role(t["dpo"])), ("self", SelfCritic(arith_prover, seed=SEED + 1)))}
     for name, r in loops.items():
         print(f"{name}: direct {r['start_accuracy']:.3f} -> rounds {[round(a, 3) for a in r['per_round']]} "
               f"({r['accuracy'] - r['start_accuracy']:+.3f}, se {paired_se(r['final'], r['start']):.3f}), "
