@@ -12,6 +12,7 @@ import copy
 
 import numpy as np
 
+from rlxf.algorithms.evaluate import paired_gain as project_paired_gain
 from rlxf.algorithms.loop import OptimConfig
 from rlxf.algorithms.online.score import (
     evaluate_self_correction,
@@ -61,8 +62,7 @@ def train_arm(run: Run, arm: str, start: LanguagePolicy, problems: list[str], st
 
 def paired_gain(a: dict, b: dict) -> tuple[float, float]:
     """Mean and standard error over problems of ``(r2 - r1)`` under ``a`` minus under ``b``."""
-    d = (np.subtract(a["r2"], a["r1"], dtype=float) - np.subtract(b["r2"], b["r1"], dtype=float))
-    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+    return project_paired_gain(np.subtract(a["r2"], a["r1"], dtype=float), np.subtract(b["r2"], b["r1"], dtype=float))
 
 
 def compare(run: Run, start: LanguagePolicy, task: ArithmeticTask, arms=ARMS, n_test: int = 500, steps: int = 60,
