@@ -227,15 +227,15 @@ class AgentsLab(StagedLab):
         """Methods x tasks: held-out success +- SE, and [paired difference to BC +- SE]."""
         tasks = list(summary)
         methods = [m for m in summary[tasks[0]] if m != "data"]
-        lines = [f"{'method':<12}" + "".join(f"{t:>30}" for t in tasks)]
-        data = "".join(f"{summary[t]['data']['success']:>12.3f} +- {summary[t]['data']['se']:.3f}{'':>9}" for t in tasks)
+        lines = [f"{'method':<12}" + "".join(f"{t:>34}" for t in tasks)]
+        data = "".join(f"{summary[t]['data']['success']:.3f} +- {summary[t]['data']['se']:.3f}".rjust(34) for t in tasks)
         lines.append(f"{'(dataset)':<12}" + data)
         for m in methods:
             cells = []
             for t in tasks:
                 c = summary[t][m]
-                diff = f"[{c['vs_bc']:+.3f} +- {c['vs_bc_se']:.3f}]" if "vs_bc" in c else ""
-                cells.append(f"{c['success']:.3f} +- {c['se']:.3f} {diff}".rjust(30))
+                diff = f" [{c['vs_bc']:+.3f} +- {c['vs_bc_se']:.3f}]" if "vs_bc" in c else ""
+                cells.append(f"{c['success']:.3f} +- {c['se']:.3f}{diff}".rjust(34))
             lines.append(f"{m:<12}" + "".join(cells))
         return "\n".join(lines)
 
