@@ -24,14 +24,17 @@ from rlxf.agents.pae import (
     train_pae,
     web_env_maker,
     web_judge,
+    web_pae_run,
     web_proposer,
     web_tasks,
 )
 from rlxf.agents.render import agent_tokenizer
 from rlxf.agents.tasks.web import SITES, parse_task
+from rlxf.algorithms.evaluate import paired_gain
 from rlxf.algorithms.loop import OptimConfig
 from rlxf.core.runs import Run
 from rlxf.labelers.roles import SimulatedRole
+from rlxf.policies.control import single_thread
 from rlxf.policies.language import LanguagePolicy
 from rlxf.policies.tiny import tiny_causal_lm
 
@@ -125,3 +128,42 @@ def test_filtered_bc_trains_only_on_judged_successes_and_never_on_held_out_tasks
     hist = train_pae(Run(tmp_path / "d", "x"), pol, contexts, web_proposer(0.0), judge("failure"), make, heldout,
                      cfg, seed=0, demonstrations=demos)
     assert hist[1]["buffer"] == len(demos) == 4 and hist[1]["bc_rows"] == sum(len(e) for e in demos)
+
+
+CLAIM_SITES = [SITES["shop"], SITES["bank"], SITES["travel"]]
+CLAIM_SEEDS = (2, 3, 4)  # seeds 0 and 1 were used to choose the design and its budget
+
+
+def heldout_before_and_after(seed: int, root) -> tuple[list[bool], list[bool]]:
+    """One training seed of the claim's design (:func:`web_pae_run`): a two-layer agent warmed by BC on 14
+    expert demonstrations per site (250 steps of 16 turns), then 3 PAE iterations of 24 proposals per site
+    and 50 filtered-BC steps, proposer and judge each wrong 10% of the time. Gold success on 12 held-out
+    tasks per site, before the first iteration and after the last."""
+    cfg = PAEConfig(iterations=3, tasks_per_context=24, max_new_tokens=4,
+                    optim=OptimConfig(steps=50, batch_size=16, lr=2e-3, checkpoint_every=0))
+    warm = OptimConfig(steps=250, batch_size=16, lr=3e-3, checkpoint_every=0)
+    hist = web_pae_run(Run(root / f"seed{seed}", "pae claim"), CLAIM_SITES, cfg, warm, seed)
+    return hist[0]["heldout"], hist[-1]["heldout"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured on seeds 2-4 (108 held-out task-seed pairs): held-out success "
+                   "0.065 -> 0.056, paired -0.009 (se 0.016); per seed 0.083 -> 0.083, 0.056 -> 0.056, "
+                   "0.056 -> 0.028: at this budget the agent barely generalises to unseen tasks. At about 4x the compute "
+                   "(docs/agents.md, PAE) seeds 5-7 rose 0.315 -> 0.389, +0.074 (se 0.029, 2.6 se)")
+def test_held_out_success_rises_over_pae_iterations(tmp_path):
+    """PAE's claim at small budget: the agent's gold success on held-out tasks (never posed for training)
+    is higher after the last iteration than before the first. Threshold, fixed before the first run on
+    these seeds: over training seeds 2, 3 and 4 (36 held-out tasks each, 108 task-seed pairs), the paired
+    mean difference (after the last iteration minus before the first) is positive and at least 2 standard
+    errors of the paired differences."""
+    first, last = [], []
+    with single_thread():
+        for seed in CLAIM_SEEDS:
+            before, after = heldout_before_and_after(seed, tmp_path)
+            print(f"seed {seed}: held-out success {sum(before) / len(before):.3f} -> {sum(after) / len(after):.3f}")
+            first += before
+            last += after
+    gain, se = paired_gain(last, first)
+    print(f"paired gain {gain:+.3f} (se {se:.3f}) over {len(first)} pairs")
+    assert gain > 0 and gain >= 2 * se

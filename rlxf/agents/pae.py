@@ -28,14 +28,15 @@ from typing import Callable
 import torch
 
 from rlxf.agents.env import TextEnv
-from rlxf.agents.episodes import TextEpisode, run_episodes
+from rlxf.agents.episodes import TextEpisode, run_episodes, skill_actor
 from rlxf.agents.offline import train_bc
-from rlxf.agents.render import lm_actor
+from rlxf.agents.render import agent_tokenizer, lm_actor
 from rlxf.agents.tasks.web import EMPTY, Site, WebEnv, parse_task
 from rlxf.algorithms.loop import OptimConfig
 from rlxf.core.runs import Run
 from rlxf.labelers.roles import SimulatedRole, TextModel
 from rlxf.policies.language import LanguagePolicy
+from rlxf.policies.tiny import tiny_causal_lm
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,25 @@ def web_env_maker(sites: list[Site], max_turns: int = 10) -> Callable[[Task], We
     return make
 
 
+def web_pae_run(run: Run, sites: list[Site], cfg: PAEConfig, warm: OptimConfig, seed: int,
+                heldout_per_site: int = 12, demos_per_site: int = 14, error: float = 0.1, n_layer: int = 2,
+                n_embd: int = 64) -> list[dict]:
+    """One seed of PAE on ``sites`` from scratch, as the claim is measured: a tiny agent (model seed
+    ``seed``) warmed by BC (``warm``) on expert episodes of ``demos_per_site`` tasks per site, then
+    :func:`train_pae` with :func:`web_proposer` and :func:`web_judge` (each wrong with probability
+    ``error``). The held-out tasks are ``heldout_per_site`` per site drawn with seed ``1000 + seed``, none
+    of them demonstrated. Returns :func:`train_pae`'s history."""
+    make = web_env_maker(sites)
+    heldout = web_tasks(sites, heldout_per_site, seed=1000 + seed)
+    tok = agent_tokenizer(sorted({w for s in sites for w in WebEnv(s).words()}))
+    agent = LanguagePolicy(tiny_causal_lm(tok, n_layer=n_layer, n_embd=n_embd, max_positions=320, seed=seed), tok)
+    demo_tasks = web_tasks(sites, demos_per_site, seed=seed, exclude=frozenset(heldout))
+    _, demos = attempt(make, skill_actor(1.0), demo_tasks, seed=0)
+    filtered_bc(run, "warm", agent, demos, warm, seed=seed)
+    return train_pae(run, agent, [s.describe() for s in sites], web_proposer(error, seed), web_judge(error, seed),
+                     make, heldout, cfg, seed=seed, demonstrations=demos)
+
+
 __all__ = ["PAEConfig", "Task", "attempt", "described_forms", "evaluate", "filtered_bc", "judge_episodes", "judge_request",
            "parse_judgement", "parse_proposals", "propose_tasks", "proposer_request", "request_fields",
-           "train_pae", "web_env_maker", "web_judge", "web_proposer", "web_tasks", "web_verdict"]
+           "train_pae", "web_env_maker", "web_pae_run", "web_judge", "web_proposer", "web_tasks", "web_verdict"]
