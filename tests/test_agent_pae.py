@@ -130,6 +130,20 @@ def test_filtered_bc_trains_only_on_judged_successes_and_never_on_held_out_tasks
     assert hist[1]["buffer"] == len(demos) == 4 and hist[1]["bc_rows"] == sum(len(e) for e in demos)
 
 
+
+def test_web_pae_run_warms_the_agent_on_demonstrations_and_takes_a_replacement_judge(tmp_path):
+    cfg = PAEConfig(iterations=1, tasks_per_context=3, max_new_tokens=4,
+                    optim=OptimConfig(steps=1, batch_size=4, checkpoint_every=0))
+    warm = OptimConfig(steps=1, batch_size=4, checkpoint_every=0)
+    fail_all = SimulatedRole(lambda q: "failure", lambda q, r, rng: r)
+    run = Run(tmp_path, "x")
+    hist = web_pae_run(run, SITE_LIST, cfg, warm, seed=0, heldout_per_site=2, demos_per_site=3, n_layer=1,
+                       n_embd=16, evaluator=fail_all)
+    assert len(hist) == 2 and len(hist[0]["heldout"]) == len(hist[1]["heldout"]) == 4
+    assert 0 < hist[1]["posed"] == fail_all.requests  # every posed task is judged by the given judge
+    assert hist[1]["buffer"] == 6  # nothing judged a success: the buffer holds the 3 demonstrations per site
+    assert len(run.metrics("warm")) == 1 and len(run.metrics("pae_1")) == 1
+
 CLAIM_SITES = [SITES["shop"], SITES["bank"], SITES["travel"]]
 CLAIM_SEEDS = (2, 3, 4)  # seeds 0 and 1 were used to choose the design and its budget
 
@@ -150,7 +164,8 @@ def heldout_before_and_after(seed: int, root) -> tuple[list[bool], list[bool]]:
 @pytest.mark.xfail(strict=True, reason="measured on seeds 2-4 (108 held-out task-seed pairs): held-out success "
                    "0.065 -> 0.056, paired -0.009 (se 0.016); per seed 0.083 -> 0.083, 0.056 -> 0.056, "
                    "0.056 -> 0.028: at this budget the agent barely generalises to unseen tasks. At about 4x the compute "
-                   "(docs/agents.md, PAE) seeds 5-7 rose 0.315 -> 0.389, +0.074 (se 0.029, 2.6 se)")
+                   "(docs/agents.md, PAE) seeds 5-7 rose 0.315 -> 0.389, +0.074 (se 0.029, 2.6 se), as much as BC "
+                   "on the demonstrations alone at equal steps (PAE minus control 0.000, se 0.032)")
 def test_held_out_success_rises_over_pae_iterations(tmp_path):
     """PAE's claim at small budget: the agent's gold success on held-out tasks (never posed for training)
     is higher after the last iteration than before the first. Threshold, fixed before the first run on

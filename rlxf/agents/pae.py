@@ -277,12 +277,13 @@ def web_env_maker(sites: list[Site], max_turns: int = 10) -> Callable[[Task], We
 
 def web_pae_run(run: Run, sites: list[Site], cfg: PAEConfig, warm: OptimConfig, seed: int,
                 heldout_per_site: int = 12, demos_per_site: int = 14, error: float = 0.1, n_layer: int = 2,
-                n_embd: int = 64) -> list[dict]:
+                n_embd: int = 64, evaluator: TextModel | None = None) -> list[dict]:
     """One seed of PAE on ``sites`` from scratch, as the claim is measured: a tiny agent (model seed
     ``seed``) warmed by BC (``warm``) on expert episodes of ``demos_per_site`` tasks per site, then
     :func:`train_pae` with :func:`web_proposer` and :func:`web_judge` (each wrong with probability
-    ``error``). The held-out tasks are ``heldout_per_site`` per site drawn with seed ``1000 + seed``, none
-    of them demonstrated. Returns :func:`train_pae`'s history."""
+    ``error``; ``evaluator`` replaces the judge, e.g. one that fails everything for a BC-only control).
+    The held-out tasks are ``heldout_per_site`` per site drawn with seed ``1000 + seed``, none of them
+    demonstrated. Returns :func:`train_pae`'s history."""
     make = web_env_maker(sites)
     heldout = web_tasks(sites, heldout_per_site, seed=1000 + seed)
     tok = agent_tokenizer(sorted({w for s in sites for w in WebEnv(s).words()}))
@@ -290,8 +291,9 @@ def web_pae_run(run: Run, sites: list[Site], cfg: PAEConfig, warm: OptimConfig, 
     demo_tasks = web_tasks(sites, demos_per_site, seed=seed, exclude=frozenset(heldout))
     _, demos = attempt(make, skill_actor(1.0), demo_tasks, seed=0)
     filtered_bc(run, "warm", agent, demos, warm, seed=seed)
-    return train_pae(run, agent, [s.describe() for s in sites], web_proposer(error, seed), web_judge(error, seed),
-                     make, heldout, cfg, seed=seed, demonstrations=demos)
+    judge = web_judge(error, seed) if evaluator is None else evaluator
+    return train_pae(run, agent, [s.describe() for s in sites], web_proposer(error, seed), judge, make, heldout, cfg,
+                     seed=seed, demonstrations=demos)
 
 
 __all__ = ["PAEConfig", "Task", "attempt", "described_forms", "evaluate", "filtered_bc", "judge_episodes", "judge_request",
