@@ -357,3 +357,20 @@ def test_kto_reference_scores_are_the_same_in_memory_sized_chunks(monkeypatch):
     assert U.logits_chunk_size(model, 4, 256) == 1
     for a, b in zip(whole, U._score(model, tok.pad_token_id, prompts, completions)):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_only_the_pairs_a_short_run_visits_are_scored_under_the_reference():
+    """Two steps of 4 over 16 pairs score 8 pairs (the union of those two batches), each equal to its
+    score when every pair is scored."""
+    from rlxf.algorithms.batching import epoch_batches
+    from rlxf.algorithms.offline_preference import visited_reference_logps
+    from rlxf.policies.logprobs import reference_logps
+
+    ref, pairs = policy(1), make_pairs()
+    cfg = OptimConfig(steps=2, batch_size=4)
+    chosen, rejected = visited_reference_logps(ref.model, ref.tokenizer.pad_token_id, pairs, cfg, 3, quiet=True)
+    make_batch = epoch_batches(len(pairs), 4, 3)
+    assert sorted(chosen) == sorted(rejected) == sorted(make_batch(0) + make_batch(1))
+    every = reference_logps(ref.model, ref.tokenizer.pad_token_id, pairs)
+    for i in chosen:
+        assert torch.allclose(chosen[i], every[0][i], atol=1e-6) and torch.allclose(rejected[i], every[1][i], atol=1e-6)

@@ -71,6 +71,16 @@ def check_logged(pairs: list[Pair], ref_logps: tuple[list, list], stage: str, de
     return out[0], out[1]
 
 
+def visited_reference_logps(model, pad: int, pairs: list[Pair], cfg: OptimConfig, seed: int,
+                            quiet: bool) -> tuple[dict, dict]:
+    """Reference log-probs of only the pairs that ``cfg.steps`` batches of ``epoch_batches(seed)`` visit,
+    keyed by pair index: a short run over a large dataset scores no pair it never trains on."""
+    make_batch = epoch_batches(len(pairs), cfg.batch_size, seed)
+    visited = sorted({i for step in range(cfg.steps) for i in make_batch(step)})
+    chosen, rejected = reference_logps(model, pad, [pairs[i] for i in visited], quiet=quiet)
+    return dict(zip(visited, chosen)), dict(zip(visited, rejected))
+
+
 def train_pairs(run: Run, stage: str, policy: LanguagePolicy, ref: LanguagePolicy | None, pairs: list[Pair],
                 loss: Callable[..., torch.Tensor], loss_kwargs: dict, cfg: OptimConfig, seed: int,
                 quiet: bool = False, precompute_ref: bool = True, eval_pairs: list[Pair] | None = None,
@@ -100,7 +110,7 @@ def train_pairs(run: Run, stage: str, policy: LanguagePolicy, ref: LanguagePolic
     elif ref is None:
         raise ValueError(f"{stage}: train_pairs needs a reference policy or logged ref_logps")
     else:
-        ref_w, ref_l = reference_logps(ref.model, pad, pairs, quiet=quiet) if precompute_ref else (None, None)
+        ref_w, ref_l = visited_reference_logps(ref.model, pad, pairs, cfg, seed, quiet) if precompute_ref else (None, None)
     make_batch = epoch_batches(len(pairs), cfg.batch_size, seed)
     global_tokens = "tokens_per_example" in inspect.signature(loss).parameters
 

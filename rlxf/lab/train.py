@@ -469,8 +469,8 @@ class TrainLab(StagedLab):
         # the starting model, for training (the reference) and for evaluation
         ref = policy.reference() if fam != SUPERVISED or cfg.lora.r else None
         if fam in (PAIRS, UNPAIRED) and cfg.offline.precompute_ref:
-            self.log(f"[train] scoring the {len(data.train)} training rows under the reference once "
-                     "(offline.precompute_ref)")
+            self.log(f"[train] scoring the training rows this run visits (of {len(data.train)}) under the reference "
+                     "once (offline.precompute_ref)")
         if fam == SUPERVISED:
             train_sft(run, "train", policy, [p for p, _ in data.train], [r for _, r in data.train], cfg.sft.optim,
                       seed, self.quiet)
