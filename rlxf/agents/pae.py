@@ -15,8 +15,9 @@ Each iteration:
 Success on a held-out task set (tasks the agent never trains on, graded by the environment's gold
 check) is measured before the first iteration and after each one. Task-specific pieces come in as
 arguments: ``make_env(task)`` builds the environment of a proposed task (None when the proposal names
-nothing the environment can pose), and the roles are plain ``TextModel`` objects, simulated from gold
-with a set error rate in the tests and an LM in the documented example.
+nothing the environment can pose), and the roles are plain ``TextModel`` objects: simulated from gold
+with a set error rate in the tests and the guide's training example, SmolLM2 through ``LMRole`` in the
+guide's role example (too weak to play either role).
 """
 
 from __future__ import annotations
