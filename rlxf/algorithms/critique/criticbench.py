@@ -23,6 +23,7 @@ from collections import Counter
 
 import numpy as np
 
+from rlxf.algorithms.evaluate import paired_gain
 from rlxf.algorithms.loop import OptimConfig
 from rlxf.algorithms.sft import train_sft
 from rlxf.core.runs import Run
@@ -136,12 +137,6 @@ def train_verifier(run: Run, stage: str, items: list[CritiqueItem], cfg: OptimCo
     train_sft(run, stage, policy, prompts, targets, cfg, seed, quiet)
     policy.model.eval()
     return LMRole(policy, max_new_tokens=24, chat=False, seed=seed)
-
-
-def paired_gain(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """Mean of ``a - b`` over paired problems and its standard error."""
-    d = np.asarray(a, float) - np.asarray(b, float)
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
 
 
 def accuracy_by_certainty(result: dict, key: str = "majority") -> dict[str, dict]:

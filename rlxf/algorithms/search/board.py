@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from rlxf.algorithms.evaluate import paired_gain
 from rlxf.algorithms.loop import OptimConfig
 from rlxf.algorithms.sft import train_sft
 from rlxf.core.runs import Run
@@ -294,8 +295,7 @@ def mcts_agent(values: ActionValues, simulations: int, c: float = 1.0):
 
 def paired_gap(a: list[float], b: list[float]) -> tuple[float, float]:
     """Mean of ``b - a`` over paired items and its standard error."""
-    d = np.asarray(b, float) - np.asarray(a, float)
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
+    return paired_gain(b, a)
 
 
 # -- the search lab ---------------------------------------------------------------------------
