@@ -20,5 +20,11 @@ def epoch_batches(n: int, batch_size: int, seed: int):
     return make_batch
 
 
+def visited_indices(make_batch, steps: int) -> list[int]:
+    """The examples that ``steps`` batches of ``make_batch`` touch, sorted: what a precomputed
+    reference must score (a short run over a large dataset touches only part of it)."""
+    return sorted({i for step in range(steps) for i in make_batch(step)})
+
+
 def step_rng(seed: int, step: int, salt: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, step, salt])

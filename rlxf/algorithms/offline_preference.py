@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from rlxf.algorithms.batching import epoch_batches
+from rlxf.algorithms.batching import epoch_batches, visited_indices
 from rlxf.algorithms.loop import OptimConfig, train
 from rlxf.core.runs import Run
 from rlxf.core.steps import Steps
@@ -75,8 +75,7 @@ def visited_reference_logps(model, pad: int, pairs: list[Pair], cfg: OptimConfig
                             quiet: bool) -> tuple[dict, dict]:
     """Reference log-probs of only the pairs that ``cfg.steps`` batches of ``epoch_batches(seed)`` visit,
     keyed by pair index: a short run over a large dataset scores no pair it never trains on."""
-    make_batch = epoch_batches(len(pairs), cfg.batch_size, seed)
-    visited = sorted({i for step in range(cfg.steps) for i in make_batch(step)})
+    visited = visited_indices(epoch_batches(len(pairs), cfg.batch_size, seed), cfg.steps)
     chosen, rejected = reference_logps(model, pad, [pairs[i] for i in visited], quiet=quiet)
     return dict(zip(visited, chosen)), dict(zip(visited, rejected))
 

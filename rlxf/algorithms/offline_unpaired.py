@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from rlxf.algorithms.batching import epoch_batches
+from rlxf.algorithms.batching import epoch_batches, visited_indices
 from rlxf.algorithms.loop import OptimConfig, train
 from rlxf.algorithms.preference_data import Example, check_both_classes
 from rlxf.core.runs import Run
@@ -56,11 +56,14 @@ def train_unpaired(run: Run, stage: str, policy: LanguagePolicy, ref: LanguagePo
     labels = torch.tensor([e[2] for e in examples])
     partner = mismatched_partners(len(examples), seed)
     mis_completions = [completions[j] for j in partner]
-    if precompute_ref:
-        with torch.no_grad():
-            ref_match = _score(ref.model, pad, prompts, completions)
-            ref_mis = _score(ref.model, pad, prompts, mis_completions)
     make_batch = epoch_batches(len(examples), cfg.batch_size, seed)
+    if precompute_ref:  # only the examples the run's batches visit, keyed by index
+        visited = visited_indices(make_batch, cfg.steps)
+        with torch.no_grad():
+            ref_match = dict(zip(visited, _score(ref.model, pad, [prompts[i] for i in visited],
+                                                 [completions[i] for i in visited])))
+            ref_mis = dict(zip(visited, _score(ref.model, pad, [prompts[i] for i in visited],
+                                               [mis_completions[i] for i in visited])))
     z0_cache: dict[tuple, torch.Tensor] = {}
 
     def with_ref(idx: list[int], comps: list[list[int]], cached, steps: Steps) -> Steps:
