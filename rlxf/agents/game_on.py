@@ -333,12 +333,12 @@ class GameOn:
     def round(self) -> Result:
         cfg = self.cfg
         steps_left = (cfg.rounds - len(self.history)) * cfg.round_steps
-        prompt = experimenter_prompt(cfg.levels, {d: s.success for d, s in self.library.items()}, self.history,
-                                     steps_left)
+        library = {d: s.success for d, s in self.library.items()}
+        prompt = experimenter_prompt(cfg.levels, library, self.history, steps_left)
         reply = self.experimenter.complete([prompt])[0]
         self.prompts.append(prompt)
         self.replies.append(reply)
-        proposal = parse_proposal(reply, cfg.levels, {d: s.success for d, s in self.library.items()})
+        proposal = parse_proposal(reply, cfg.levels, library)
         if proposal is None:
             self.invalid += 1
             proposal = (self.history[-1].task if self.history else 1, "current")

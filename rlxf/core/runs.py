@@ -213,8 +213,8 @@ class Run:
 
     def sync_metrics(self) -> None:
         """fsync the metrics file, so the lines a checkpoint or done marker follows survive a machine crash."""
-        with contextlib.suppress(FileNotFoundError):
-            with open(self.metrics_path, "a") as f:
+        with contextlib.suppress(FileNotFoundError):  # nothing logged yet: nothing to sync, and no empty file made
+            with open(self.metrics_path, "rb") as f:
                 os.fsync(f.fileno())
 
     def metrics(self, stage: str | None = None) -> list[dict]:
