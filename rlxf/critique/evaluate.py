@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+from rlxf.algorithms.evaluate import paired_gain
 from rlxf.critique.bench import CritiqueItem, gold_verdict
 from rlxf.critique.format import Verdict, corrector_prompt, critic_prompt, parse_critique, verdict_line
 from rlxf.labelers.roles import TextModel
@@ -144,10 +145,8 @@ def direct_answers(corrector: TextModel, items: list[CritiqueItem]) -> list[Crit
 
 
 def paired_se(a: list[bool], b: list[bool]) -> float:
-    """The standard error of mean(a) - mean(b) over paired items."""
-    d = [float(x) - float(y) for x, y in zip(a, b)]
-    m = _mean(d)
-    return math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d)) if len(d) > 1 else float("nan")
+    """The standard error of mean(a) - mean(b) over paired items (:func:`rlxf.algorithms.evaluate.paired_gain`)."""
+    return paired_gain(a, b)[1]
 
 
 def critique_eval(critics: dict[str, TextModel], corrector: TextModel, items: list[CritiqueItem],

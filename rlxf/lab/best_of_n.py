@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from rlxf.algorithms.evaluate import best_of_n_kl
+from rlxf.algorithms.evaluate import best_of_n_kl, mean_se
 from rlxf.algorithms.loop import OptimConfig
 from rlxf.algorithms.reward_training import train_reward_model
 from rlxf.core.runs import atomic_write_text, torch_save_atomic
@@ -98,10 +98,6 @@ def curve_of(picks: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[int, dict[
 def bon_curve(gold: np.ndarray, score: np.ndarray, sizes: list[int]) -> dict[int, dict[str, float]]:
     """Mean gold and proxy of the best-of-N pick for each N in ``sizes`` (see :func:`bon_picks`)."""
     return curve_of(bon_picks(gold, score, sizes))
-
-
-def _paired_se(diff: np.ndarray) -> float:
-    return float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else float("nan")
 
 
 class BestOfNLab(Pipeline):
@@ -233,12 +229,12 @@ def analyse(summary: dict, picks: dict | None = None) -> dict:
                    "gold_at_1": curve[ns[0]]["gold"], "proxy_at_n_max": curve[last]["proxy"]}
             if picks is not None:
                 mine = {int(n): v for n, v in picks[t][budget].items()}
-                row["gold_lost_se"] = _paired_se(mine[int(peak)] - mine[int(last)])
+                row["gold_lost_se"] = mean_se(mine[int(peak)] - mine[int(last)])[1]
                 if t != "single" and "single" in picks:
                     single = {int(n): v for n, v in picks["single"][budget].items()}
                     diff = mine[int(last)] - single[int(last)]
                     row["minus_single_at_n_max"] = float(diff.mean())
-                    row["minus_single_at_n_max_se"] = _paired_se(diff)
+                    row["minus_single_at_n_max_se"] = mean_se(diff)[1]
             out.setdefault(t, {})[str(budget)] = row
     return out
 
