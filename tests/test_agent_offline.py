@@ -148,6 +148,22 @@ def test_token_level_credit_inside_and_across_turns(policy):
 # -- decoding and the training paths -------------------------------------------------------------------
 
 
+def test_guided_actor_from_a_cache_samples_what_the_full_forward_samples(policy, monkeypatch):
+    """GPT-2 models decode from a key/value cache; with the cache switched off (every token reruns the whole
+    context) the same generator draws the same actions, guided or not."""
+    model = TokenValues.from_policy(policy)  # random Q and V heads: a real guidance term
+
+    def play(values, beta):
+        g = torch.Generator().manual_seed(4)
+        return [e.actions for e in run_episodes(lambda: Corridor(3, 4), guided_actor(policy, values, beta,
+                                                                                   max_new_tokens=3, generator=g),
+                                                 list(range(12)))]
+
+    cached = [play(None, 0.0), play(model, 2.0)]
+    monkeypatch.setattr("rlxf.agents.offline.supports", lambda _model: False)
+    assert [play(None, 0.0), play(model, 2.0)] == cached and cached[0] != cached[1]
+
+
 def test_guided_actor_follows_q_and_ignores_v(policy):
     model = TokenValues.from_policy(policy)
     for head in [*model.q, *model.q_target]:

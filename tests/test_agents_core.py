@@ -19,7 +19,7 @@ from rlxf.agents.episodes import (
     success_rate,
     write_episodes,
 )
-from rlxf.agents.render import agent_tokenizer, context_ids, encode_episode, lm_actor, observation_texts
+from rlxf.agents.render import Contexts, agent_tokenizer, context_ids, encode_episode, lm_actor, observation_texts
 from rlxf.agents.tasks.corridor import Corridor
 from rlxf.policies.language import LanguagePolicy
 from rlxf.policies.tiny import tiny_causal_lm
@@ -130,6 +130,20 @@ def test_encoding_masks_exactly_the_action_tokens(corridor_policy):
     partial = TextEpisode(ep.env, 0, ep.observations[:2], ep.actions[:1], ep.rewards[:1])
     assert context_ids(pol, partial) == enc.ids[:14]
     assert observation_texts(tok, ep.observations, ep.actions)[1] == "user: at 1 goal 2\nassistant:"
+
+
+def test_contexts_grow_by_a_turn_to_the_ids_of_the_whole_history(corridor_policy):
+    pol = corridor_policy
+    full = run_episodes(lambda: Corridor(length=3, max_turns=4), skill_actor(0.5, seed=1), [5])[0]
+    ep = TextEpisode(full.env, full.seed, full.observations[:1])
+    contexts = Contexts(pol)
+    for t in range(len(full) + 1):
+        assert contexts([ep]) == [context_ids(pol, ep)]
+        if t < len(full):
+            ep.actions.append(full.actions[t])
+            ep.observations.append(full.observations[t + 1])
+    assert len(full) >= 2 and contexts([TextEpisode(ep.env, 0, ep.observations[:1])]) == [
+        context_ids(pol, TextEpisode(ep.env, 0, ep.observations[:1]))]  # a new episode starts over
 
 
 def test_lm_actor_keeps_what_it_sampled_and_training_sees_the_same_ids(corridor_policy):

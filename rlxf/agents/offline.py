@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from rlxf.agents.episodes import Actor, TextEpisode
-from rlxf.agents.render import context_ids, action_ids
+from rlxf.agents.render import Contexts, action_ids, context_ids, encode_episode
 from rlxf.algorithms.batching import epoch_batches
 from rlxf.algorithms.control.targets import load_target_state, target_state
 from rlxf.algorithms.loop import OptimConfig, single_learner, train
@@ -41,6 +41,7 @@ from rlxf.objectives.agents import (
     q_guided_logits,
     td_targets,
 )
+from rlxf.policies.fast_decode import GPT2Decoder, supports
 from rlxf.policies.language import LanguagePolicy
 from rlxf.policies.logprobs import pad_tokens, token_batch
 
@@ -87,7 +88,11 @@ def episode_turns(policy: LanguagePolicy, episodes: list[TextEpisode], context_t
     out = Turns()
     for n, ep in enumerate(episodes):
         acts = action_ids(policy, ep)
-        ctx = [context_ids(policy, window(ep, t, context_turns)) for t in range(len(ep) + 1)]
+        if context_turns is None:  # every context is a prefix of the whole episode's ids
+            enc = encode_episode(policy, ep, final_observation=True)
+            ctx = [enc.ids[:start] for start, _ in enc.spans] + [enc.ids]
+        else:
+            ctx = [context_ids(policy, window(ep, t, context_turns)) for t in range(len(ep) + 1)]
         rtg = ep.returns_to_go(gamma)
         for t in range(len(ep)):
             if positions and len(ctx[t]) + len(acts[t]) > positions:
@@ -275,24 +280,48 @@ def guided_actor(policy: LanguagePolicy, values: TokenValues | None = None, beta
         raise ValueError(f"temperature must be > 0, got {temperature}")
     eos, pad = policy.tokenizer.eos_token_id, policy.tokenizer.pad_token_id
 
+    guided = values is not None and beta != 0.0
+    contexts = Contexts(policy)  # the whole history, one turn longer each call
+
+    def pick(logits: Tensor, h: Tensor | None) -> list[int]:
+        """One token for each alive row from its policy logits (and value model hidden state)."""
+        if guided:
+            q_all, v = values.decoding(h)
+            logits = q_guided_logits(logits, q_all, v, beta)
+        return torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator).squeeze(1).tolist()
+
     @torch.no_grad()
     def act(envs, episodes: list[TextEpisode]) -> list[str]:
-        prompts = [context_ids(policy, window(ep, len(ep), context_turns)) for ep in episodes]
+        prompts = (contexts(episodes) if context_turns is None
+                   else [context_ids(policy, window(ep, len(ep), context_turns)) for ep in episodes])
         out: list[list[int]] = [[] for _ in prompts]
         alive = list(range(len(prompts)))
-        for _ in range(max_new_tokens):
-            ids, attn = pad_tokens([prompts[i] + out[i] for i in alive], pad)
-            last = (torch.arange(len(alive)), attn.sum(-1) - 1)
-            logits = policy.model(input_ids=ids, attention_mask=attn).logits[last].float()
-            if values is not None and beta != 0.0:
-                q_all, v = values.decoding(values.hidden(ids, attn)[last])
-                logits = q_guided_logits(logits, q_all, v, beta)
-            tokens = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator).squeeze(1)
-            for i, tok in zip(alive, tokens.tolist()):
+        # GPT-2 models decode from a key/value cache (rlxf.policies.fast_decode): one prefill per turn, not a
+        # whole forward pass per token; other models rerun the growing context for each token
+        cached = supports(policy.model) and (not guided or supports(values.trunk))
+        if cached:
+            ids, attn = pad_tokens(prompts, pad, left=True)
+            pos = (attn.cumsum(-1) - 1).clamp(min=0)
+            decoders = [GPT2Decoder(policy.model)] + ([GPT2Decoder(values.trunk)] if guided else [])
+            last = [d.prefill(ids, attn, pos, max_new_tokens) for d in decoders]
+        for t in range(max_new_tokens):
+            if cached:
+                rows = torch.tensor(alive)
+                logits, h = last[0][rows], (last[1][rows] if guided else None)
+            else:
+                ids, attn = pad_tokens([prompts[i] + out[i] for i in alive], pad)
+                end = (torch.arange(len(alive)), attn.sum(-1) - 1)
+                logits = policy.model(input_ids=ids, attention_mask=attn).logits[end].float()
+                h = values.hidden(ids, attn)[end] if guided else None
+            for i, tok in zip(alive, pick(logits, h)):
                 out[i].append(tok)
             alive = [i for i in alive if out[i][-1] != eos]
-            if not alive:
+            if not alive or t == max_new_tokens - 1:
                 break
+            if cached:  # every row steps (finished rows' outputs are never read again)
+                pos = pos[:, -1:] + 1
+                tokens = torch.tensor([o[-1] for o in out])
+                last = [d.step(tokens, pos) for d in decoders]
         return [policy.decode(ids) for ids in out]
 
     return act

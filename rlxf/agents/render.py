@@ -34,22 +34,32 @@ def _render(tokenizer, messages: list[dict], generation: bool) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
 
 
+def _messages(observations: list[str], actions: list[str]) -> list[dict]:
+    """Observations as user turns and the actions between them as assistant turns."""
+    msgs = []
+    for t, obs in enumerate(observations):
+        msgs.append({"role": "user", "content": obs})
+        if t < len(actions):
+            msgs.append({"role": "assistant", "content": actions[t]})
+    return msgs
+
+
+def last_observation_text(tokenizer, observations: list[str], actions: list[str]) -> str:
+    """The template text of the last observation's segment: what the template writes after the content of
+    the action before it up to and including that turn's generation prompt (two renderings)."""
+    t = len(observations) - 1
+    before = _render(tokenizer, _messages(observations[:t], actions[:t]), False) if t else ""
+    upto = _render(tokenizer, _messages(observations, actions[:t]), True)
+    if not upto.startswith(before):
+        raise ValueError("the chat template renders a conversation's prefix differently inside the whole "
+                         "conversation; multi-turn rendering needs a prefix-stable template")
+    return upto[len(before):]
+
+
 def observation_texts(tokenizer, observations: list[str], actions: list[str]) -> list[str]:
     """The template text of each observation segment: segment ``t`` is what the template writes after
     action ``t-1``'s content up to and including the generation prompt of turn ``t``."""
-    msgs: list[dict] = []
-    out = []
-    for t, obs in enumerate(observations):
-        before = _render(tokenizer, msgs, False) if msgs else ""
-        msgs.append({"role": "user", "content": obs})
-        upto = _render(tokenizer, msgs, True)
-        if not upto.startswith(before):
-            raise ValueError("the chat template renders a conversation's prefix differently inside the whole "
-                             "conversation; multi-turn rendering needs a prefix-stable template")
-        out.append(upto[len(before):])
-        if t < len(actions):
-            msgs.append({"role": "assistant", "content": actions[t]})
-    return out
+    return [last_observation_text(tokenizer, observations[: t + 1], actions) for t in range(len(observations))]
 
 
 @dataclass
@@ -101,6 +111,34 @@ def context_ids(policy: LanguagePolicy, episode: TextEpisode) -> list[int]:
     return encode_episode(policy, episode, final_observation=True).ids
 
 
+class Contexts:
+    """:func:`context_ids` of running episodes, one turn longer on each call: each episode's ids are kept
+    and extended by its last action's ids and its new observation's segment, so a turn renders two
+    templates instead of the whole history (the ids are the same). Episodes must only grow between calls;
+    only the episodes of the latest call are kept."""
+
+    def __init__(self, policy: LanguagePolicy):
+        self.policy = policy
+        self.rows: dict[int, tuple[TextEpisode, int, list[int]]] = {}
+
+    def __call__(self, episodes: list[TextEpisode]) -> list[list[int]]:
+        rows, out = {}, []
+        for ep in episodes:
+            kept, n, ids = self.rows.get(id(ep), (None, 0, []))
+            if kept is not ep or n > len(ep):
+                ids = context_ids(self.policy, ep)
+            elif n < len(ep):
+                new = (ep.action_ids[n:] if ep.action_ids is not None
+                       else self.policy.encode_responses(ep.actions[n:]))
+                for t, act in enumerate(new, n):
+                    seg = last_observation_text(self.policy.tokenizer, ep.observations[: t + 2], ep.actions)
+                    ids = ids + act + self.policy.encode([seg])[0]
+            rows[id(ep)] = (ep, len(ep), ids)
+            out.append(ids)
+        self.rows = rows
+        return out
+
+
 def lm_actor(policy: LanguagePolicy, max_new_tokens: int = 16, temperature: float = 1.0,
              generator: torch.Generator | None = None, max_context: int | None = None) -> Actor:
     """An actor that samples each action from ``policy`` given the episode's text so far. The sampled ids
@@ -112,8 +150,10 @@ def lm_actor(policy: LanguagePolicy, max_new_tokens: int = 16, temperature: floa
         positions = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
         max_context = positions - max_new_tokens if positions else None
 
+    contexts = Contexts(policy)
+
     def act(envs: list[TextEnv], episodes: list[TextEpisode]) -> list[str]:
-        prompts = [context_ids(policy, ep) for ep in episodes]
+        prompts = contexts(episodes)
         if max_context is not None:
             prompts = [p[-max_context:] for p in prompts]
         with torch.no_grad():

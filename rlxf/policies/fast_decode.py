@@ -17,12 +17,13 @@ from torch import Tensor
 
 
 def supports(model) -> bool:
-    """True for a GPT-2 LM head model whose configuration this decoder reproduces exactly: in
-    eval mode, or in train mode when every dropout probability is zero."""
-    from transformers import GPT2LMHeadModel
+    """True for a GPT-2 LM head model (or a bare GPT-2 transformer, decoded to its last hidden states) whose
+    configuration this decoder reproduces exactly: in eval mode, or in train mode when every dropout
+    probability is zero."""
+    from transformers import GPT2LMHeadModel, GPT2Model
 
-    if type(model) is not GPT2LMHeadModel or getattr(model, "peft_config", None) is not None:  # LoRA layers: HF forward
-        return False
+    if type(model) not in (GPT2LMHeadModel, GPT2Model) or getattr(model, "peft_config", None) is not None:
+        return False  # LoRA layers or another architecture: the HF forward
     c = model.config
     no_dropout = not model.training or (c.resid_pdrop == 0 and c.embd_pdrop == 0 and c.attn_pdrop == 0)
     return (c.activation_function == "gelu_new" and not c.scale_attn_by_inverse_layer_idx
@@ -32,12 +33,14 @@ def supports(model) -> bool:
 
 class GPT2Decoder:
     """``prefill(ids, attn, positions, max_new)`` then ``step(tokens, positions)``; both return the
-    last position's logits, ``[B, vocab]`` (float32). ``score`` runs a whole batch in one pass,
-    with gradient when it is enabled."""
+    last position's logits, ``[B, vocab]`` (float32), or for a bare transformer (``GPT2Model``) its
+    last hidden states after the final layer norm, ``[B, n_embd]``. ``score`` runs a whole batch in one
+    pass, with gradient when it is enabled."""
 
     def __init__(self, model):
         self.model = model
-        t = model.transformer
+        self.hidden_only = not hasattr(model, "transformer")  # a bare GPT2Model: no LM head
+        t = model if self.hidden_only else model.transformer
         self.wte, self.wpe, self.blocks, self.ln_f = t.wte.weight, t.wpe.weight, t.h, t.ln_f
         c = model.config
         self.n_head, self.eps = c.n_head, c.layer_norm_epsilon
@@ -65,13 +68,14 @@ class GPT2Decoder:
         return x + torch.addmm(blk.mlp.c_proj.bias, h, blk.mlp.c_proj.weight).view(B, T, D)
 
     def _run(self, ids: Tensor, positions: Tensor, mask: Tensor, start: int, keep_from: int = -1) -> Tensor:
-        """Logits of positions ``keep_from`` onward (default: the last), ``[B, V]`` or ``[B, T', V]``."""
+        """Logits (or hidden states) of positions ``keep_from`` onward (default: the last), ``[B, V]`` or
+        ``[B, T', V]``."""
         x = self.wte[ids] + self.wpe[positions]
         for i in range(len(self.blocks)):
             x = self._block(i, x, mask, start)
         out = x[:, -1] if keep_from == -1 else x[:, keep_from:]
         out = F.layer_norm(out, (x.shape[-1],), self.ln_f.weight, self.ln_f.bias, self.eps)
-        return (out @ self.wte.T).float()
+        return out if self.hidden_only else (out @ self.wte.T).float()
 
     @staticmethod
     def _padded_causal_mask(attn: Tensor) -> Tensor:
