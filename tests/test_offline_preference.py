@@ -86,6 +86,12 @@ def test_packed_pair_scoring_equals_plain_scoring(kind):
     for a, b in zip(packed, plain):
         assert torch.equal(a.mask, b.mask) and torch.allclose(a.masked(), b.masked(), rtol=1e-6, atol=1e-9)
     assert (grads[0] - grads[1]).norm() <= 1e-6 * grads[1].norm()  # Llama keeps RoPE in float32
+    with torch.no_grad():  # the vocabulary log-probs too (evaluate_pairs' exact KL reads them)
+        _, packed_vocab = packed_pair_logps(model, 0, rows, full_vocab=True)
+        for k, got in zip((1, 2), packed_vocab):
+            want = response_logps(model, 0, [r[0] for r in rows], [r[k] for r in rows], full_vocab=True)[1]
+            mask = plain[k - 1].mask[..., None].bool()
+            assert torch.allclose((got * mask), (want * mask)[:, : got.shape[1]], rtol=1e-6, atol=1e-9)
 
 
 def test_fused_activations_same_outputs_and_restored():

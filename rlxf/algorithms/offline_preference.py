@@ -20,7 +20,7 @@ from rlxf.core.runs import Run
 from rlxf.core.steps import Steps
 from rlxf.objectives.preference import dpo_margin
 from rlxf.policies.language import LanguagePolicy
-from rlxf.policies.logprobs import Pair, chunks, fused_activations, pad_rows, pair_logps, reference_logps, score_pairs
+from rlxf.policies.logprobs import Pair, chunks, fused_activations, pad_rows, pair_logps, reference_logps
 
 
 def pair_sums(chosen: Steps, rejected: Steps, beta: float) -> dict[str, float]:
@@ -36,14 +36,15 @@ def evaluate_pairs(policy: LanguagePolicy, ref: LanguagePolicy, pairs: list[Pair
                    batch_size: int = 128) -> dict:
     """Held-out pair metrics: :func:`pair_sums` per pair, and the exact KL(pi || pi_ref) summed over
     the response positions (the per-position KL over the whole vocabulary), averaged over chosen
-    and rejected responses."""
+    and rejected responses. Each model scores a chunk's pairs in one packed forward pass where it
+    supports packing (:func:`rlxf.policies.logprobs.pair_logps`: each prompt computed once)."""
     was_training = policy.model.training
     policy.model.eval()
     totals = dict.fromkeys(("reward_accuracy", "reward_margin", "logps_chosen", "logps_rejected", "kl"), 0.0)
     pad = policy.tokenizer.pad_token_id
     for part in chunks(len(pairs), batch_size):
-        (chosen, rejected), (pv_w, pv_l) = score_pairs(policy.model, pad, pairs[part], full_vocab=True)
-        (ref_w, ref_l), (rv_w, rv_l) = score_pairs(ref.model, pad, pairs[part], full_vocab=True)
+        (chosen, rejected), (pv_w, pv_l) = pair_logps(policy.model, pad, pairs[part], full_vocab=True)
+        (ref_w, ref_l), (rv_w, rv_l) = pair_logps(ref.model, pad, pairs[part], full_vocab=True)
         chosen, rejected = chosen.replace(ref_logps=ref_w.logps), rejected.replace(ref_logps=ref_l.logps)
         for k, v in pair_sums(chosen, rejected, beta).items():
             totals[k] += v

@@ -181,8 +181,9 @@ def _pack(rows: list[Pair], hidden_size: int = 768) -> tuple[list[list[int]], in
     return best[1], best[2]
 
 
-def packed_pair_logps(model, pad_id: int, rows: list[Pair]) -> tuple[Steps, Steps]:
-    """Chosen and rejected log-probs of ``rows`` from one packed forward pass.
+def packed_pair_logps(model, pad_id: int, rows: list[Pair], full_vocab: bool = False):
+    """Chosen and rejected log-probs of ``rows`` from one packed forward pass (as :func:`score_pairs`:
+    with ``full_vocab`` also their vocabulary log-probs ``[pairs, steps, vocab]``).
 
     Each pair is one segment ``prompt, chosen, rejected`` with position ids restarting after the
     prompt for each response; a block mask lets every token see the earlier tokens of its own
@@ -223,12 +224,12 @@ def packed_pair_logps(model, pad_id: int, rows: list[Pair]) -> tuple[Steps, Step
     hidden = model.base_model(input_ids=ids.to(device), attention_mask=attn[:, None].to(device),
                               position_ids=pos.to(device), use_cache=False).last_hidden_state
     flat = hidden.reshape(-1, hidden.shape[-1])
-    out = []
+    out, vocab = [], []
     for w, t, m in zip(where, targets, masks):
-        logits = model.get_output_embeddings()(flat[w.to(device)]).float()
-        logps = F.log_softmax(logits, -1).gather(2, t.to(device)[..., None]).squeeze(-1)
-        out.append(Steps(logps=logps, mask=m.to(device)))
-    return out[0], out[1]
+        logp_all = F.log_softmax(model.get_output_embeddings()(flat[w.to(device)]).float(), -1)
+        out.append(Steps(logps=logp_all.gather(2, t.to(device)[..., None]).squeeze(-1), mask=m.to(device)))
+        vocab.append(logp_all)
+    return (out[0], out[1]) if not full_vocab else ((out[0], out[1]), (vocab[0], vocab[1]))
 
 
 _PACKING_OK: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -254,11 +255,12 @@ def packing_works(model, pad_id: int) -> bool:
     return _PACKING_OK[model]
 
 
-def pair_logps(model, pad_id: int, rows: list[Pair]) -> tuple[Steps, Steps]:
-    """``(chosen, rejected)`` log-probs of ``rows``: packed when the model supports it, else plain."""
+def pair_logps(model, pad_id: int, rows: list[Pair], full_vocab: bool = False):
+    """``(chosen, rejected)`` log-probs of ``rows`` (and with ``full_vocab`` their vocabulary log-probs,
+    as :func:`score_pairs`): packed when the model supports it, else plain."""
     if packing_works(model, pad_id):
-        return packed_pair_logps(model, pad_id, rows)
-    return score_pairs(model, pad_id, rows)
+        return packed_pair_logps(model, pad_id, rows, full_vocab)
+    return score_pairs(model, pad_id, rows, full_vocab)
 
 
 def logits_chunk_size(model, widest: int, batch_size: int, logits_budget: int = 2**28) -> int:
