@@ -35,8 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rlxf.algorithms.control.offline import _ZeroCritic
-from rlxf.algorithms.control.rollout import collect
+from rlxf.algorithms.control.rollout import ZeroCritic, collect
 from rlxf.algorithms.evaluate import mean_se, paired_gain
 from rlxf.policies.control import FlatParameters, make_policy, single_thread
 from rlxf.tasks.gym_envs import make_env
@@ -122,7 +121,7 @@ class VRPG:
         """``(g, B v)`` on one fresh trajectory sampled and differentiated at parameters ``at``."""
         here = self.theta.clone()
         self.theta.copy_(at)
-        ro, self.obs = collect(self.env, self.policy, _ZeroCritic(), self.obs, self.cfg.horizon, until_done=True)
+        ro, self.obs = collect(self.env, self.policy, ZeroCritic(), self.obs, self.cfg.horizon, until_done=True)
         n = ro.n_steps
         self.env_steps += n
         self.returns.append(float(ro.raw_rewards[0, :n].sum()))
@@ -195,7 +194,8 @@ def table(results: dict[str, dict[str, list[float]]]) -> str:
     > 1 is better whatever the sign of the returns) and its paired-by-seed gain over REINFORCE."""
     lines = [f"{'env':<12} " + " ".join(f"{m:>18}" for m in next(iter(results.values())))]
     for env, res in results.items():
-        lines.append(f"{env:<12} " + " ".join(f"{mean_se(v)[0]:>10.1f} +- {mean_se(v)[1]:<5.1f}" for v in res.values()))
+        cells = (mean_se(v) for v in res.values())
+        lines.append(f"{env:<12} " + " ".join(f"{mean:>10.1f} +- {se:<5.1f}" for mean, se in cells))
     gains = []
     for env, res in results.items():
         base = res.get("reinforce")

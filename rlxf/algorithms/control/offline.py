@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rlxf.algorithms.control.rollout import EpisodeRecorder, collect
+from rlxf.algorithms.control.rollout import EpisodeRecorder, ZeroCritic, collect
 from rlxf.algorithms.loop import OptimConfig, train
 from rlxf.core.runs import Run
 from rlxf.core.steps import Steps
@@ -43,11 +43,6 @@ class EpsilonGreedy(nn.Module):
         return torch.as_tensor(np.where(pick, rand, greedy)), torch.zeros(len(greedy))
 
 
-class _ZeroCritic:
-    def values(self, obs: Tensor) -> Tensor:
-        return torch.zeros(obs.shape[0])
-
-
 def record_dataset(policy, env_spec, n_episodes: int, eps=(0.0,), seed: int = 0,
                    max_episode_steps: int | None = None) -> TransitionDataset:
     """``n_episodes`` episodes of ``policy`` (epsilon-greedy with ``eps[i]`` in env copy ``i``).
@@ -60,7 +55,7 @@ def record_dataset(policy, env_spec, n_episodes: int, eps=(0.0,), seed: int = 0,
     recorder, episodes, obs = EpisodeRecorder(env.n_envs), [], env.reset()
     with single_thread():
         while len(episodes) < n_episodes:
-            ro, obs = collect(env, actor, _ZeroCritic(), obs, 64)
+            ro, obs = collect(env, actor, ZeroCritic(), obs, 64)
             episodes.extend(recorder.add(ro))
     env.close()
     name = env_spec if isinstance(env_spec, str) else env.name

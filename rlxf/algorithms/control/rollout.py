@@ -66,6 +66,13 @@ def _as_tensor(x: np.ndarray, discrete: bool | None = None) -> Tensor:
 
 
 @torch.no_grad()
+class ZeroCritic:
+    """A critic that values every state at 0, for :func:`collect` when no value estimate is needed."""
+
+    def values(self, obs: Tensor) -> Tensor:
+        return torch.zeros(obs.shape[0])
+
+
 def collect(env: VecEnv, policy, critic, obs: np.ndarray, n_steps: int,
             until_done: bool = False) -> tuple[Rollout, np.ndarray]:
     """Run ``n_steps`` vector steps from ``obs``; returns the rollout and the next observation.
