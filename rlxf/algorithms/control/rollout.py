@@ -65,7 +65,6 @@ def _as_tensor(x: np.ndarray, discrete: bool | None = None) -> Tensor:
     return t.float() if t.is_floating_point() else t
 
 
-@torch.no_grad()
 class ZeroCritic:
     """A critic that values every state at 0, for :func:`collect` when no value estimate is needed."""
 
@@ -73,6 +72,7 @@ class ZeroCritic:
         return torch.zeros(obs.shape[0])
 
 
+@torch.no_grad()
 def collect(env: VecEnv, policy, critic, obs: np.ndarray, n_steps: int,
             until_done: bool = False) -> tuple[Rollout, np.ndarray]:
     """Run ``n_steps`` vector steps from ``obs``; returns the rollout and the next observation.
