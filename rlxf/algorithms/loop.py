@@ -10,10 +10,14 @@ the batch is split, which is what makes gradient accumulation exact.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Literal
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -35,6 +39,11 @@ class OptimConfig:
     max_grad_norm: float = 1.0
     checkpoint_every: int = 50
     mixed_precision: bool = False  # bf16 autocast on CUDA; ignored on CPU
+    # the learning-rate multiplier over the steps: "cosine" (warm-up, cosine to 10%), "linear" (warm-up,
+    # linear to 0) or "refined" (from a first run's gradient norms: refined_schedule; no separate warm-up)
+    schedule: Literal["cosine", "linear", "refined"] = "cosine"
+    refine_from: str = ""  # "refined": the run directory whose metrics of this stage hold the first run's norms
+    refine_sigma: float = 0.1  # "refined": median-filter width as a fraction of the steps
 
 
 def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
@@ -47,6 +56,102 @@ def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return f
+
+
+def linear_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warm-up from 0 over ``warmup`` steps, then linear decay to 0 at ``total``."""
+
+    def f(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, 1.0 - (step - warmup) / max(1, total - warmup))
+
+    return f
+
+
+def median_filter(x: np.ndarray, width: int) -> np.ndarray:
+    """Running median of odd ``width`` over ``x``, the ends padded by reflection (numpy's "reflect":
+    the edge value itself is not repeated, so [a, b, c] pads to [.., c, b, a, b, c, b, a, ..])."""
+    if width % 2 != 1:
+        raise ValueError(f"median filter width must be odd, got {width}")
+    half = width // 2
+    padded = np.pad(np.asarray(x, dtype=np.float64), half, mode="reflect") if half and len(x) > 1 else \
+        np.pad(np.asarray(x, dtype=np.float64), half, mode="edge")
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, width), axis=1)
+
+
+def refined_schedule(grad_norms, sigma: float) -> np.ndarray:
+    """The learning-rate multipliers refined from a first run's per-step gradient norms g_1..g_T
+    (Defazio et al., "When, Why and How Much?"): smooth g with a median filter of width
+    2*floor(sigma*T/2)+1, set w_t = g_t^-2 and eta_t = w_t * sum_{p>t} w_p (so eta_T = 0), and
+    scale so the largest multiplier is 1: the peak learning rate is the configured base rate.
+    Constant norms give linear decay to 0 exactly."""
+    g = np.asarray(grad_norms, dtype=np.float64)
+    if g.ndim != 1 or len(g) < 2:
+        raise ValueError(f"refined_schedule needs at least 2 gradient norms, got shape {g.shape}")
+    if not np.all(np.isfinite(g)) or np.any(g <= 0):
+        raise ValueError("refined_schedule: gradient norms must be finite and positive")
+    if sigma < 0:
+        raise ValueError(f"refined_schedule: sigma must be >= 0, got {sigma}")
+    w = median_filter(g, 2 * math.floor(sigma * len(g) / 2) + 1) ** -2.0
+    after = np.concatenate([np.cumsum(w[::-1])[::-1][1:], [0.0]])  # sum_{p>t} w_p
+    eta = w * after
+    return eta / eta.max()
+
+
+def first_run_norms(run_dir: str | Path, stage: str) -> list[float]:
+    """The per-step ``grad_norm`` the loop logged for ``stage`` in the run directory ``run_dir``."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        from rlxf.core.config import ConfigError
+
+        raise ConfigError(f"refine_from: {path} does not exist (expected the metrics of a finished first run)")
+    rows = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            if row.get("stage") == stage and "grad_norm" in row:
+                rows[row["step"]] = row["grad_norm"]
+    return [rows[k] for k in sorted(rows)]
+
+
+def check_schedules(cfg: Any, prefix: str = "") -> None:
+    """Check the schedule settings of every :class:`OptimConfig` inside the config dataclass ``cfg``
+    (before any stage runs); the error names the setting, e.g. ``sft.optim.refine_from``."""
+    from rlxf.core.config import ConfigError
+
+    if isinstance(cfg, OptimConfig):
+        if cfg.schedule not in ("cosine", "linear", "refined"):
+            raise ConfigError(f"{prefix}schedule: expected 'cosine', 'linear' or 'refined', got {cfg.schedule!r}")
+        if cfg.refine_sigma < 0:
+            raise ConfigError(f"{prefix}refine_sigma must be >= 0, got {cfg.refine_sigma}")
+        if cfg.schedule == "refined" and not cfg.refine_from:
+            raise ConfigError(f"{prefix}schedule = 'refined' needs {prefix}refine_from: the run directory of a "
+                              f"first run of this stage, whose logged gradient norms it refines")
+        if cfg.schedule == "refined" and not (Path(cfg.refine_from) / "metrics.jsonl").is_file():
+            raise ConfigError(f"{prefix}refine_from: {cfg.refine_from} holds no metrics.jsonl (expected the run "
+                              f"directory of a first run of this stage)")
+        return
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        for f in dataclasses.fields(cfg):
+            check_schedules(getattr(cfg, f.name), f"{prefix}{f.name}.")
+
+
+def schedule_lambda(cfg: OptimConfig, stage: str) -> Callable[[int], float]:
+    """The learning-rate multiplier per step that ``cfg.schedule`` names ("cosine" is :func:`lr_lambda`)."""
+    from rlxf.core.config import ConfigError
+
+    check_schedules(cfg, f"stage {stage}: optim.")
+    if cfg.schedule == "cosine":
+        return lr_lambda(cfg.warmup_steps, cfg.steps)
+    if cfg.schedule == "linear":
+        return linear_lambda(cfg.warmup_steps, cfg.steps)
+    norms = first_run_norms(cfg.refine_from, stage)
+    if len(norms) != cfg.steps:
+        raise ConfigError(f"optim.refine_from: {cfg.refine_from}/metrics.jsonl has {len(norms)} gradient norms "
+                          f"of stage {stage}, but the refined run has optim.steps = {cfg.steps}; they must match")
+    eta = refined_schedule(norms, cfg.refine_sigma)
+    return lambda step: float(eta[min(step, len(eta) - 1)])
 
 
 def split_micro(batch: list, micro: int) -> list[list]:
@@ -148,7 +253,7 @@ def _optimise(run, stage, model, cfg, make_batch, loss_fn, quiet, on_resume, ext
         learner.shard_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=not fsdp)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule_lambda(cfg, stage))
     start = 0
     ckpt = run.load_checkpoint(stage, truncate=rank == 0)
     if ckpt is not None:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from rlxf.algorithms.batching import step_rng
+from rlxf.algorithms.loop import check_schedules
 from rlxf.core.config import load_config, to_toml
 from rlxf.core.config import ConfigError
 from rlxf.core.runs import Run
@@ -63,6 +64,7 @@ class StagedLab:
         scale = scale_of(cfg.run)
         if scale.problems():
             raise ConfigError("; ".join(scale.problems()))
+        check_schedules(cfg)
         self.validate()
         if scale.executor == "ray":  # a missing Ray or an unreachable cluster stops the run before it writes
             connect_ray(scale)
