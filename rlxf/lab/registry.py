@@ -23,6 +23,8 @@ LABS: dict[str, str] = {
     "search": "rlxf.lab.search:SearchLab",
     "critique": "rlxf.lab.critique:CritiqueLab",
     "agents": "rlxf.lab.agents:AgentsLab",
+    "meta": "rlxf.lab.meta:MetaLab",
+    "prompts": "rlxf.lab.prompts:PromptLab",
 }
 
 

@@ -129,16 +129,19 @@ def _repeat_levels(levels: dict[str, Tensor] | None, per: int) -> dict | None:
 
 
 def train_agents(drift: Drift, n_agents: int, cfg: InnerConfig, seed: int = 0, levels: dict[str, Tensor] | None = None,
-                 init_pairs: bool = False) -> dict[str, Tensor]:
+                 init_pairs: bool = False, init_groups: int = 1) -> dict[str, Tensor]:
     """Train ``n_agents`` agents for ``cfg.updates`` updates with ``drift``; returns ``final [P]`` (mean greedy
     eval return) and ``curve [updates, P]`` (mean return of the episodes each agent finished in each update,
     NaN where none did). ``levels``: per-agent env params (``[P]`` tensors). ``init_pairs``: agents ``i`` and
-    ``i + P/2`` start from the same weights (common random numbers for antithetic ES pairs)."""
+    ``i + P/2`` start from the same weights (common random numbers for antithetic ES pairs); ``init_groups = g``
+    generalises it: agents ``i``, ``i + P/g``, ... share weights (one seed index under ``g`` methods)."""
     with single_thread():
-        return _train(drift, n_agents, cfg, seed, levels, init_pairs)
+        return _train(drift, n_agents, cfg, seed, levels, 2 if init_pairs else init_groups)
 
 
-def _train(drift, P, cfg, seed, levels, init_pairs):
+def _train(drift, P, cfg, seed, levels, groups):
+    if P % groups:
+        raise ValueError(f"train_agents: {P} agents do not split into {groups} groups of equal size")
     gen = torch.Generator().manual_seed(seed)
     E, T = cfg.n_envs, cfg.n_steps
     kw = {} if cfg.max_steps is None else {"max_steps": cfg.max_steps}
@@ -146,10 +149,8 @@ def _train(drift, P, cfg, seed, levels, init_pairs):
     env = make_torch_env(cfg.env, P * E, seed=seed, **env_kw)
     d, A = env.obs_dim, env.n_actions
     actor, critic = BatchedMLP([d, cfg.hidden, cfg.hidden, A]), BatchedMLP([d, cfg.hidden, cfg.hidden, 1])
-    n_init = P // 2 if init_pairs else P
-    theta = torch.cat([actor.init(n_init, gen, 0.01), critic.init(n_init, gen, 1.0)], 1)
-    if init_pairs:
-        theta = torch.cat([theta, theta])
+    n_init = P // groups
+    theta = torch.cat([actor.init(n_init, gen, 0.01), critic.init(n_init, gen, 1.0)], 1).repeat(groups, 1)
     theta.requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=cfg.lr, eps=1e-5)
     split = actor.dim
