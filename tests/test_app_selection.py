@@ -49,7 +49,13 @@ def test_apohf_duels_best_so_far_against_most_optimistic_challenger():
     assert c.pair == (0, 1) and c.score == pytest.approx(0 + 1 * 2 - 2)  # ucb 2 beats response 2's 1
     # with nu = 0 the challenger is simply the runner-up by mean (response 2)
     assert choose_apohf(_items(1), [s], np.random.default_rng(0), nu=0.0).pair == (0, 2)
-    assert choose_apohf(_items(1), [s], np.random.default_rng(0), nu=3.0).score == pytest.approx(0 + 3 * 2 - 2)
+    # the bonus is sqrt(nu * variance): variance 4, nu = 9 gives 6
+    assert choose_apohf(_items(1), [s], np.random.default_rng(0), nu=9.0).score == pytest.approx(0 + 6 - 2)
+    # nu = -1: a random pair, every pair in time
+    pairs = {tuple(sorted(choose_apohf(_items(1), [s], np.random.default_rng(k), nu=-1.0).pair)) for k in range(40)}
+    assert pairs == {(0, 1), (0, 2), (1, 2)}
+    with pytest.raises(ValueError, match="nu"):
+        choose_apohf(_items(1), [s], np.random.default_rng(0), nu=-0.5)
 
 
 def test_randomized_compares_a_posterior_sample_with_the_greedy_choice_and_skips_certain_pairs():

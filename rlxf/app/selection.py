@@ -9,11 +9,12 @@ queue then asks uniformly: a warm start). Every rule here reads only those array
   response wins (the standard deviation over members of sigma(r_k(a) - r_k(b))), as
   in ensemble-based active reward learning (e.g. Christiano et al. 2017, PEBBLE).
 - ``apohf``: the dueling rule of APOHF (Lin et al. 2024, "Prompt Optimization with
-  Human Feedback"): arm 1 is the best-so-far response (highest mean score), arm 2
-  maximises mean + nu * uncertainty of its difference to arm 1. APOHF measures that
-  uncertainty with a gradient (NTK) norm of a small network; here the ensemble's standard
-  deviation of the difference stands in for it. Across items, the item whose challenger
-  has the largest optimistic margin over its incumbent is asked.
+  Human Feedback"), shared with the APOHF prompt loop (:mod:`rlxf.algorithms.dueling`):
+  arm 1 is the best-so-far response (highest mean score), arm 2 maximises
+  mean + sqrt(nu * variance of its difference to arm 1); nu = -1 asks a random pair.
+  APOHF measures that variance with the gradients of a small network; here the
+  ensemble's variance of the difference stands in for it. Across items, the item whose
+  challenger has the largest optimistic margin over its incumbent is asked.
 - ``randomized``: the rule of Wu & Sun 2024 ("Making RL with Preference-based Feedback
   Efficient via Randomization"): compare the choice of a *randomised* reward estimate (one
   ensemble member drawn at random, a posterior sample) with the choice of the previous
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rlxf.algorithms.dueling import duel_pair
 from rlxf.data.label_store import Assignment, Item, Labeler, LabelStore, Project, StoreError
 
 Scorer = Callable[[list[Item]], "list[np.ndarray] | None"]
@@ -71,15 +73,12 @@ def choose_disagreement(items: list[Item], scores: list[np.ndarray], rng: np.ran
 
 
 def choose_apohf(items: list[Item], scores: list[np.ndarray], rng: np.random.Generator, nu: float = 1.0) -> Choice:
+    """APOHF's duel (:func:`rlxf.algorithms.dueling.duel_pair`) within each item, with the ensemble
+    mean as utility and the ensemble variance of a difference as its uncertainty; the item with the
+    largest optimistic margin wins."""
     best = None
     for i, s in enumerate(scores):
-        mean = s.mean(axis=0)
-        x1 = int(np.argmax(mean + 1e-9 * rng.random(mean.shape)))
-        bonus = (s - s[:, [x1]]).std(axis=0)
-        ucb = mean + nu * bonus
-        ucb[x1] = -np.inf
-        x2 = int(np.argmax(ucb))
-        value = float(ucb[x2] - mean[x1])
+        x1, x2, value = duel_pair(s.mean(axis=0), lambda a, s=s: (s - s[:, [a]]).var(axis=0), nu, rng)
         if best is None or value > best.score:
             best = Choice(i, (x1, x2), value)
     return best
