@@ -167,6 +167,10 @@ def test_lab_runs_end_to_end_at_a_tiny_budget(tmp_path, method):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="first run (seed 0, 500 test problems): base 0.350, SFT 0.410, 1% graft 0.416 "
+                   "strict greedy accuracy; gain kept 1.100 +- 0.355 (delta-method SE), so f - 2 SE = 0.39 < 0.8: this "
+                   "seed's base already wrote the strict format on most problems, the SFT gain is small and its "
+                   "fraction too noisy to show 80%; ECE base 0.172, SFT 0.048, graft 0.195")
 def test_graft_of_one_percent_keeps_80_percent_of_the_sft_gain(tmp_path):
     """The claim (issue 22, item 5), pre-registered before its first run: on the arithmetic task, a
     tiny GPT-2 pre-trained on worked solutions half of which end ``answer = N``, SFT on 256 strict

@@ -150,9 +150,8 @@ def fine_tune(run: Run, cfg: GraftLab, base: LanguagePolicy, rows: list[dict], q
 
 
 def mask_objective(policy: LanguagePolicy, rows: list[dict], cfg: GraftLab):
-    """The mask's loss (batch ``i``'s mean response NLL on the fine-tuning rows, batches of 64 in a
-    seeded order) and its score (greedy strict accuracy on the first ``n_select`` fine-tuning problems
-    plus on the validation problems)."""
+    """The mask's loss: batch ``i``'s mean response NLL on the fine-tuning rows (batches of 64 in a
+    seeded order, the strict SFT loss whichever method fine-tuned)."""
     order = np.random.default_rng(cfg.seed).permutation(len(rows))
     prompts = policy.encode([r["prompt"] for r in rows])
     responses = policy.encode_responses([r["completion"] for r in rows])
@@ -165,12 +164,14 @@ def mask_objective(policy: LanguagePolicy, rows: list[dict], cfg: GraftLab):
     return loss_fn
 
 
-def run_lab(cfg: GraftLab, run_dir: str | Path = "runs/grafting", quiet: bool = True) -> dict:
-    """Pre-train, fine-tune, graft at each sparsity; returns the summary (``per_item`` holds the
-    per-problem records of ``test`` and ``held_out`` for paired statistics)."""
+def run_lab(cfg: GraftLab, run_dir: str | Path = "runs/grafting", quiet: bool = True,
+            base: LanguagePolicy | None = None) -> dict:
+    """Pre-train (unless ``base``, the same seed's pre-trained model, is given), fine-tune, graft at each
+    sparsity; returns the summary (``per_item`` holds the per-problem records of ``test`` and
+    ``held_out`` for paired statistics, ``base_policy`` the pre-trained model)."""
     sets = data(cfg)
     run = Run(run_dir, json.dumps(asdict(cfg), default=str), fresh=True)
-    base = pretrain_base(run, cfg, sets["pretrain"], quiet)
+    base = base if base is not None else pretrain_base(run, cfg, sets["pretrain"], quiet)
     ft = fine_tune(run, cfg, base, sets["finetune"], quiet)
     pre_p, ft_p = G.parameters_of(base.model), G.parameters_of(ft.model)
     work = ft.copy()
@@ -191,7 +192,8 @@ def run_lab(cfg: GraftLab, run_dir: str | Path = "runs/grafting", quiet: bool = 
     per_item = {split: {name: answer_records(m, sets[split], cfg.max_new_tokens) for name, m in models.items()}
                 for split in ("test", "held_out")}
     out = {"settings": asdict(cfg), "n_parameters": G.n_parameters(pre_p), "history": history,
-           "mask_sizes": {k: G.mask_size(m) for k, m in masks.items()}, "per_item": per_item, "masks": masks}
+           "mask_sizes": {k: G.mask_size(m) for k, m in masks.items()}, "per_item": per_item, "masks": masks,
+           "base_policy": base}
     for split, recs in per_item.items():
         out[split] = {name: summarise(r) for name, r in recs.items()}
         for name in masks:
@@ -238,34 +240,44 @@ def plot(results: list[dict], path: str | Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--method", choices=("sft", "dpo"), default="sft")
+    ap.add_argument("--methods", choices=("sft", "dpo"), nargs="+", default=["sft"],
+                    help="fine-tuning methods, each from the same pre-trained base; two: their masks' Jaccard overlap")
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.001, 0.005, 0.01])
     ap.add_argument("--epochs", type=int, default=5, help="mask-learning epochs (0: the highest-movement mask)")
     ap.add_argument("--run-dir", default="runs/grafting")
     ap.add_argument("--plot", default=None, help="write the gain-kept plot here (PNG)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    results = []
+    results: dict[str, list[dict]] = {m: [] for m in args.methods}
     for seed in args.seeds:
-        cfg = GraftLab(seed=seed, method=args.method, sparsities=tuple(args.sparsities),
-                       graft=G.GraftSettings(epochs=args.epochs, lr=1e7))
-        out = run_lab(cfg, Path(args.run_dir) / f"{args.method}-seed{seed}", quiet=args.quiet)
-        print(f"== seed {seed} ({args.method})\n{table(out)}", flush=True)
-        results.append(out)
-    for split in ("test", "held_out"):
-        for name in results[0]["mask_sizes"]:
-            m, se = mean_se([r[split][name]["gain_kept"] for r in results])
-            ece = mean_se([r[split][name]["ece"] for r in results])[0]
-            print(f"{split:9} {name:12} gain kept over seeds {m:.3f} +- {se:.3f}  mean ECE {ece:.3f}")
-        for name in ("base", "finetuned"):
-            print(f"{split:9} {name:12} mean accuracy {np.mean([r[split][name]['accuracy'] for r in results]):.3f}"
-                  f"  mean ECE {np.mean([r[split][name]['ece'] for r in results]):.3f}")
-    if args.plot:
-        plot(results, args.plot)
-        print(f"plot: {args.plot}")
+        base = None
+        for method in args.methods:
+            cfg = GraftLab(seed=seed, method=method, sparsities=tuple(args.sparsities),
+                           graft=G.GraftSettings(epochs=args.epochs, lr=1e7))
+            out = run_lab(cfg, Path(args.run_dir) / f"{method}-seed{seed}", quiet=args.quiet, base=base)
+            base = out["base_policy"]
+            print(f"== seed {seed} ({method})\n{table(out)}", flush=True)
+            results[method].append(out)
+        if len(args.methods) == 2:
+            a, b = (results[m][-1]["masks"] for m in args.methods)
+            print("mask Jaccard overlap " + " ".join(f"{k}: {G.jaccard(a[k], b[k]):.3f}" for k in a), flush=True)
+    for method, runs in results.items():
+        print(f"== {method}, {len(runs)} seed(s): mean +- SE over seeds")
+        for split in ("test", "held_out"):
+            for name in ("base", "finetuned", *runs[0]["mask_sizes"]):
+                acc = mean_se([r[split][name]["accuracy"] for r in runs])
+                ece = mean_se([r[split][name]["ece"] for r in runs])
+                kept = mean_se([r[split][name].get("gain_kept", math.nan) for r in runs])
+                print(f"{split:9} {name:12} accuracy {acc[0]:.3f} +- {acc[1]:.3f}  ECE {ece[0]:.3f} +- {ece[1]:.3f}"
+                      + (f"  gain kept {kept[0]:.3f} +- {kept[1]:.3f}" if name.startswith("graft") else ""))
+        if args.plot:
+            path = Path(args.plot)
+            path = path if len(results) == 1 else path.with_name(f"{path.stem}_{method}{path.suffix}")
+            plot(runs, path)
+            print(f"plot: {path}")
     return results
 
 
