@@ -191,6 +191,10 @@ def claim():
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "measured on its first run (seeds 100-105): z-score after 150 duels apohf 2.235 +- 0.203, random pairs "
+    "1.514 +- 0.258, linear bandit 2.374 +- 0.156; apohf minus random pairs +0.720, paired SE 0.452 (1.6 SE). "
+    "Not retuned."))
 def test_claim_apohf_beats_random_pairs(claim):
     """C3's toy check, pre-registered before its first run: 200 synthetic prompts (32-dim unit
     embeddings, hidden score from a fixed random tanh MLP), a Bradley-Terry person on the standardised
@@ -203,6 +207,9 @@ def test_claim_apohf_beats_random_pairs(claim):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "measured on its first run (seeds 100-105): apohf minus the linear dueling bandit after 150 duels "
+    "-0.140, paired SE 0.269 (-0.5 SE); the linear bandit leads at every checkpoint (10-150 duels). Not retuned."))
 def test_claim_apohf_beats_the_linear_dueling_bandit(claim):
     """As above, against the linear dueling bandit (linear utility, same rule): at least 2 paired SE."""
     gain, se = paired_gain(claim["apohf"][:, -1], claim["linear_bandit"][:, -1])

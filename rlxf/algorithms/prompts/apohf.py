@@ -245,9 +245,14 @@ class DuelRuns:
 
     def add(self, pairs: np.ndarray, y: np.ndarray) -> None:
         """Record one duel per run and refit every run's utility from its initial weights."""
-        self.first = np.concatenate([self.first, pairs[:, :1]], 1)
-        self.second = np.concatenate([self.second, pairs[:, 1:2]], 1)
-        self.y = np.concatenate([self.y, np.asarray(y, dtype=float).reshape(-1, 1)], 1)
+        self.set_duels(np.concatenate([self.first, pairs[:, :1]], 1), np.concatenate([self.second, pairs[:, 1:2]], 1),
+                       np.concatenate([self.y, np.asarray(y, dtype=float).reshape(-1, 1)], 1))
+
+    def set_duels(self, first: np.ndarray, second: np.ndarray, y: np.ndarray) -> None:
+        """Replace the duels (``[R, n]`` each) and refit every run's utility from its initial weights."""
+        if not first.shape == second.shape == y.shape or first.shape[0] != len(self.cfgs):
+            raise ValueError(f"duels must be [runs={len(self.cfgs)}, n] each; got {first.shape}, {second.shape}, {y.shape}")
+        self.first, self.second, self.y = first.astype(int), second.astype(int), y.astype(float)
         c = self.cfgs[0]
         self.params = fit_duels(self.init, self.x, self.first, self.second, self.y, c.steps, c.lr,
                                 c.lam / (self.n_duels + 50))
@@ -272,7 +277,7 @@ def run_duels(x: np.ndarray, oracle: Oracle, cfgs: Sequence[ApohfConfig], seeds:
     if progress:
         from tqdm import tqdm
 
-        steps = tqdm(steps, desc="duels", leave=False)
+        steps = tqdm(steps, desc="duels", leave=False, disable=None)  # off when not a terminal
     for t in steps:
         pairs = runs.next_pairs()
         runs.add(pairs, oracle(pairs[:, 0], pairs[:, 1]))
