@@ -28,7 +28,8 @@ def add_label_commands(subparsers) -> None:
     init.add_argument("--scale", type=float, nargs=2, default=[1, 5], metavar=("LOW", "HIGH"),
                       help="rating scale (rating projects)")
     init.add_argument("--max-critique-chars", type=int, default=4000)
-    init.add_argument("--nu", type=float, default=1.0, help="exploration weight of the apohf rule")
+    init.add_argument("--nu", type=float, default=1.0,
+                      help="exploration weight of the apohf rule: bonus sqrt(nu * variance); -1 asks random pairs")
     init.add_argument("--eps", type=float, default=0.0, help="uncertainty threshold of the randomized rule")
     init.add_argument("--seed", type=int, default=0)
 
@@ -37,6 +38,17 @@ def add_label_commands(subparsers) -> None:
 
     items = project(sub.add_parser("add-items", help="add items from a JSONL file (prompt + responses)"))
     items.add_argument("file")
+
+    prompts = project(sub.add_parser("add-prompts", help="make the project a prompt-optimisation project: each "
+                                     "question duels two candidate prompts, picked by APOHF (docs/prompts.md)"))
+    source = prompts.add_mutually_exclusive_group(required=True)
+    source.add_argument("file", nargs="?", help="candidates as JSONL: prompt, shown (the model's answers), embedding")
+    source.add_argument("--task", help="candidates from a built-in prompt task instead (e.g. kinds)")
+    prompts.add_argument("--n", type=int, default=20, help="with --task: how many random candidate prompts")
+    prompts.add_argument("--max-duels", type=int, default=150, help="stop asking after this many duels")
+    prompts.add_argument("--n-init", type=int, default=5, help="random duels before APOHF's rule starts")
+
+    project(sub.add_parser("best-prompt", help="the prompt APOHF reports from the duels answered so far"))
 
     serve = project(sub.add_parser("serve", help="start the web app"))
     serve.add_argument("--host", default="127.0.0.1")
@@ -76,6 +88,8 @@ def _dispatch(args) -> int:
         return 0
     if cmd == "serve":
         return _serve(args)
+    if cmd in ("add-prompts", "best-prompt"):
+        return _prompt_duels(args)
     if cmd == "export":
         path, n = proj.export_project(args.project, args.out, args.record)
         print(f"wrote {n} records to {path}")
@@ -103,12 +117,15 @@ def _serve(args) -> int:
     from rlxf.data.label_store import StoreError
 
     store, project = open_project(args.project)
+    from rlxf.app.prompt_duels import PromptDuels
+
+    duels = PromptDuels.of(args.project, project)
     scorer = None
     if args.reward_model:
         from rlxf.rewards.model import RewardModel
 
         scorer = reward_model_scorer([RewardModel.from_pretrained(d) for d in args.reward_model])
-    app = create_app(store, project, scorer)
+    app = create_app(store, project, scorer, duels)
     try:
         sock = listening_socket(args.host, args.port)
     except OSError as e:
@@ -121,6 +138,35 @@ def _serve(args) -> int:
     finally:
         sock.close()
         store.close()
+    return 0
+
+
+def _prompt_duels(args) -> int:
+    from rlxf.app import prompt_duels as pd
+    from rlxf.app.project import open_project
+
+    if args.label_command == "add-prompts":
+        if args.task:
+            from rlxf.lab.prompts import duel_candidates
+
+            candidates = duel_candidates(args.task, args.n, seed=0)
+        else:
+            candidates = pd.read_candidates(args.file)
+        path = pd.add_prompts(args.project, candidates, args.max_duels, args.n_init)
+        print(f"{len(candidates)} candidate prompts in {path}; each question is now a duel of two of them")
+        return 0
+    store, project = open_project(args.project)
+    try:
+        duels = pd.PromptDuels.of(args.project, project)
+        if duels is None:
+            raise pd.StoreError(f"{args.project} is not a prompt-duel project (run rlxf label add-prompts first)")
+        best = duels.reported(store, project)
+    finally:
+        store.close()
+    if best["prompt"] is None:
+        print("no duel answered yet")
+    else:
+        print(f"after {best['duels']} answered duels APOHF reports candidate {best['index']}: {best['prompt']!r}")
     return 0
 
 

@@ -104,19 +104,21 @@ def choose_randomized(items: list[Item], scores: list[np.ndarray], rng: np.rando
 class QueryQueue:
     """Hands each labeler their next assignment, picked by the project's selection rule.
 
-    A labeler's unfinished assignment is returned again (a reload does not skip it);
+    A labeler's unfinished assignment is returned again (a reload does not skip it). In a
+    prompt-duel project (``duels``) each question is a new item the APOHF loop makes;
     otherwise a fresh item is chosen among those the labeler never saw and that have
     fewer than ``overlap`` labelers, so no labeler is asked the same question twice.
     """
 
     def __init__(self, store: LabelStore, project: Project, scorer: Scorer | None = None,
-                 seed: int = 0, pool: int = 256):
+                 seed: int = 0, pool: int = 256, duels=None):
         rule = project.settings.get("selection", "uniform")
         if rule not in SELECTIONS:
             raise StoreError(f"selection {rule!r} is not one of {', '.join(SELECTIONS)}")
-        if rule != "uniform" and scorer is None:
+        if rule != "uniform" and scorer is None and duels is None:
             raise StoreError(f"selection {rule!r} needs reward models to score items (serve --reward-model DIR ...)")
         self.store, self.project, self.scorer, self.rule = store, project, scorer, rule
+        self.duels = duels  # a rlxf.app.prompt_duels.PromptDuels: it makes each question itself
         self.pool = pool
         self.rng = np.random.default_rng(seed)
         self._lock = threading.Lock()  # one choice at a time, so two labelers never race for the last slot
@@ -126,6 +128,9 @@ class QueryQueue:
             current = self.store.open_assignment(self.project, labeler)
             if current is not None:
                 return current
+            if self.duels is not None:
+                item = self.duels.next_item(self.store, self.project)
+                return None if item is None else self.store.assign(self.project, labeler, item, self._shown(item, (0, 1)))
             items = self.store.candidates(self.project, labeler, self.pool, self.rng)
             if not items:
                 return None

@@ -46,10 +46,11 @@ def _token(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def create_app(store: LabelStore, project: Project, scorer: Scorer | None = None) -> FastAPI:
-    """The app for one project of ``store``; ``scorer`` feeds the active selection rules."""
+def create_app(store: LabelStore, project: Project, scorer: Scorer | None = None, duels=None) -> FastAPI:
+    """The app for one project of ``store``; ``scorer`` feeds the active selection rules, ``duels``
+    (a :class:`rlxf.app.prompt_duels.PromptDuels`) makes a prompt-duel project's questions."""
     app = FastAPI(title=f"rlxf labels: {project.name}", docs_url=None, redoc_url=None, openapi_url=None)
-    queue = QueryQueue(store, project, scorer, seed=int(project.settings.get("seed", 0)))
+    queue = QueryQueue(store, project, scorer, seed=int(project.settings.get("seed", 0)), duels=duels)
     app.state.store, app.state.project, app.state.queue = store, project, queue
 
     @app.middleware("http")
@@ -135,6 +136,8 @@ def create_app(store: LabelStore, project: Project, scorer: Scorer | None = None
             out = project_stats(store.counts(project), labels, names, project.settings["overlap"])
             out["recent"] = [{"labeler": l.labeler, "item_id": l.item.id, "prompt": l.item.prompt,
                               "value": l.value} for l in labels[-10:][::-1]]
+            if duels is not None:  # the prompt APOHF reports now
+                out["best_prompt"] = duels.reported(store, project)
             return {"project": project.name, "kind": project.kind, "settings": project.settings, **out}
 
         return await run_in_threadpool(gather)

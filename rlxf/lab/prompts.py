@@ -113,6 +113,22 @@ def prompt_problem(task_name: str, seed: int, n_candidates: int) -> PromptProble
     return PromptProblem(task, seed, candidates, prompt_embeddings(task, candidates), task.hand_written)
 
 
+def duel_candidates(task_name: str, n: int, seed: int = 0, n_questions: int = 6) -> list[dict]:
+    """Candidates for a prompt-duel project in the feedback app (``rlxf label add-prompts --task``):
+    ``n`` random prompts, each with the frozen model's answers to the first ``n_questions`` eval
+    questions (what a labeler judges) and its embedding."""
+    from rlxf.tasks.prompt_tasks import answer
+
+    problem = prompt_problem(task_name, seed, n)
+    qs = problem.task.split("eval")[:n_questions]
+    out = []
+    for prompt, emb in zip(problem.candidates, problem.features):
+        said = answer(problem.task.tok, problem.task.model, [prompt] * len(qs), qs)
+        out.append({"prompt": prompt, "shown": "\n".join(f"{q.text} {a}" for q, a in zip(qs, said)),
+                    "embedding": [round(float(v), 6) for v in emb]})
+    return out
+
+
 # -- the baselines and APOHF ------------------------------------------------------------------------
 def random_search(problem: PromptProblem, budget: int, seed: int) -> list[str]:
     """Score random candidates (without repeats) on the eval split, one per query; the best so far is
