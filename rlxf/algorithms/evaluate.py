@@ -21,6 +21,15 @@ def paired_gain(x, baseline) -> tuple[float, float]:
     return mean_se(np.asarray(x, dtype=float) - np.asarray(baseline, dtype=float))
 
 
+def auroc(positive, negative) -> float:
+    """Area under the ROC curve: the probability that a random ``positive`` score exceeds a random
+    ``negative`` one, ties counting half (the Mann-Whitney U statistic over ``len(pos) * len(neg)``)."""
+    pos, neg = np.asarray(positive, dtype=float)[:, None], np.asarray(negative, dtype=float)[None, :]
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError("auroc needs at least one positive and one negative score")
+    return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
+
+
 def sampled_kl(policy_steps: Steps, ref_steps: Steps) -> torch.Tensor:
     """Per-sample estimate of KL(pi || pi_ref): sum_t log pi - log pi_ref over a response
     sampled from pi (unbiased; its mean over samples estimates the sequence KL), ``[batch]``."""

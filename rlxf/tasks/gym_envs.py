@@ -19,6 +19,10 @@ import numpy as np
 
 EnvSpec = str | Callable[[], gym.Env]
 
+# rlxf's own environments, made by id like the gymnasium ones
+if "rlxf/Reach2D-v0" not in gym.registry:  # two equally good, incompatible ways around an obstacle (reach2d.py)
+    gym.register(id="rlxf/Reach2D-v0", entry_point="rlxf.tasks.reach2d:Reach2D", max_episode_steps=40)
+
 
 class EnvError(ValueError):
     """An environment that cannot be made or that produced input the learner cannot use."""
