@@ -204,3 +204,48 @@ def test_marking_the_first_wrong_step_reaches_the_export(tmp_path, browser):
     assert (accepted.critique, accepted.verdict, accepted.first_wrong_step) == ("verdict: correct", "correct", None)
     fixes = read_records(export_project(directory, tmp_path / "fix.jsonl", record="correction")[0], kind="correction")
     assert [(f.prompt, f.corrected) for f in fixes] == [("2+3*4=", "3*4=12\n2+12=14")]
+
+
+def test_human_in_the_loop_prompt_optimisation(tmp_path, browser):
+    """A prompt-duel project: APOHF picks each duel of two candidate prompts (each shown with its
+    answers); a scripted labeler in Chromium presses 1 or 2 for the answers of higher quality; every
+    label reaches the loop as the right duel, and the reported prompt is the labeler's favourite."""
+    import re
+
+    import numpy as np
+    from selenium.webdriver.common.by import By
+
+    from rlxf.app.prompt_duels import PromptDuels, add_prompts
+
+    quality = [3, 1, 4, 0, 2, 5]  # candidate 5 is the labeler's favourite
+    rng = np.random.default_rng(0)
+    directory = tmp_path / "prompts"
+    owner = init_project(directory, "preference", selection="apohf", seed=0)
+    add_prompts(directory, [{"prompt": f"instruction {k}", "shown": f"answers of quality {q}",
+                             "embedding": rng.standard_normal(4).round(3).tolist()} for k, q in enumerate(quality)],
+                max_duels=8, n_init=3)
+    store, project = open_project(directory)
+    duels = PromptDuels.of(directory, project)
+    token = store.add_labeler(project, "ann")
+    shown = []
+    with serve_in_background(create_app(store, project, duels=duels)) as url:
+        browser.get(f"{url}/label#token={token}")
+        while True:
+            _wait(browser, lambda d: d.find_element(By.ID, "done").is_displayed() or _screen(d)[0])
+            if browser.find_element(By.ID, "done").is_displayed():
+                break
+            before = _screen(browser)
+            q = [int(re.search(r"quality (\d)", t).group(1)) for t in before[2]]
+            shown.append(q)
+            browser.find_element(By.TAG_NAME, "body").send_keys("1" if q[0] > q[1] else "2")
+            _wait(browser, lambda d: d.find_element(By.ID, "done").is_displayed() or _screen(d)[0] != before[0])
+        browser.get(f"{url}/project#token={owner}")
+        _wait(browser, lambda d: d.find_element(By.ID, "best-prompt").text == "instruction 5")
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(SHOTS / "prompt_duels_project.png"))
+    answered = duels.duels(store, project)
+    assert len(shown) == len(answered) == 8
+    for (i, j, y), q in zip(answered, shown):
+        assert {quality[i], quality[j]} == set(q) and y == float(quality[i] > quality[j])
+    assert duels.reported(store, project)["prompt"] == "instruction 5"
+    store.close()

@@ -39,6 +39,11 @@
     table("distribution", ["Answer", "Count"], Object.entries(s.distribution));
     table("recent", ["Labeler", "Item", "Prompt", "Answer"],
       s.recent.map((r) => [r.labeler, String(r.item_id), r.prompt, JSON.stringify(r.value)]));
+    if (s.best_prompt && s.best_prompt.prompt !== null) {  // a prompt-duel project: what APOHF reports
+      $("best-prompt-card").hidden = false;
+      $("best-prompt").textContent = s.best_prompt.prompt || "(empty prompt)";
+      $("best-prompt-note").textContent = `candidate ${s.best_prompt.index}, after ${s.best_prompt.duels} answered duels`;
+    }
     const box = $("export-buttons");
     if (!box.childElementCount) {
       for (const record of EXPORTS[s.kind]) {
