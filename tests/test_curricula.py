@@ -78,3 +78,64 @@ def test_alp_gmm_masters_more_toy_cubes_than_random():
         alp.append(run_toy(ALPGMMTeacher([0, 0], [1, 1], seed), ToyEnv(), 10_000))
     gain, se = paired_gain(alp, rnd)
     assert gain - 2 * se > 0, f"ALP-GMM {alp} vs random {rnd}: gain {gain:.1f} +- {se:.1f}"
+
+
+# -- the parameterised control task and PPO with a teacher ---------------------------------------------
+
+def test_parameterised_cartpole_takes_its_task():
+    from rlxf.tasks.gym_envs import EnvError, ParameterisedCartPole
+
+    lengths = {}
+    for half_length in (0.05, 1.5):
+        env = ParameterisedCartPole((half_length, 10.0))
+        obs, _ = env.reset(seed=3)
+        np.testing.assert_allclose(obs[4:], [(half_length - 0.05) / 1.45, (10 - 1) / 14], atol=1e-6)
+        n, done = 0, False
+        while not done:  # always push left: the pole falls over
+            obs, reward, terminated, truncated, _ = env.step(0)
+            n, done = n + 1, terminated or truncated
+        lengths[half_length] = n
+    assert lengths[0.05] < lengths[1.5]  # a short pole falls faster from the same start
+    with pytest.raises(EnvError, match="outside the box"):
+        ParameterisedCartPole((2.0, 10.0))
+
+
+def test_teacher_env_draws_each_episode_task_and_reports_its_return():
+    from rlxf.algorithms.curricula.control import TeacherEnv, task_env
+
+    class Scripted:
+        def __init__(self):
+            self.tasks, self.reports = [(0.05, 1.0), (1.5, 15.0)], []
+
+        def sample(self):
+            return np.array(self.tasks[len(self.reports) % 2])
+
+        def update(self, task, episode_return):
+            self.reports.append((tuple(task), episode_return))
+
+    teacher = Scripted()
+    env = TeacherEnv(task_env(), teacher)
+    for episode in range(2):
+        obs, _ = env.reset(seed=episode)
+        assert tuple(env.unwrapped.task) == teacher.tasks[episode]
+        n, done = 0, False
+        while not done:
+            obs, _, terminated, truncated, _ = env.step(episode % 2)
+            n, done = n + 1, terminated or truncated
+        assert teacher.reports[-1] == (teacher.tasks[episode], float(n))
+    assert len(teacher.reports) == 2
+
+
+@pytest.mark.slow
+def test_alp_gmm_beats_uniform_task_sampling_for_ppo_at_equal_steps():
+    """Pre-registered claim (issue 22, curricula): PPO (the control learner's defaults) trained for
+    15,000 environment steps on the parameterised CartPole with tasks from ALP-GMM (fit_rate 50,
+    k 2..5, 20% random) has a higher mean greedy return over the 5x5 test grid covering the whole task
+    box than with uniformly sampled tasks: the paired-by-seed gain is at least 2 standard errors above
+    0 over seeds 0, 1, 2. (Seeds 100 and 101 were used to choose the box and the budget: at 15,000
+    steps 163.6 vs 135.4 and 129.0 vs 59.9; at 10,000 steps no clear gap.)"""
+    from rlxf.algorithms.curricula.control import compare
+
+    res = compare((0, 1, 2), total_steps=15_000)
+    gain, se = paired_gain(res["score"]["alp_gmm"], res["score"]["uniform"])
+    assert gain - 2 * se > 0, f"ALP-GMM {res['score']['alp_gmm']} vs uniform {res['score']['uniform']}: {gain:.1f} +- {se:.1f}"

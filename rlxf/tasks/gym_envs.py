@@ -203,3 +203,48 @@ class VecEnv:
 def make_env(spec: EnvSpec, n_envs: int = 8, seed: int = 0, **kwargs) -> VecEnv:
     """A :class:`VecEnv`; ``kwargs`` as its constructor (normalisation, time limit, shared stats)."""
     return VecEnv(spec, n_envs=n_envs, seed=seed, **kwargs)
+
+
+class ParameterisedCartPole(gym.Env):
+    """CartPole-v1 with continuous task parameters, set per episode by :meth:`set_task`: the pole's
+    half-length (m; 0.5 in CartPole-v1) and the push force (N; 10). The observation is CartPole's four
+    numbers followed by the task parameters scaled to [0, 1] within ``low``/``high``, so one policy can
+    act on every task. A short pole falls fast and a weak push recovers slowly: together they span
+    tasks from easy to impossible."""
+
+    PARAMS = ("pole_half_length", "force")
+    LOW, HIGH = (0.05, 1.0), (1.5, 15.0)
+
+    def __init__(self, task=None, low=LOW, high=HIGH):
+        from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+
+        self.inner = CartPoleEnv()
+        self.low, self.high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+        inner = self.inner.observation_space
+        self.observation_space = gym.spaces.Box(np.concatenate([inner.low, np.zeros(2)]).astype(np.float32),
+                                                np.concatenate([inner.high, np.ones(2)]).astype(np.float32))
+        self.action_space = self.inner.action_space
+        self.set_task((self.low + self.high) / 2 if task is None else task)
+
+    def set_task(self, task) -> None:
+        """Use ``task`` = (pole half-length, force) from the next reset on; outside the box is an error."""
+        task = np.asarray(task, dtype=float)
+        if task.shape != (2,) or np.any(task < self.low - 1e-9) or np.any(task > self.high + 1e-9):
+            raise EnvError(f"ParameterisedCartPole: task {task.tolist()} is outside the box "
+                           f"{self.low.tolist()}..{self.high.tolist()} of {self.PARAMS}")
+        self.task = task
+
+    def _obs(self, obs: np.ndarray) -> np.ndarray:
+        scaled = (self.task - self.low) / (self.high - self.low)
+        return np.concatenate([obs, scaled]).astype(np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        c = self.inner
+        c.length, c.force_mag = float(self.task[0]), float(self.task[1])
+        c.polemass_length = c.masspole * c.length
+        obs, info = c.reset(seed=seed, options=options)
+        return self._obs(obs), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.inner.step(action)
+        return self._obs(obs), reward, terminated, truncated, info

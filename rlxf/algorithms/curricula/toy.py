@@ -52,3 +52,27 @@ def run_toy(teacher, env: ToyEnv, episodes: int, quiet: bool = True) -> float:
         task = teacher.sample()
         teacher.update(task, env.episode(task))
     return env.score()
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from rlxf.algorithms.curricula.alp_gmm import ALPGMMTeacher, UniformTeacher
+    from rlxf.algorithms.evaluate import mean_se, paired_gain
+
+    ap = argparse.ArgumentParser(description="ALP-GMM against uniform sampling on the toy environment")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--episodes", type=int, default=10_000)
+    args = ap.parse_args(argv)
+    scores = {"uniform": [], "alp_gmm": []}
+    for seed in args.seeds:
+        scores["uniform"].append(run_toy(UniformTeacher([0, 0], [1, 1], seed), ToyEnv(), args.episodes))
+        scores["alp_gmm"].append(run_toy(ALPGMMTeacher([0, 0], [1, 1], seed), ToyEnv(), args.episodes, quiet=False))
+    for name, s in scores.items():
+        print(f"{name}: % cubes mastered {mean_se(s)[0]:.1f} +- {mean_se(s)[1]:.1f} ({', '.join(map(str, s))})")
+    gain, se = paired_gain(scores["alp_gmm"], scores["uniform"])
+    print(f"alp_gmm - uniform (paired by seed): {gain:+.1f} +- {se:.1f}")
+
+
+if __name__ == "__main__":
+    main()
