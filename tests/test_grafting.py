@@ -157,13 +157,16 @@ def test_lab_problem_sets_are_truly_held_out():
 
 @pytest.mark.parametrize("method", ["sft", "dpo"])
 def test_lab_runs_end_to_end_at_a_tiny_budget(tmp_path, method):
-    from rlxf.lab.grafting import run_lab, table
+    from rlxf.lab.grafting import plot, run_lab, table
 
     out = run_lab(_tiny_lab(method=method, sparsities=(0.01,)), tmp_path / "run")
     assert out["mask_sizes"]["graft 1%"] <= G.budget({"x": torch.zeros(out["n_parameters"])}, 0.01)
     assert set(out["test"]) == {"base", "finetuned", "graft 1%"}
     assert all(len(r["correct"]) == 8 for r in out["per_item"]["held_out"].values())
     assert "graft 1%" in table(out)
+    if method == "sft":
+        plot([out, out], tmp_path / "kept.png")
+        assert (tmp_path / "kept.png").stat().st_size > 0
 
 
 @pytest.mark.slow

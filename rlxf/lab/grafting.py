@@ -20,14 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from rlxf.algorithms import grafting as G
-from rlxf.algorithms.evaluate import mean_se
+from rlxf.algorithms.evaluate import mean_se, paired_gain
 from rlxf.algorithms.loop import OptimConfig
 from rlxf.algorithms.offline_preference import train_pairs
 from rlxf.algorithms.sft import train_sft
@@ -54,6 +54,7 @@ class GraftLab:
     finetune: OptimConfig = field(default_factory=lambda: OptimConfig(steps=60, batch_size=32, lr=1e-3,
                                                                       checkpoint_every=10**6))
     dpo_beta: float = 0.1
+    dpo_lr: float = 1e-4  # DPO's learning rate in place of finetune.lr (seed 100: 3e-4 and 1e-3 collapse the policy)
     n_layer: int = 2
     n_embd: int = 64
     graft: G.GraftSettings = field(default_factory=lambda: G.GraftSettings(epochs=5, lr=1e7))
@@ -144,7 +145,7 @@ def fine_tune(run: Run, cfg: GraftLab, base: LanguagePolicy, rows: list[dict], q
     else:
         rejected = policy.encode_responses([r["completion"].replace("answer: ", ALT_ANSWER) for r in rows])
         train_pairs(run, "finetune", policy, base.reference(), list(zip(prompts, chosen, rejected)), dpo_loss,
-                    {"beta": cfg.dpo_beta}, cfg.finetune, cfg.seed, quiet)
+                    {"beta": cfg.dpo_beta}, replace(cfg.finetune, lr=cfg.dpo_lr), cfg.seed, quiet)
     policy.model.eval()
     return policy
 
@@ -199,23 +200,28 @@ def run_lab(cfg: GraftLab, run_dir: str | Path = "runs/grafting", quiet: bool = 
         for name in masks:
             f, se = gain_fraction(recs["base"]["correct"], recs["finetuned"]["correct"], recs[name]["correct"]) \
                 if recs["finetuned"]["correct"].mean() > recs["base"]["correct"].mean() else (math.nan, math.nan)
-            out[split][name].update(gain_kept=f, gain_kept_se=se)
+            d, d_se = paired_gain(recs[name]["correct"], recs["finetuned"]["correct"])
+            out[split][name].update(gain_kept=f, gain_kept_se=se, vs_finetuned=d, vs_finetuned_se=d_se)
     return out
 
 
 def table(out: dict) -> str:
     lines = [f"parameters: {out['n_parameters']}; mask sizes: {out['mask_sizes']}"]
     for split in ("test", "held_out"):
-        lines.append(f"\n{split}: {'model':12} {'accuracy':>15} {'lenient':>8} {'ECE':>6} {'conf':>6} {'gain kept':>15}")
+        lines.append(f"\n{split}: {'model':12} {'accuracy':>15} {'lenient':>8} {'ECE':>6} {'conf':>6} {'gain kept':>15} "
+                     f"{'- finetuned':>16}")
         for name, r in out[split].items():
             kept = f"{r['gain_kept']:.3f} +- {r['gain_kept_se']:.3f}" if "gain_kept" in r else ""
+            vs = f"{r['vs_finetuned']:+.3f} +- {r['vs_finetuned_se']:.3f}" if "vs_finetuned" in r else ""
             lines.append(f"{'':10}{name:12} {r['accuracy']:.3f} +- {r['accuracy_se']:.3f} {r['lenient']:8.3f} "
-                         f"{r['ece']:6.3f} {r['confidence']:6.3f} {kept:>15}")
+                         f"{r['ece']:6.3f} {r['confidence']:6.3f} {kept:>15} {vs:>16}")
     return "\n".join(lines)
 
 
 def plot(results: list[dict], path: str | Path) -> None:
-    """Gain kept (test and held-out type, mean over seeds) against the grafted fraction."""
+    """Left: the fine-tuned gain kept on test problems against the grafted fraction (mean +- SE over seeds,
+    or the delta-method SE for one seed). Right: strict accuracy on test and held-out-type problems of the
+    grafts, with the base and fine-tuned models as flat lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,18 +229,34 @@ def plot(results: list[dict], path: str | Path) -> None:
 
     names = list(results[0]["mask_sizes"])
     xs = [100 * s for s in results[0]["settings"]["sparsities"]]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for split, style in (("test", "o-"), ("held_out", "s--")):
-        ys = np.array([[r[split][n]["gain_kept"] for n in names] for r in results])
-        err = ys.std(0, ddof=1) / math.sqrt(len(ys)) if len(ys) > 1 else \
-            np.array([results[0][split][n]["gain_kept_se"] for n in names])
-        ax.errorbar(xs, ys.mean(0), yerr=err, fmt=style, capsize=3, label=split.replace("_", " "))
-    ax.axhline(0.8, color="grey", lw=0.8, ls=":")
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters grafted (%)")
-    ax.set_ylabel("fraction of fine-tuned gain kept")
-    ax.set_title(f"grafting, {results[0]['settings']['method'].upper()}, {len(results)} seed(s)")
-    ax.legend()
+
+    def mean_err(split, name, key):
+        ys = np.array([r[split][name][key] for r in results])
+        err = ys.std(ddof=1) / math.sqrt(len(ys)) if len(ys) > 1 else results[0][split][name].get(f"{key}_se", 0.0)
+        return ys.mean(), err
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    kept = [mean_err("test", n, "gain_kept") for n in names]
+    if all(np.isfinite(k[0]) for k in kept):
+        left.errorbar(xs, [k[0] for k in kept], yerr=[k[1] for k in kept], fmt="o-", capsize=3)
+    else:
+        left.text(0.5, 0.5, "no fine-tuned gain over the base\nin some seed", ha="center", transform=left.transAxes)
+    left.axhline(0.8, color="grey", lw=0.8, ls=":", label="80%")
+    left.axhline(1.0, color="black", lw=0.8, label="fine-tuned")
+    left.set(xscale="log", xlabel="parameters grafted (%)", ylabel="fraction of the fine-tuned gain kept",
+             title="test problems")
+    left.legend()
+    for split, color in (("test", "C0"), ("held_out", "C1")):
+        acc = [mean_err(split, n, "accuracy") for n in names]
+        right.errorbar(xs, [a[0] for a in acc], yerr=[a[1] for a in acc], fmt="o-", color=color, capsize=3,
+                       label=f"graft, {split.replace('_', ' ')}")
+        right.axhline(mean_err(split, "base", "accuracy")[0], color=color, ls=":", lw=1, label=f"base, {split}")
+        right.axhline(mean_err(split, "finetuned", "accuracy")[0], color=color, ls="--", lw=1,
+                      label=f"fine-tuned, {split}")
+    right.set(xscale="log", xlabel="parameters grafted (%)", ylabel="strict accuracy (greedy)",
+              title="test and held-out type")
+    right.legend(fontsize=7)
+    fig.suptitle(f"grafting after {results[0]['settings']['method'].upper()}, {len(results)} seed(s)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -271,8 +293,10 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
                 acc = mean_se([r[split][name]["accuracy"] for r in runs])
                 ece = mean_se([r[split][name]["ece"] for r in runs])
                 kept = mean_se([r[split][name].get("gain_kept", math.nan) for r in runs])
+                vs = mean_se([r[split][name].get("vs_finetuned", math.nan) for r in runs])
                 print(f"{split:9} {name:12} accuracy {acc[0]:.3f} +- {acc[1]:.3f}  ECE {ece[0]:.3f} +- {ece[1]:.3f}"
-                      + (f"  gain kept {kept[0]:.3f} +- {kept[1]:.3f}" if name.startswith("graft") else ""))
+                      + (f"  gain kept {kept[0]:.3f} +- {kept[1]:.3f}  - finetuned {vs[0]:+.3f} +- {vs[1]:.3f}"
+                         if name.startswith("graft") else ""))
         if args.plot:
             path = Path(args.plot)
             path = path if len(results) == 1 else path.with_name(f"{path.stem}_{method}{path.suffix}")
