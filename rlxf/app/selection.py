@@ -20,6 +20,9 @@ queue then asks uniformly: a warm start). Every rule here reads only those array
   ensemble member drawn at random, a posterior sample) with the choice of the previous
   greedy estimate (the ensemble mean), and ask only when that pair is uncertain enough
   (std of the difference >= ``eps``); otherwise skip the query.
+- ``learned``: a learned query policy (``rlxf.policies.query.LearnedRule``; Zhang, Jain & Jamieson 2020,
+  "Learning to Actively Learn") scores every (item, pair) from the pair's ensemble features
+  (``pair_features`` of the members' ``P_k(a beats b)``), and the highest-scoring one is asked.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ import numpy as np
 
 from rlxf.algorithms.dueling import duel_pair
 from rlxf.data.label_store import Assignment, Item, Labeler, LabelStore, Project, StoreError
+from rlxf.policies.query import pair_features
 
 Scorer = Callable[[list[Item]], "list[np.ndarray] | None"]
-SELECTIONS = ("uniform", "disagreement", "apohf", "randomized")
+SELECTIONS = ("uniform", "disagreement", "apohf", "randomized", "learned")
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,18 @@ def choose_randomized(items: list[Item], scores: list[np.ndarray], rng: np.rando
     return None
 
 
+def choose_learned(items: list[Item], scores: list[np.ndarray], rule) -> Choice:
+    """The (item, pair) that the learned ``rule`` (a ``LearnedRule``) scores highest."""
+    owners, feats = [], []
+    for i, s in enumerate(scores):
+        a, b = np.triu_indices(s.shape[1], k=1)
+        feats.append(pair_features(_sigmoid(s[:, a] - s[:, b])))
+        owners += [(i, int(x), int(y)) for x, y in zip(a, b)]
+    logits = rule.scores(np.concatenate(feats))
+    j = int(np.argmax(logits))
+    return Choice(owners[j][0], owners[j][1:], float(logits[j]))
+
+
 class QueryQueue:
     """Hands each labeler their next assignment, picked by the project's selection rule.
 
@@ -111,13 +127,17 @@ class QueryQueue:
     """
 
     def __init__(self, store: LabelStore, project: Project, scorer: Scorer | None = None,
-                 seed: int = 0, pool: int = 256, duels=None):
+                 seed: int = 0, pool: int = 256, duels=None, learned=None):
         rule = project.settings.get("selection", "uniform")
         if rule not in SELECTIONS:
             raise StoreError(f"selection {rule!r} is not one of {', '.join(SELECTIONS)}")
         if rule != "uniform" and scorer is None and duels is None:
             raise StoreError(f"selection {rule!r} needs reward models to score items (serve --reward-model DIR ...)")
+        if rule == "learned" and learned is None:
+            raise StoreError("selection 'learned' needs a learned query rule: QueryQueue(..., learned="
+                             "rlxf.policies.query.LearnedRule(policy))")
         self.store, self.project, self.scorer, self.rule = store, project, scorer, rule
+        self.learned = learned  # a LearnedRule, for selection "learned"
         self.duels = duels  # a rlxf.app.prompt_duels.PromptDuels: it makes each question itself
         self.pool = pool
         self.rng = np.random.default_rng(seed)
@@ -147,6 +167,8 @@ class QueryQueue:
         scores = [np.asarray(s, dtype=float) for s in scores]
         if self.rule == "disagreement":
             return choose_disagreement(items, scores, self.rng)
+        if self.rule == "learned":
+            return choose_learned(items, scores, self.learned)
         if self.rule == "apohf":
             return choose_apohf(items, scores, self.rng, float(self.project.settings.get("nu", 1.0)))
         return choose_randomized(items, scores, self.rng, float(self.project.settings.get("eps", 0.0)))

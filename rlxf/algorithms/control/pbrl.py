@@ -8,7 +8,9 @@ an older policy, ask only when the pair's feature difference is uncertain,
 ``||phi_a - phi_b||_{Sigma^-1} >= eps`` (``Sigma`` the ridge design matrix of asked differences), and
 let the agent optimise one randomly drawn ensemble member per round (a posterior sample standing in
 for the paper's Gaussian perturbation of the MLE; phi are member 0's last-layer features, the
-neural-linear reading of the paper's linear features).
+neural-linear reading of the paper's linear features). With ``selection = "learned"`` a learned query policy
+(``rlxf.policies.query.LearnedRule``, "Learning to Actively Learn") picks the pairs from their ensemble
+features (``pair_features``) and is told each answer.
 
 Segments are windows of ``segment_len`` steps; one that runs past its episode's termination is
 padded with zero-reward steps (mask 0), so in CartPole, where every real step earns 1, comparing
@@ -27,9 +29,10 @@ from rlxf.algorithms.control.ppo import PPO, PPOConfig, single_thread
 from rlxf.algorithms.control.rollout import EpisodeRecorder, Rollout
 from rlxf.data.transitions import Episode
 from rlxf.labelers.simulated import BradleyTerryLabeler
+from rlxf.policies.query import pair_features
 from rlxf.rewards.segments import SegmentRewardEnsemble, Segments, sample_segments
 
-SELECTIONS = ("uniform", "disagreement", "randomized")
+SELECTIONS = ("uniform", "disagreement", "randomized", "learned")
 
 
 @dataclass
@@ -43,7 +46,7 @@ class PbRLConfig:
     schedule: str = "constant"  # constant | hyperbolic: round k asks queries_per_round / (1 + k / 2)
     query_every: int = 5  # PPO iterations between query rounds
     segment_len: int = 50
-    selection: str = "disagreement"  # uniform | disagreement | randomized
+    selection: str = "disagreement"  # uniform | disagreement | randomized | learned (PbRL(..., learned=rule))
     candidate_factor: int = 5  # candidate pairs per query to choose from
     threshold: float = 0.05  # randomized rule: minimum ||dphi||_{Sigma^-1} to ask
     ridge: float = 1.0  # randomized rule: Sigma starts as ridge * I
@@ -97,8 +100,11 @@ class PbRL:
     """The loop: PPO collects experience, query rounds label segment pairs, the ensemble is refit,
     and PPO's rewards are the ensemble's (never the env's, which only the labeler sees)."""
 
-    def __init__(self, cfg: PbRLConfig, env_spec=None):
-        self.cfg = cfg
+    def __init__(self, cfg: PbRLConfig, env_spec=None, learned=None):
+        if cfg.selection == "learned" and learned is None:
+            raise ValueError("pbrl.selection 'learned' needs a learned query rule: PbRL(cfg, env, "
+                             "learned=rlxf.policies.query.LearnedRule(policy))")
+        self.cfg, self.learned = cfg, learned
         self.ppo = PPO(cfg.ppo, env_spec)
         env = self.ppo.env
         self.ensemble = SegmentRewardEnsemble(env.obs_dim, env.action_dim, env.discrete, cfg.n_members, cfg.rm_hidden,
@@ -137,6 +143,9 @@ class PbRL:
             idx = torch.arange(n)
         elif self.cfg.selection == "disagreement":
             idx = select_disagreement(self.ensemble, a, b, n)
+        elif self.cfg.selection == "learned":
+            feats = self.pair_features(a, b)
+            idx = torch.as_tensor(self.learned.choose(feats, n), dtype=torch.long)
         else:
             idx = self.selector.select(self.ensemble.segment_features(a) - self.ensemble.segment_features(b), n)
         if idx.numel() == 0:
@@ -146,6 +155,9 @@ class PbRL:
             dphi = self.ensemble.segment_features(a) - self.ensemble.segment_features(b)
             self.selector.sigma += dphi.T @ dphi
         prefers = self.labeler.prefers_first(a.gold_returns().numpy(), b.gold_returns().numpy())
+        if self.cfg.selection == "learned" and trained:
+            for f, answer in zip(feats[idx.numpy()], np.asarray(prefers)):
+                self.learned.observe(f, float(answer))
         self.first.append(a)
         self.second.append(b)
         self.labels.append(torch.as_tensor(np.asarray(prefers, dtype=np.float32)))
@@ -155,6 +167,10 @@ class PbRL:
         if self.cfg.selection == "randomized":
             self.member = int(torch.randint(0, len(self.ensemble), (1,), generator=self.gen))
         return len(idx)
+
+    def pair_features(self, a: Segments, b: Segments) -> np.ndarray:
+        """The learned rule's candidate features, ``[B, 3]``, from each member's ``P(a > b)``."""
+        return pair_features(torch.sigmoid(self.ensemble.segment_returns(a) - self.ensemble.segment_returns(b)).numpy())
 
     def round_size(self, k: int) -> int:
         """Queries asked in the ``k``-th round after the first (before the budget cap)."""
