@@ -23,7 +23,7 @@ robust policies and prints each one's held-out and per-class worst-case errors a
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,8 @@ from rlxf.policies.control import single_thread
 from rlxf.policies.query import QueryPolicy
 
 PRIORS = ("uniform", "robust")
+# a uniform-prior policy trained by ``python -m rlxf.algorithms.active.learn_to_ask --save PATH`` (its config inside)
+SHIPPED = Path(__file__).with_name("threshold_policy.pt")
 
 
 @dataclass
@@ -199,6 +201,19 @@ def train_query_policy(cfg: ActiveConfig, best=None, progress: bool = False, log
     return policy
 
 
+def save_query_policy(policy: QueryPolicy, cfg: ActiveConfig, path: str | Path) -> None:
+    torch.save({"config": asdict(cfg), "state": policy.state_dict()}, path)
+
+
+def load_query_policy(path: str | Path = SHIPPED) -> tuple[QueryPolicy, ActiveConfig]:
+    """A saved threshold-toy policy and the config it was trained with."""
+    blob = torch.load(path, weights_only=True)
+    cfg = ActiveConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in blob["config"].items()})
+    policy = make_query_policy(cfg)
+    policy.load_state_dict(blob["state"])
+    return policy, cfg
+
+
 @torch.no_grad()
 def policy_guess(policy: QueryPolicy, problems: Problems) -> tuple[Tensor, Tensor]:
     """Greedy queries and the final guess (the guess head's mode): ``(asked [B, T], guess [B])``."""
@@ -228,7 +243,13 @@ def main(argv=None) -> int:
     ap.add_argument("--iterations", type=int, default=600)
     ap.add_argument("--held-out", type=int, default=1000, help="held-out problems for the paired comparison")
     ap.add_argument("--plot", default=None, help="save per-class worst-case errors as a bar chart (PNG)")
+    ap.add_argument("--save", default=None, help="only train the uniform-prior policy and save it to this file")
     args = ap.parse_args(argv)
+    if args.save:
+        cfg = ActiveConfig(iterations=args.iterations, seed=args.seed)
+        save_query_policy(train_query_policy(cfg, progress=True), cfg, args.save)
+        print(f"saved {args.save}")
+        return 0
     base = ActiveConfig(iterations=args.iterations, seed=args.seed)
     print(f"training per-class references ({len(base.noise_levels)} classes) ...")
     best = []
