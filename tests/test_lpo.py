@@ -123,6 +123,9 @@ def test_level_params_reach_each_agents_envs():
 
 # -- pre-registered claims ---------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured 2026-12-07 (first run, busy 2-core machine): ES drift - start "
+                   "+4.0 +- 30.1 paired SE over 32 agents (start mean 293.6): far inside the noise; 20 generations of "
+                   "8 pairs barely move phi against per-agent return noise of ~170")
 def test_es_improves_the_meta_objective_over_its_starting_drift():
     """Pre-registered (committed before its first run). ES (8 antithetic pairs, 20 generations, sigma 0.03,
     Adam lr 0.02, seed 0) from the distilled PPO clip, on default CartPole with a short lifetime (10 updates
@@ -153,3 +156,22 @@ def test_shipped_lpo_drift_no_worse_than_ppo_clip_on_held_out_acrobot():
     gain, se = paired_gain(out[:per].numpy(), out[per:].numpy())
     print(f"Acrobot: LPO {out[:per].mean():.1f}, clip {out[per:].mean():.1f}, LPO - clip {gain:+.1f} +- {se:.1f}")
     assert gain > -2 * se
+
+
+@pytest.mark.slow
+def test_shipped_lpo_drift_beats_its_starting_drift_on_fresh_training_levels():
+    """Pre-registered (committed before its first run, after the small ES test above failed; that test is
+    unchanged). The full ES run that made the shipped LPO drift (60 generations of 16 pairs from the
+    distilled clip, seed 0) against its starting point, distil_clip(seed=0), on the meta-objective it
+    was trained for: 96 fresh CartPole levels from the training distribution (seed 4242), one agent per
+    level and drift with the same initial weights (seed 99), 30 updates. Claim: the mean final greedy return
+    is higher under the shipped drift by at least 2 paired standard errors over the 96 levels."""
+    from rlxf.algorithms.control.lpo_meta import sample_levels
+    n = 96
+    levels = sample_levels(n, torch.Generator().manual_seed(4242))
+    start = NeuralDrift(distil_clip(32, False, seed=0), 32)
+    out = train_agents(grouped([load_drift("lpo"), start], n), 2 * n, InnerConfig(), seed=99,
+                       levels={k: torch.cat([v, v]) for k, v in levels.items()}, init_pairs=True)["final"]
+    gain, se = paired_gain(out[:n].numpy(), out[n:].numpy())
+    print(f"fresh levels: shipped LPO {out[:n].mean():.1f}, start {out[n:].mean():.1f}, gain {gain:+.1f} +- {se:.1f}")
+    assert gain >= 2 * se
