@@ -131,6 +131,12 @@ def test_refined_schedule_beats_linear_and_cosine_on_the_sft_stage(schedule_resu
 
 @pytest.mark.slow
 @pytest.mark.long
+@pytest.mark.xfail(strict=True, reason=(
+    "measured (seeds 0-2, the quickstart's 200 steps): held-out expected BT loss refined 0.6472 +- 0.0033, "
+    "linear 0.5339 +- 0.0063, cosine 0.5344 +- 0.0071; refined - linear +0.1133 +- 0.0031, refined - cosine "
+    "+0.1128 +- 0.0037 (paired by seed): refined is worse. In the linear run the reward model's gradient "
+    "norms rise about fivefold (median 0.21 over its 20 warm-up steps, about 1.0 after), so w = g^-2 puts "
+    "the schedule into the first steps: only 13 of 200 steps keep more than 10% of the peak rate"))
 def test_refined_schedule_beats_linear_and_cosine_on_the_reward_model_stage(schedule_results):
     """Pre-registered claim (issue 22): on the quickstart's reward-model stage (its settings and 200
     steps, from the seed's linear-schedule SFT model and comparisons), the refined schedule reaches a
