@@ -127,6 +127,9 @@ def test_teacher_env_draws_each_episode_task_and_reports_its_return():
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "measured (seeds 0, 1, 2; 15,000 steps): mean test-grid return ALP-GMM 156.2, 146.5, 149.5 vs uniform "
+    "74.0, 125.9, 146.6; paired gain +35.2 +- 24.1, ahead on every seed but short of 2 SE"))
 def test_alp_gmm_beats_uniform_task_sampling_for_ppo_at_equal_steps():
     """Pre-registered claim (issue 22, curricula): PPO (the control learner's defaults) trained for
     15,000 environment steps on the parameterised CartPole with tasks from ALP-GMM (fit_rate 50,
