@@ -97,8 +97,9 @@ def prompt_embeddings(task, prompts: list[str]) -> np.ndarray:
     for i, r in enumerate(rows):
         ids[i, width - len(r):] = torch.tensor(r)
     mask = (ids != tok.pad_token_id).long()
+    pos = torch.arange(width).expand(len(rows), -1)  # fixed positions, as the task's model reads its inputs
     with torch.no_grad():
-        hidden = model.transformer(ids, attention_mask=mask).last_hidden_state
+        hidden = model.transformer(ids, attention_mask=mask, position_ids=pos).last_hidden_state
     pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
     return torch.nn.functional.normalize(pooled, dim=-1).double().numpy()
 
