@@ -15,7 +15,7 @@ def task():
     return pt.prompt_task()
 
 
-BEST = pt.join(["digit", "know", "sign", "add"])
+BEST = pt.join(["digit", "know", "sign", "add", "scale"])
 
 
 def test_rule_by_hand():
@@ -23,32 +23,45 @@ def test_rule_by_hand():
     assert pt.rule_answer([], "tell", 3) == "unknown" and pt.rule_answer([], "prev", 0) == "1"
     assert pt.rule_answer(["sign"], "prev", 0) == "9" and pt.rule_answer(["sign", "fast"], "prev", 0) == "1"
     assert pt.rule_answer(["add", "fast"], "next", 9) == "9" and pt.rule_answer(["steps", "fast"], "next", 9) == "0"
-    assert pt.rule_answer(["steps"], "same", 4) == "5" and pt.rule_answer(["words"], "same", 4) == "maybe"
+    assert pt.rule_answer(["steps"], "same", 4) == "5" and pt.rule_answer(["work"], "same", 4) == "maybe"
+    assert pt.rule_answer(["scale"], "twice", 7) == "4" and pt.rule_answer(["know", "short"], "tell", 7) == "unknown"
+    assert pt.error_type("twice", 7, "7") == "scale"
     assert pt.error_type("prev", 0, "1") == "sign" and pt.error_type("next", 4, "4") == "arith"
     assert pt.error_type("say", 4, "maybe") == "format" and pt.error_type("tell", 4, "unknown") == "refusal"
     assert pt.error_type("next", 4, "5") is None
     assert pt.fragments_of("be helpful . reply  fast . nonsense") == ["helpful", "fast"]
 
 
-def test_score_is_the_metric_on_hand_checked_cases(task):
-    """The empty prompt gets exactly the 'same' questions right, the four fixes all, the trap 4 kinds."""
-    qs = task.split("test")
-    kinds = Counter(q.kind for q in qs)
-    want = {"": kinds["same"] / 500, BEST: 1.0,
-            pt.join(["fast"]): (kinds["same"] + kinds["say"] + kinds["echo"] + kinds["tell"]) / 500,
-            task.hand_written: (kinds["same"] + kinds["say"] + kinds["echo"]) / 500,
-            pt.join(["words"]): 0.0}
+def _hand_cases(task):
+    kinds = Counter(q.kind for q in task.split("test"))
+    zero = sum(q.kind == "twice" and q.x == 0 for q in task.split("test"))  # 2 * 0 = 0: right by accident
+    return {"": (kinds["same"] + zero) / 500, BEST: 1.0,
+            pt.join(["fast"]): (kinds["same"] + kinds["say"] + kinds["echo"] + kinds["tell"] + zero) / 500,
+            task.hand_written: (kinds["same"] + kinds["say"] + kinds["echo"] + zero) / 500,
+            pt.join(["words"]): zero / 500}
+
+
+def test_score_is_the_metric_on_hand_checked_cases():
+    """With the rule as the model: the empty prompt gets exactly the 'same' questions right, the five
+    fixes all, the trap 4 kinds, the hand-written prompt 3, 'words' none (plus, but for the five fixes,
+    the 'twice' questions with x = 0, whose wrong answer x is right)."""
+    task = pt.PromptTask(respond=pt.rule_respond)
+    want = _hand_cases(task)
+    assert task.score(list(want), "test").tolist() == pytest.approx(list(want.values()), abs=1e-12)
+
+
+def test_trained_model_follows_the_rule(task):
+    """The frozen model is close to the rule (not exact: it gets a few digit cells wrong) and
+    fragments change its score in the rule's order."""
+    want = _hand_cases(task)
     got = task.score(list(want), "test")
-    assert np.allclose(got, list(want.values()), atol=0.01), (got, want)
-    assert got[1] > got[2] > got[3] > got[0] > got[4]  # fragments change the score
-
-
-def test_model_follows_the_rule_on_random_prompts(task):
+    assert np.abs(got - list(want.values())).max() <= 0.08, (got, want)
+    assert got[1] > got[2] > got[3] > got[0] > got[4]
     rng = random.Random(7)
     prompts = [pt.join(pt.random_prompt(rng)) for _ in range(40)]
     got = task.score(prompts, "eval")
-    want = np.array([task.rule_score(p, "eval") for p in prompts])
-    assert np.abs(got - want).mean() < 0.01 and np.abs(got - want).max() <= 0.06
+    rule = np.array([task.rule_score(p, "eval") for p in prompts])
+    assert np.abs(got - rule).mean() < 0.01 and np.abs(got - rule).max() <= 0.06
 
 
 def test_errors_and_counting(task):
@@ -57,7 +70,7 @@ def test_errors_and_counting(task):
     recs = task.errors("", "train", range(20))
     qs = task.split("train")[:20]
     assert [r.question for r in recs] == [q.text for q in qs if q.kind != "same"]
-    want = {"say": "format", "echo": "format", "tell": "refusal", "prev": "sign", "next": "arith"}
+    want = {"say": "format", "echo": "format", "tell": "refusal", "prev": "sign", "next": "arith", "twice": "scale"}
     assert all(r.error == want[r.kind] for r in recs)
     assert task.calls["eval"] - before["eval"] == 3 and task.calls["train"] - before["train"] == 1
     with pytest.raises(ValueError, match="split must be one of"):

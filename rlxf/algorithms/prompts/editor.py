@@ -27,10 +27,11 @@ from rlxf.tasks import prompt_tasks as pt
 Edit = tuple[str, str]  # ("add" | "remove", fragment name)
 
 REWRITES: dict[str, list[Edit]] = {
-    "format": [("add", "digit"), ("add", "fast"), ("remove", "words")],
-    "refusal": [("add", "know"), ("add", "fast")],
-    "sign": [("add", "sign")],
-    "arith": [("add", "add"), ("add", "steps"), ("remove", "steps")],
+    "format": [("add", "digit"), ("add", "fast"), ("remove", "words"), ("remove", "work")],
+    "refusal": [("add", "know"), ("add", "fast"), ("remove", "short")],
+    "sign": [("add", "sign"), ("add", "careful")],
+    "arith": [("add", "add"), ("add", "steps"), ("remove", "steps"), ("add", "check")],
+    "scale": [("add", "scale"), ("add", "expert")],
 }
 """The prompt task's rewrite library: error type -> edits a capable editor might suggest for it."""
 
