@@ -205,6 +205,16 @@ def run_lab(cfg: GraftLab, run_dir: str | Path = "runs/grafting", quiet: bool = 
     return out
 
 
+def pooled(runs: list[dict], split: str, name: str) -> dict[str, float]:
+    """``name``'s gain kept and difference from the fine-tuned model over every seed's problems together
+    (paired per problem; a seed whose fine-tune gains nothing then adds noise, not an unbounded ratio)."""
+    recs = {m: np.concatenate([r["per_item"][split][m]["correct"] for r in runs]) for m in ("base", "finetuned", name)}
+    gain = recs["finetuned"].mean() - recs["base"].mean()
+    f, se = gain_fraction(recs["base"], recs["finetuned"], recs[name]) if gain > 0 else (math.nan, math.nan)
+    d, d_se = paired_gain(recs[name], recs["finetuned"])
+    return {"gain_kept": f, "gain_kept_se": se, "vs_finetuned": d, "vs_finetuned_se": d_se, "n": len(recs[name])}
+
+
 def table(out: dict) -> str:
     lines = [f"parameters: {out['n_parameters']}; mask sizes: {out['mask_sizes']}"]
     for split in ("test", "held_out"):
@@ -219,8 +229,8 @@ def table(out: dict) -> str:
 
 
 def plot(results: list[dict], path: str | Path) -> None:
-    """Left: the fine-tuned gain kept on test problems against the grafted fraction (mean +- SE over seeds,
-    or the delta-method SE for one seed). Right: strict accuracy on test and held-out-type problems of the
+    """Left: the fine-tuned gain kept on test problems against the grafted fraction (all seeds' problems
+    pooled, delta-method SE). Right: strict accuracy on test and held-out-type problems of the
     grafts, with the base and fine-tuned models as flat lines."""
     import matplotlib
 
@@ -236,11 +246,11 @@ def plot(results: list[dict], path: str | Path) -> None:
         return ys.mean(), err
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    kept = [mean_err("test", n, "gain_kept") for n in names]
-    if all(np.isfinite(k[0]) for k in kept):
-        left.errorbar(xs, [k[0] for k in kept], yerr=[k[1] for k in kept], fmt="o-", capsize=3)
+    kept = [pooled(results, "test", n) for n in names]
+    if all(np.isfinite(k["gain_kept"]) for k in kept):
+        left.errorbar(xs, [k["gain_kept"] for k in kept], yerr=[k["gain_kept_se"] for k in kept], fmt="o-", capsize=3)
     else:
-        left.text(0.5, 0.5, "no fine-tuned gain over the base\nin some seed", ha="center", transform=left.transAxes)
+        left.text(0.5, 0.5, "no fine-tuned gain over the base", ha="center", transform=left.transAxes)
     left.axhline(0.8, color="grey", lw=0.8, ls=":", label="80%")
     left.axhline(1.0, color="black", lw=0.8, label="fine-tuned")
     left.set(xscale="log", xlabel="parameters grafted (%)", ylabel="fraction of the fine-tuned gain kept",
@@ -286,22 +296,32 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
         if len(args.methods) == 2:
             a, b = (results[m][-1]["masks"] for m in args.methods)
             print("mask Jaccard overlap " + " ".join(f"{k}: {G.jaccard(a[k], b[k]):.3f}" for k in a), flush=True)
+    keep = ("settings", "n_parameters", "mask_sizes", "history", "test", "held_out")
+    summary = {m: {"per_seed": [{k: r[k] for k in keep} for r in runs], "pooled": {}} for m, runs in results.items()}
     for method, runs in results.items():
-        print(f"== {method}, {len(runs)} seed(s): mean +- SE over seeds")
+        print(f"== {method}, {len(runs)} seed(s): accuracy and ECE mean +- SE over seeds")
         for split in ("test", "held_out"):
             for name in ("base", "finetuned", *runs[0]["mask_sizes"]):
                 acc = mean_se([r[split][name]["accuracy"] for r in runs])
                 ece = mean_se([r[split][name]["ece"] for r in runs])
-                kept = mean_se([r[split][name].get("gain_kept", math.nan) for r in runs])
-                vs = mean_se([r[split][name].get("vs_finetuned", math.nan) for r in runs])
-                print(f"{split:9} {name:12} accuracy {acc[0]:.3f} +- {acc[1]:.3f}  ECE {ece[0]:.3f} +- {ece[1]:.3f}"
-                      + (f"  gain kept {kept[0]:.3f} +- {kept[1]:.3f}  - finetuned {vs[0]:+.3f} +- {vs[1]:.3f}"
-                         if name.startswith("graft") else ""))
+                line = f"{split:9} {name:12} accuracy {acc[0]:.3f} +- {acc[1]:.3f}  ECE {ece[0]:.3f} +- {ece[1]:.3f}"
+                if name in runs[0]["mask_sizes"]:
+                    p = pooled(runs, split, name)
+                    summary[method]["pooled"][f"{split} {name}"] = p
+                    line += (f"  pooled over {p['n']} problems: gain kept {p['gain_kept']:.3f} +- {p['gain_kept_se']:.3f},"
+                             f" - finetuned {p['vs_finetuned']:+.3f} +- {p['vs_finetuned_se']:.3f}")
+                print(line)
         if args.plot:
             path = Path(args.plot)
             path = path if len(results) == 1 else path.with_name(f"{path.stem}_{method}{path.suffix}")
             plot(runs, path)
             print(f"plot: {path}")
+    if len(args.methods) == 2:
+        summary["jaccard"] = [{k: G.jaccard(a["masks"][k], b["masks"][k]) for k in a["masks"]}
+                              for a, b in zip(*results.values())]
+    path = Path(args.run_dir) / "summary.json"
+    path.write_text(json.dumps(summary, indent=1, default=float))
+    print(f"summary: {path}")
     return results
 
 
