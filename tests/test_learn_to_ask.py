@@ -165,3 +165,14 @@ def test_shipped_policy_beats_uncertainty_sampling_on_held_out_problems():
     uncertainty = held.error(run_rule("uncertainty", held, 0.1)[1]).numpy()
     gain, se = paired_gain(uncertainty, learned)
     assert gain >= 2 * se and gain > 0, (gain, se, learned.mean(), uncertainty.mean())
+
+
+def test_control_lab_refuses_the_learned_rule_before_any_stage_runs(tmp_path):
+    from rlxf.core.config import ConfigError, load_config
+    from rlxf.lab.control import ControlLab
+
+    cfg = load_config(ControlLab.Config, "configs/lab_control.toml",
+                      [f'run.dir="{tmp_path / "lab"}"', 'pbrl.selections=["uniform", "learned"]'])
+    with pytest.raises(ConfigError, match="'learned' needs a query policy"):
+        ControlLab(cfg).validate()
+    assert not (tmp_path / "lab" / "stages").exists()

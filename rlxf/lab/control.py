@@ -76,6 +76,9 @@ class ControlLab(StagedLab):
         bad = [s for s in self.cfg.pbrl.selections if s not in SELECTIONS]
         if bad:
             raise ConfigError(f"pbrl.selections: unknown rule(s) {bad}; expected some of {list(SELECTIONS)}")
+        if "learned" in self.cfg.pbrl.selections:  # a query policy is a Python object, not a config value
+            raise ConfigError("pbrl.selections: 'learned' needs a query policy passed in Python "
+                              "(PbRL(cfg, env, learned=LearnedRule(policy)), docs/active_demos.md); the lab cannot run it")
 
     def stages(self) -> list[tuple[str, Callable[[], dict]]]:
         out = [("ppo", self._ppo)] + [(f"pbrl_{rule}", lambda r=rule: self._pbrl(r)) for rule in self.cfg.pbrl.selections]
