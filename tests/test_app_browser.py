@@ -1,7 +1,8 @@
 """End to end in real headless Chromium (Debian's chromium + chromium-driver, via Selenium):
 a labeler answers with the keyboard and the mouse, and marks a critique's first wrong step;
-the labels reach the database and the export; hostile item text shows as text; screenshots
-land in build/screenshots/."""
+the labels reach the database and the export; hostile item text shows as text; a labeler
+answers APOHF's prompt duels and their favourite prompt is reported; screenshots land in
+build/screenshots/."""
 
 from __future__ import annotations
 
