@@ -124,6 +124,9 @@ def test_app_selection_asks_the_pair_the_learned_policy_scores_highest(tmp_path)
     queue = QueryQueue(store, project, lambda its: [s[0]] * len(its), learned=rule)
     assignment = queue.next(store.labeler_for_token(project, store.add_labeler(project, "ann")))
     assert sorted(assignment.shown) == sorted(choose_learned(items[:1], s[:1], rule).pair)
+    from rlxf.app.server import create_app
+
+    assert create_app(store, project, lambda its: [s[0]] * len(its), learned=rule).state.queue.learned is rule
     store.close()
 
 

@@ -46,11 +46,14 @@ def _token(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def create_app(store: LabelStore, project: Project, scorer: Scorer | None = None, duels=None) -> FastAPI:
+def create_app(store: LabelStore, project: Project, scorer: Scorer | None = None, duels=None,
+               learned=None) -> FastAPI:
     """The app for one project of ``store``; ``scorer`` feeds the active selection rules, ``duels``
-    (a :class:`rlxf.app.prompt_duels.PromptDuels`) makes a prompt-duel project's questions."""
+    (a :class:`rlxf.app.prompt_duels.PromptDuels`) makes a prompt-duel project's questions, ``learned``
+    (a :class:`rlxf.policies.query.LearnedRule`) picks them under ``selection = "learned"``."""
     app = FastAPI(title=f"rlxf labels: {project.name}", docs_url=None, redoc_url=None, openapi_url=None)
-    queue = QueryQueue(store, project, scorer, seed=int(project.settings.get("seed", 0)), duels=duels)
+    queue = QueryQueue(store, project, scorer, seed=int(project.settings.get("seed", 0)), duels=duels,
+                       learned=learned)
     app.state.store, app.state.project, app.state.queue = store, project, queue
 
     @app.middleware("http")
