@@ -101,3 +101,26 @@ def test_report_has_the_table_and_plot_and_a_rerun_resumes(lab_run, tmp_path):
         mp.setattr(lab, "prompt_problem", rule_problem)
         again = lab.PromptLab(cfg, quiet=True, log=messages.append).execute()
     assert again == summary and sum("done already" in m for m in messages) == 3
+
+
+@pytest.fixture(scope="module")
+def real_problem():
+    return lab.prompt_problem("kinds", 0, 4)  # the trained frozen model (cached on disk after its first use)
+
+
+def test_a_soft_prompt_of_the_hand_written_tokens_scores_what_the_text_scores(real_problem):
+    task = real_problem.task
+    point = lab.hand_written_point(real_problem)
+    assert point.shape == (len(real_problem.hand_written.split()) * 64,)
+    for split in ("eval", "train"):
+        assert lab.soft_prompt_accuracy(task, point[None], split)[0] == pytest.approx(
+            task.score([real_problem.hand_written], split)[0])
+
+
+def test_zo_ranksgd_soft_prompt_spends_one_query_per_ranked_point(real_problem):
+    before = real_problem.task.calls["eval"]
+    best = lab.zo_soft_prompt(real_problem, 12, seed=0)  # 2 rounds of 6 ranked points
+    assert len(best) == 12 and real_problem.task.calls["eval"] - before == 12
+    x0 = lab.hand_written_point(real_problem)
+    assert all(np.array_equal(b, x0) for b in best[:5])  # the first round ends at the 6th query
+    assert not np.array_equal(best[5], x0) and np.array_equal(best[5], best[10]) and not np.array_equal(best[11], best[5])
