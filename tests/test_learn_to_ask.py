@@ -69,6 +69,10 @@ def test_robust_adversary_tracks_losses_and_draws_the_worst_class_and_instance()
     assert (cls == 1).all() and (t == 1).all()
     with pytest.raises(ValueError, match="one value per class"):
         RobustAdversary(2, 4, best=[0.0])
+    with pytest.raises(ValueError, match="explore"):
+        ActiveConfig(explore=1.0)
+    with pytest.raises(ValueError, match="active.prior"):
+        ActiveConfig(prior="bayes")
 
 
 def test_training_learns_to_search_a_small_noiseless_problem():

@@ -60,6 +60,8 @@ class ActiveConfig:
     def __post_init__(self):
         if self.prior not in PRIORS:
             raise ValueError(f"active.prior: unknown {self.prior!r}; expected one of {PRIORS}")
+        if not 0.0 <= self.explore < 1.0 or self.temperature <= 0:
+            raise ValueError(f"active: need 0 <= explore < 1 and temperature > 0, got {self.explore}, {self.temperature}")
         if self.budget < 1 or self.n < 2 or not self.noise_levels:
             raise ValueError(f"active: need budget >= 1, n >= 2 and a noise level, got {self.budget}, {self.n}, "
                              f"{self.noise_levels}")
