@@ -67,6 +67,9 @@ def test_promst_spends_the_budget_and_improves(game):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="first run (seeds 100-107, budget 20): promst 1.000 +- 0.000, ape 0.911 +- 0.089 "
+                   "(1.000 on 7 of 8 seeds, 0.291 on seed 100): gain +0.089, paired SE 0.089 (1.0 SE); this small "
+                   "game is solved by resampling too on most seeds; not retuned")
 def test_claim_rule_feedback_beats_ape_resampling(game):
     """Pre-registered (committed before its first run) claim, PROMST (C2, expectation 1): at an equal
     budget of 20 evaluations on the 12 training episodes, PROMST with rule feedback grouped by type and
