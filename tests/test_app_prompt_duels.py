@@ -124,3 +124,7 @@ def test_cli_adds_prompts_from_a_file_and_names_a_project_that_has_none(tmp_path
     init_project(tmp_path / "plain", "preference")
     assert cli.main(["label", "best-prompt", "--project", str(tmp_path / "plain")]) == 2
     assert "not a prompt-duel project" in capsys.readouterr().err
+    assert cli.main(["label", "add-prompts", "--project", str(tmp_path / "plain"), "--task", "chess"]) == 2
+    assert "--task must be one of kinds" in capsys.readouterr().err
+    assert cli.main(["label", "add-prompts", "--project", str(tmp_path / "none"), "--task", "kinds"]) == 2
+    assert "project.json not found" in capsys.readouterr().err  # named before the task's model is built

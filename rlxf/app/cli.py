@@ -147,8 +147,12 @@ def _prompt_duels(args) -> int:
 
     if args.label_command == "add-prompts":
         if args.task:
-            from rlxf.lab.prompts import duel_candidates
+            from rlxf.lab.prompts import TASKS, duel_candidates
 
+            if args.task not in TASKS or args.n < 2:
+                raise pd.StoreError(f"--task must be one of {', '.join(TASKS)} and --n at least 2; "
+                                    f"got {args.task!r} and {args.n}")
+            open_project(args.project)[0].close()  # a missing project is named before the model runs
             candidates = duel_candidates(args.task, args.n, seed=0)
         else:
             candidates = pd.read_candidates(args.file)
