@@ -245,16 +245,22 @@ METHODS = {"prompt_agent": prompt_agent, "beam": beam, "greedy": greedy}
 
 
 def run(name: str, task: pt.PromptTask, budget: int, seed: int, editor_error: float = 0.2) -> Search:
-    """One method by name (``prompt_agent``, ``beam``, ``greedy``, ``random_mutation``) with the
+    """One method by name (:data:`ALL`) with the
     simulated editor (error rate ``editor_error``, seeded by ``seed``)."""
     if name == "random_mutation":
         return random_mutation(task, budget, seed)
+    if name == "prompt_agent_argmax":  # the same search, reporting the best-valued node of the whole tree
+        return prompt_agent(task, E.simulated_editor(error=editor_error, seed=seed), budget, seed, output="argmax")
     if name not in METHODS:
-        raise ValueError(f"unknown prompt search {name!r}; known: {', '.join([*METHODS, 'random_mutation'])}")
+        raise ValueError(f"unknown prompt search {name!r}; known: "
+                         f"{', '.join([*METHODS, 'prompt_agent_argmax', 'random_mutation'])}")
     return METHODS[name](task, E.simulated_editor(error=editor_error, seed=seed), budget, seed)
 
 
-def compare(task: pt.PromptTask, budget: int, seeds, methods=("prompt_agent", "beam", "greedy", "random_mutation"),
+ALL = ("prompt_agent", "prompt_agent_argmax", "beam", "greedy", "random_mutation")
+
+
+def compare(task: pt.PromptTask, budget: int, seeds, methods=ALL,
             editor_error: float = 0.2) -> dict[str, np.ndarray]:
     """Test accuracy of each method's output prompt per seed (and ``hand_written``), at ``budget`` eval calls."""
     out = {"hand_written": np.repeat(task.score([task.hand_written], "test"), len(seeds))}
