@@ -35,7 +35,8 @@ def test_highest_movement_mask_takes_the_largest_moves_within_budget():
     pre, ft = _params()  # |ft - pre| = w [[.5, 0], [3, .1]], b [1, .2, .05]; P = 7
     assert G.budget(pre, 0.3) == 2  # floor(0.3 * 7)
     m = G.highest_movement_mask(pre, ft, 0.3)
-    assert torch.equal(m["w"], torch.tensor([[0.0, 0.0], [1.0, 0.0]])) and torch.equal(m["b"], torch.tensor([1.0, 0, 0]))
+    assert torch.equal(m["w"], torch.tensor([[0.0, 0.0], [1.0, 0.0]]))
+    assert torch.equal(m["b"], torch.tensor([1.0, 0, 0]))
     m = G.highest_movement_mask(pre, ft, 0.5)  # 3 entries: 3, 1, .5
     assert G.mask_size(m) == 3 and m["w"][0, 0] == 1
     assert G.budget(pre, 1e-6) == 1

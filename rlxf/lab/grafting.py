@@ -218,8 +218,8 @@ def pooled(runs: list[dict], split: str, name: str) -> dict[str, float]:
 def table(out: dict) -> str:
     lines = [f"parameters: {out['n_parameters']}; mask sizes: {out['mask_sizes']}"]
     for split in ("test", "held_out"):
-        lines.append(f"\n{split}: {'model':12} {'accuracy':>15} {'lenient':>8} {'ECE':>6} {'conf':>6} {'gain kept':>15} "
-                     f"{'- finetuned':>16}")
+        lines.append(f"\n{split}: {'model':12} {'accuracy':>15} {'lenient':>8} {'ECE':>6} {'conf':>6} "
+                     f"{'gain kept':>15} {'- finetuned':>16}")
         for name, r in out[split].items():
             kept = f"{r['gain_kept']:.3f} +- {r['gain_kept_se']:.3f}" if "gain_kept" in r else ""
             vs = f"{r['vs_finetuned']:+.3f} +- {r['vs_finetuned_se']:.3f}" if "vs_finetuned" in r else ""
@@ -308,7 +308,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
                 if name in runs[0]["mask_sizes"]:
                     p = pooled(runs, split, name)
                     summary[method]["pooled"][f"{split} {name}"] = p
-                    line += (f"  pooled over {p['n']} problems: gain kept {p['gain_kept']:.3f} +- {p['gain_kept_se']:.3f},"
+                    line += (f"  pooled over {p['n']} problems: gain kept {p['gain_kept']:.3f}"
+                             f" +- {p['gain_kept_se']:.3f},"
                              f" - finetuned {p['vs_finetuned']:+.3f} +- {p['vs_finetuned_se']:.3f}")
                 print(line)
         if args.plot:
