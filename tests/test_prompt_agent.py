@@ -87,3 +87,17 @@ def test_claim_prompt_agent_beats_hand_written_and_random_mutation(task):
     for base in ("hand_written", "random_mutation"):
         gain, se = paired_gain(res["prompt_agent"], res[base])
         assert gain > 0 and gain >= 2 * se, (base, gain, se, {k: mean_se(v) for k, v in res.items()})
+
+
+@pytest.mark.parametrize("name", ["prompt_agent", "beam", "greedy", "random_mutation", "promst",
+                                  "promst_score_model", "ape"])
+def test_registered_in_the_prompt_lab(name):
+    """Each method runs through the prompt lab's registry (the task answered by its rule: seconds)."""
+    from rlxf.lab import prompts as L
+    from rlxf.lab.search import resolve
+
+    task = pt.PromptTask(respond=pt.rule_respond)
+    problem = L.PromptProblem(task, 0, [], np.zeros((0, 1)), task.hand_written)
+    best = resolve(L.METHODS[name], name).optimise(problem, 12, 0)
+    assert len(best) == 12 and task.calls["eval"] == 12
+    assert task.rule_score(best[-1], "eval") >= task.rule_score(task.hand_written, "eval")

@@ -66,6 +66,13 @@ METHODS: dict[str, str] = {
     "apohf_random_pairs": "rlxf.lab.prompts:APOHF_RANDOM_PAIRS",
     "linear_bandit": "rlxf.lab.prompts:LINEAR_BANDIT",
     "zo_ranksgd_soft": "rlxf.lab.prompts:ZO_RANKSGD",
+    "prompt_agent": "rlxf.lab.prompts:PROMPT_AGENT",
+    "beam": "rlxf.lab.prompts:BEAM",
+    "greedy": "rlxf.lab.prompts:GREEDY",
+    "random_mutation": "rlxf.lab.prompts:RANDOM_MUTATION",
+    "promst": "rlxf.lab.prompts:PROMST",
+    "promst_score_model": "rlxf.lab.prompts:PROMST_SCORE_MODEL",
+    "ape": "rlxf.lab.prompts:APE",
 }
 """Each method (a :class:`PromptMethod`), by import path ``module:ATTR``."""
 
@@ -253,6 +260,31 @@ def zo_soft_prompt(problem: PromptProblem, budget: int, seed: int) -> list[np.nd
 ZO_RANKSGD = PromptMethod("zo_ranksgd_soft", zo_soft_prompt, "one soft prompt in a ranking of "
                           f"{ZO_SETTINGS['m']}, ranked by a simulated person",
                           metric=lambda problem, points, split: soft_prompt_accuracy(problem.task, np.stack(points), split))
+
+
+# -- editor-driven searches: PromptAgent, its baselines, PROMST ---------------------------------------
+def search_method(module: str, name: str, what: str) -> PromptMethod:
+    """``module.run(name, task, budget, seed)``'s trace (its output after each eval call, the simulated
+    editor at error rate 0.2) as a lab method."""
+
+    def optimise(problem: PromptProblem, budget: int, seed: int) -> list[str]:
+        import importlib
+
+        return importlib.import_module(module).run(name, problem.task, budget, seed).trace
+
+    return PromptMethod(name, optimise, what)
+
+
+_EDIT = "one prompt scored on the eval split (children written by the simulated editor)"
+_AGENT = "rlxf.algorithms.prompts.prompt_agent"
+PROMPT_AGENT = search_method(_AGENT, "prompt_agent", _EDIT)
+BEAM = search_method(_AGENT, "beam", _EDIT)
+GREEDY = search_method(_AGENT, "greedy", _EDIT)
+RANDOM_MUTATION = search_method(_AGENT, "random_mutation", "one randomly edited prompt scored on the eval split")
+PROMST = search_method("rlxf.algorithms.prompts.promst", "promst", _EDIT + " from grouped error feedback")
+PROMST_SCORE_MODEL = search_method("rlxf.algorithms.prompts.promst", "promst_score_model",
+                                   _EDIT + ", pre-filtered by the score model")
+APE = search_method("rlxf.algorithms.prompts.promst", "ape", "one prompt scored on the eval split (resampled, no feedback)")
 
 
 # -- the lab ----------------------------------------------------------------------------------------
