@@ -40,6 +40,9 @@ def test_levels_inside_and_outside_the_training_box():
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured 2026-12-07 (first run): GROOVE 345.9, LPO 355.7 mean final return over "
+                   "96 held-out (level, agent) pairs, GROOVE - LPO -9.8 +- 11.8 paired SE (inside the box -15.6 +- 18.2): "
+                   "no gain at 60 generations")
 def test_groove_drift_generalises_to_held_out_levels_better_than_uniform_lpo():
     """Pre-registered (committed before its first run). The shipped GROOVE drift against the shipped LPO
     drift, both meta-trained by the same script at the same number of ES generations (60) on CartPole
