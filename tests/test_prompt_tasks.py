@@ -50,9 +50,11 @@ def test_score_is_the_metric_on_hand_checked_cases():
     assert task.score(list(want), "test").tolist() == pytest.approx(list(want.values()), abs=1e-12)
 
 
+@pytest.mark.slow
 def test_trained_model_follows_the_rule(task):
     """The frozen model is close to the rule (not exact: it gets a few digit cells wrong) and
-    fragments change its score in the rule's order."""
+    fragments change its score in the rule's order. Slow only on a machine without the cached
+    weights (training: about 1 minute of CPU)."""
     want = _hand_cases(task)
     got = task.score(list(want), "test")
     assert np.abs(got - list(want.values())).max() <= 0.08, (got, want)
@@ -64,12 +66,14 @@ def test_trained_model_follows_the_rule(task):
     assert np.abs(got - rule).mean() < 0.01 and np.abs(got - rule).max() <= 0.06
 
 
-def test_errors_and_counting(task):
+def test_errors_and_counting():
+    task = pt.PromptTask(respond=pt.rule_respond)
     before = Counter(task.calls)
     task.score(["", BEST, ""], "eval")
     recs = task.errors("", "train", range(20))
     qs = task.split("train")[:20]
-    assert [r.question for r in recs] == [q.text for q in qs if q.kind != "same"]
+    assert [r.question for r in recs] == [q.text for q in qs if pt.rule_answer([], q.kind, q.x) != q.gold]
+    assert len(recs) >= 15
     want = {"say": "format", "echo": "format", "tell": "refusal", "prev": "sign", "next": "arith", "twice": "scale"}
     assert all(r.error == want[r.kind] for r in recs)
     assert task.calls["eval"] - before["eval"] == 3 and task.calls["train"] - before["train"] == 1

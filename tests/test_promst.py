@@ -9,8 +9,14 @@ from rlxf.tasks import prompt_game as G
 from rlxf.tasks import prompt_tasks as pt
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def game():
+    """The game played by its hidden rule (no model training: the fast tests)."""
+    return G.PromptGame(respond=G.rule_act)
+
+
+@pytest.fixture(scope="module")
+def trained():
     return G.PromptGame()
 
 
@@ -27,12 +33,17 @@ def test_rule_and_failure_types_by_hand():
     assert G.failure_type(moving, False) == "timeout"
 
 
-def test_game_plays_and_scores(game):
+def test_rule_play_by_hand(game):
+    """Episodes under the rule, traced by hand: start 0 goal 3 with no prompt loops at 0 (metric 0);
+    with 'wall' it walks to 2 and says 'go' there (format, metric 2/3); with wall, say, ahead it arrives."""
+    env_eps = {(e.start, e.goal): e for e in game.episodes("", "test") + game.episodes("", "train")}
+    assert (0, 3) in env_eps and env_eps[0, 3].failure == "loop" and env_eps[0, 3].metric == 0.0
+    wall = {(e.start, e.goal): e for e in game.episodes(pt.join(["wall"], G.GAME_FRAGMENTS), "test")
+            + game.episodes(pt.join(["wall"], G.GAME_FRAGMENTS), "train")}
+    assert wall[0, 3].failure == "format" and wall[0, 3].metric == pytest.approx(2 / 3)
+    assert [s.cell for s in wall[0, 3].steps[:3]] == [0, 1, 2]
     full = pt.join(["wall", "say", "ahead"], G.GAME_FRAGMENTS)
-    assert game.rule_score(full, "test") == 1.0 and game.rule_score("", "test") < 0.5
-    got = game.score([full, "", game.hand_written, pt.join(["rush"], G.GAME_FRAGMENTS)], "test")
-    want = [game.rule_score(p, "test") for p in [full, "", game.hand_written, pt.join(["rush"], G.GAME_FRAGMENTS)]]
-    assert np.abs(got - want).max() <= 0.05, (got, want)
+    assert game.score([full], "test")[0] == 1.0 and game.score([""], "test")[0] < 0.5
     eps = game.episodes("", "train")
     assert len(eps) == 12 and all((e.failure is None) == (e.metric == 1.0) for e in eps)
     starts0 = [e for e in eps if e.start == 0]
@@ -40,6 +51,16 @@ def test_game_plays_and_scores(game):
     before = game.calls["train"]
     game.score(["", full], "train")
     assert game.calls["train"] - before == 2
+
+
+@pytest.mark.slow
+def test_trained_policy_follows_the_rule(trained):
+    """The frozen policy's scores are the rule's to within 0.05 (slow only without cached weights)."""
+    prompts = [pt.join(n, G.GAME_FRAGMENTS) for n in [["wall", "say", "ahead"], [], ["rush"], ["wall"]]]
+    prompts.append(trained.hand_written)
+    got = trained.score(prompts, "test")
+    want = [trained.rule_score(p, "test") for p in prompts]
+    assert np.abs(got - want).max() <= 0.05, (got, want)
 
 
 def test_feedback_rules_summary_and_score_model():
@@ -70,13 +91,13 @@ def test_promst_spends_the_budget_and_improves(game):
 @pytest.mark.xfail(strict=True, reason="first run (seeds 100-107, budget 20): promst 1.000 +- 0.000, ape 0.911 +- 0.089 "
                    "(1.000 on 7 of 8 seeds, 0.291 on seed 100): gain +0.089, paired SE 0.089 (1.0 SE); this small "
                    "game is solved by resampling too on most seeds; not retuned")
-def test_claim_rule_feedback_beats_ape_resampling(game):
+def test_claim_rule_feedback_beats_ape_resampling(trained):
     """Pre-registered (committed before its first run) claim, PROMST (C2, expectation 1): at an equal
     budget of 20 evaluations on the 12 training episodes, PROMST with rule feedback grouped by type and
     summarised (simulated roles, editor error rate 0.2) ends with a prompt whose mean metric on the 32 test
     episodes beats APE-style resampling (the same tree, the editor given no feedback) by at least 2 paired
     standard errors over the fresh seeds 100-107. The budget of 20 was picked on seeds 0-2 (at 40 both
     often solve this small game: promst 1.000, ape 0.764; at 20: 1.000 and 0.318)."""
-    res = S.compare(game, 20, list(range(100, 108)), variants=("promst", "ape"))
+    res = S.compare(trained, 20, list(range(100, 108)), variants=("promst", "ape"))
     gain, se = paired_gain(res["promst"]["test"], res["ape"]["test"])
     assert gain > 0 and gain >= 2 * se, (gain, se, mean_se(res["promst"]["test"]), mean_se(res["ape"]["test"]))

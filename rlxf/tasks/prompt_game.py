@@ -26,6 +26,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -73,6 +74,15 @@ def rule_action(names, p: int, g: int) -> str:
 
 def context(p: int, g: int) -> str:
     return f"obs: at {p} goal {g} act:"
+
+
+def rule_act(prompts: list[str], contexts: list[str]) -> list[str]:
+    """What a perfectly trained policy does: the hidden rule (``PromptGame(respond=rule_act)``)."""
+    out = []
+    for prompt, ctx in zip(prompts, contexts):
+        words = ctx.split()
+        out.append(rule_action(pt.fragments_of(prompt, GAME_FRAGMENTS), int(words[2]), int(words[4])))
+    return out
 
 
 def _game_examples(names: list[list[str]], seed: int) -> tuple[list[str], list[str]]:
@@ -150,9 +160,10 @@ class PromptGame:
     seed: int = 0
     calls: Counter = field(default_factory=Counter)
     name: str = "corridor"
+    respond: Callable[[list[str], list[str]], list[str]] | None = None  # in place of the model (tests)
 
     def __post_init__(self):
-        self.tok, self.model = pt.frozen_model(GAME_SPEC, self.seed)
+        self.tok, self.model = (None, None) if self.respond else pt.frozen_model(GAME_SPEC, self.seed)
         self._played: dict[tuple[str, str], list[Episode]] = {}
 
     @property
@@ -172,8 +183,9 @@ class PromptGame:
         steps: list[list[Step]] = [[] for _ in todo]
         live = list(range(len(todo)))
         while live:
-            acts = pt.answer(self.tok, self.model, [todo[i][0] for i in live],
-                             [context(envs[i].pos, todo[i][2]) for i in live])
+            prompts, contexts = [todo[i][0] for i in live], [context(envs[i].pos, todo[i][2]) for i in live]
+            acts = (self.respond(prompts, contexts) if self.respond
+                    else pt.answer(self.tok, self.model, prompts, contexts))
             for i, act in zip(list(live), acts):
                 cell = envs[i].pos
                 obs[i], _, term, trunc, info = envs[i].step(act)
@@ -201,19 +213,8 @@ class PromptGame:
 
     def rule_score(self, prompt: str, split: str = "train") -> float:
         """The metric the hidden rule gives (a perfectly trained policy); not counted."""
-        names = pt.fragments_of(prompt, GAME_FRAGMENTS)
-        out = []
-        for s, g in self.split(split):
-            pos, best, cells = s, s, []
-            for _ in range(MAX_TURNS):
-                act = rule_action(names, pos, g)
-                pos = max(0, pos - 1) if act == "left" else pos + 1 if act == "right" else pos
-                best = max(best, pos)
-                if pos == g:
-                    break
-            out.append(1.0 if pos == g else (best - s) / (g - s))
-        return float(np.mean(out))
+        return float(PromptGame(respond=rule_act).score([prompt], split)[0])
 
 
 __all__ = ["GAME_ERRORS", "GAME_FRAGMENTS", "GAME_HAND_WRITTEN", "GAME_SPEC", "Episode", "PromptGame", "Step",
-           "failure_type", "rule_action"]
+           "failure_type", "rule_act", "rule_action"]
