@@ -39,6 +39,18 @@ def test_levels_inside_and_outside_the_training_box():
         ESConfig(levels="plr")
 
 
+def test_groove_meta_training_runs_end_to_end():
+    """Three ES generations under GROOVE at a tiny budget: every generation scores its levels by regret, the
+    buffer fills with the first generation's new levels, later pairs may replay them, and phi moves."""
+    from rlxf.algorithms.control.lpo import InnerConfig as IC
+    from rlxf.algorithms.control.lpo_meta import distil_clip, meta_train
+    es = ESConfig(generations=3, pairs=2, levels="groove", buffer_size=4, seed=1)
+    start = distil_clip(es.hidden, False, steps=20)
+    phi, hist = meta_train(es, IC(updates=2, n_envs=2, n_steps=4, eval_envs=2), phi0=start, progress=False)
+    assert [h["generation"] for h in hist] == [0, 1, 2] and hist[0]["replayed"] == 0
+    assert all(abs(h["regret"]) <= 500 for h in hist) and not torch.equal(phi, start)
+
+
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="measured 2026-12-07 (first run): GROOVE 345.9, LPO 355.7 mean final return over "
                    "96 held-out (level, agent) pairs, GROOVE - LPO -9.8 +- 11.8 paired SE (inside the box -15.6 +- 18.2): "
