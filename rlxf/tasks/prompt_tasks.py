@@ -27,7 +27,7 @@ comparisons. :data:`HAND_WRITTEN` is the hand-written baseline prompt, written o
 any optimiser ran.
 
     task = prompt_task()
-    task.score([task.hand_written, ""], "test")    # about [0.43, 0.14]: what the trained model answers
+    task.score([task.hand_written, ""], "test")    # [0.438, 0.15]: what the trained model answers
     task.errors(task.hand_written, "train", range(5))  # [ErrorRecord(kind='tell', error='refusal', ...), ...]
 """
 
