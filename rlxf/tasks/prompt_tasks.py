@@ -240,10 +240,13 @@ def frozen_model(spec: FrozenSpec = KINDS_SPEC, seed: int = 0, steps: int = STEP
         return tok, model.eval().requires_grad_(False)
     _train(spec, tok, model, seed, steps, batch)
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            torch.save(model.state_dict(), tmp)
+            tmp.replace(path)
+        except OSError as err:  # a read-only cache costs only the next process's training
+            print(f"rlxf: could not cache the frozen {spec.name} model in {path.parent} ({err}); set RLXF_CACHE")
     return tok, model.eval().requires_grad_(False)
 
 
