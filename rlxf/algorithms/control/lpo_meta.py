@@ -260,8 +260,9 @@ def main(argv: list[str] | None = None) -> None:
         path = Path(args.out) / f"{name}.pt"
         phi, history = meta_train(es, inner, checkpoint=lambda p, h: save_drift(path, p, es, inner, h, command + " (partial)"))
         save_drift(path, phi, es, inner, history, command)
-        print(f"{name}: fitness first 10 generations {sum(h['fitness'] for h in history[:10]) / 10:.1f}, "
-              f"last 10 {sum(h['fitness'] for h in history[-10:]) / 10:.1f}, {history[-1]['seconds']} s")
+        k = min(10, len(history))
+        print(f"{name}: mean fitness of the first {k} generations {sum(h['fitness'] for h in history[:k]) / k:.1f}, "
+              f"of the last {k} {sum(h['fitness'] for h in history[-k:]) / k:.1f}, {history[-1]['seconds']} s")
 
 
 if __name__ == "__main__":
