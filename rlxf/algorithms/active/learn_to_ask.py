@@ -3,10 +3,12 @@
 
 One training step rolls the policy out on a batch of problems (queries sampled from its softmax), then
 - the guess head learns by cross-entropy on the true threshold after every answer (``guess_loss``);
-- the queries learn by REINFORCE (``query_loss``): the return is ``log q_T(t)``, the log-probability the
-  final guess puts on the truth, and the query at step ``s`` is credited with ``log q_T(t) - log q_s(t)``
-  (what the answers from ``s`` on added; ``log q_s`` depends only on the past, so it is a valid baseline),
-  less that quantity's batch mean; plus an entropy bonus.
+- the queries learn by REINFORCE (``query_loss``): the answer to query ``s`` earns what it taught the guesser,
+  ``log q_{s+1}(t) - log q_s(t)`` (``q_s`` the guess after ``s`` answers), and query ``s`` is credited with
+  these rewards from ``s`` on, discounted by ``gamma``, less their batch mean; plus an entropy bonus. With
+  ``gamma = 1`` the credit is ``log q_T(t) - log q_s(t)``, the final guess's log-likelihood less a baseline
+  that depends only on the past; the shipped policy used ``gamma = 0`` (each query's own answer), which
+  learned much faster on this toy.
 
 Where the problems come from is the ``prior``:
 - ``uniform``: threshold and noise level uniform (meta-learning with a user-chosen prior);
@@ -16,8 +18,10 @@ Where the problems come from is the ``prior``:
   policy trained on that class alone) and, within it, the instances the policy does worst on (softmax of
   the running losses), mixing in a share of uniform draws so no estimate goes stale.
 
-``python -m rlxf.algorithms.active.learn_to_ask`` trains the per-class references, the uniform-prior and the
-robust policies and prints each one's held-out and per-class worst-case errors against the hand-designed rules.
+``python -m rlxf.algorithms.active.learn_to_ask`` trains the per-class references (or, with
+``--references rules``, takes them from the hand-designed rules told each class's flip rate), the uniform-prior
+and the robust policies, and prints each one's held-out and per-class worst-case errors against the
+hand-designed rules; ``--save PATH`` trains and saves the uniform-prior policy only.
 """
 
 from __future__ import annotations
