@@ -178,6 +178,8 @@ def test_shipped_lpo_drift_beats_its_starting_drift_on_fresh_training_levels():
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured 2026-12-07 (first run): TA-LPO - LPO +6.4 +- 13.7 at 15 updates "
+                   "(332.9 vs 326.6) and +4.5 +- 19.0 at 60 updates (381.3 vs 376.7), 48 levels: within noise")
 def test_shipped_ta_lpo_beats_lpo_at_other_lifetimes():
     """Pre-registered (committed before its first run). TA-LPO's claim at toy scale: both shipped drifts were
     meta-trained at 30 updates; at 15 and at 60 updates, on 48 fresh training-distribution CartPole levels
