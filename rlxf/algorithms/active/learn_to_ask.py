@@ -59,6 +59,7 @@ class ActiveConfig:
     gamma: float = 0.0  # discount of the per-answer information rewards (1: credit the final guess only)
     temperature: float = 0.1  # robust: softmax temperature over regrets and instance losses
     explore: float = 0.25  # robust: share of each batch drawn uniformly
+    decay: float = 0.8  # robust: how much of an instance's running loss survives each update
     seed: int = 0
 
     def __post_init__(self):
@@ -181,7 +182,7 @@ def train_query_policy(cfg: ActiveConfig, best=None, progress: bool = False, log
     opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     levels = torch.as_tensor(cfg.noise_levels, dtype=torch.float32)
-    adversary = RobustAdversary(len(levels), cfg.n, best, cfg.temperature, cfg.explore)
+    adversary = RobustAdversary(len(levels), cfg.n, best, cfg.temperature, cfg.explore, cfg.decay)
     with single_thread():
         for it in tqdm(range(cfg.iterations), desc=f"learn to ask ({cfg.prior})", disable=not progress):
             seed = cfg.seed * 1_000_003 + it
