@@ -57,9 +57,9 @@ class ActiveConfig:
     lr: float = 1e-2
     entropy: float = 0.0
     gamma: float = 0.0  # discount of the per-answer information rewards (1: credit the final guess only)
-    temperature: float = 0.1  # robust: softmax temperature over regrets and instance losses
+    temperature: float = 1.0  # robust: softmax temperature over regrets and instance losses (0.1 cycled)
     explore: float = 0.25  # robust: share of each batch drawn uniformly
-    decay: float = 0.8  # robust: how much of an instance's running loss survives each update
+    decay: float = 0.99  # robust: how much of an instance's running loss survives each update (0.8 cycled)
     seed: int = 0
 
     def __post_init__(self):
@@ -228,7 +228,7 @@ def policy_guess(policy: QueryPolicy, problems: Problems) -> tuple[Tensor, Tenso
     return asked, guesses[:, -1].argmax(-1)
 
 
-def class_errors(answer, cfg: ActiveConfig, repeats: int = 20, seed: int = 10_000) -> Tensor:
+def class_errors(answer, cfg: ActiveConfig, repeats: int = 100, seed: int = 10_000) -> Tensor:
     """Mean 0/1 error of ``answer(problems) -> guess`` on every instance, ``[classes, n]`` (``repeats`` noise
     draws per instance); its row maxima are the per-class worst cases."""
     t = torch.arange(cfg.n).repeat(repeats)
