@@ -5,13 +5,25 @@ import math
 import pytest
 import torch
 
-from rlxf.algorithms.control.lpo import (BUILTIN_DRIFTS, BatchedMLP, InnerConfig, NeuralDrift, drift_net, grouped,
-                                         train_agents)
+from rlxf.algorithms.control.lpo import (BUILTIN_DRIFTS, BatchedMLP, InnerConfig, NeuralDrift, _advantages, drift_net,
+                                         grouped, train_agents)
 from rlxf.algorithms.control.lpo_meta import ESConfig, distil_clip, es_gradient, load_drift, meta_train
 from rlxf.algorithms.evaluate import paired_gain
 from rlxf.core.steps import Steps
 from rlxf.objectives.mirror import clip_drift, dpo_drift, drift_features, mirror_policy_loss
 from rlxf.objectives.policy_gradient import ppo_clip_loss
+
+
+def test_inner_advantages_restart_at_each_episode_end_and_bootstrap_the_rollout_cut():
+    """The inner learner's GAE (the shared one, per episode fragment) on one stream of 3 steps whose
+    episode ends at step 1 (gamma 0.5, lambda 1), by hand: step 2 bootstraps the last value 4, step 1
+    gets no bootstrap, step 0 carries step 1's advantage."""
+    v, last = [1.0, 2.0, 3.0], 4.0
+    buf = {"rew": [torch.ones(1, 1)] * 3, "done": [torch.tensor([[d]]) for d in (0.0, 1.0, 0.0)],
+           "val": [torch.tensor([[x]]) for x in v]}
+    adv = _advantages(buf, torch.tensor([[last]]), gamma=0.5, lam=1.0).flatten().tolist()
+    a1 = 1 - v[1]
+    assert adv == pytest.approx([1 + 0.5 * v[1] - v[0] + 0.5 * a1, a1, 1 + 0.5 * last - v[2]])
 
 
 def test_clip_drift_gives_ppo_clip_loss_value_and_gradient():

@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from rlxf.algorithms.control.rollout import grid_advantages
 from rlxf.objectives.mirror import clip_drift, dpo_drift, drift_features, mirror_policy_loss
 from rlxf.policies.control import single_thread
 from rlxf.tasks.torch_control import make_torch_env
@@ -179,7 +180,7 @@ def _train(drift, P, cfg, seed, levels, groups):
                 obs = step.obs.view(P, E, d)
             finished = done_cnt.view(P, E).sum(1)
             curve[n] = torch.where(finished > 0, done_sum.view(P, E).sum(1) / finished.clamp(min=1), float("nan"))
-            adv = _gae(buf, vf(th, obs), cfg.gamma, cfg.lam)  # [P, E, T]
+            adv = _advantages(buf, vf(th, obs), cfg.gamma, cfg.lam)  # [P, E, T]
             ret = adv + torch.stack(buf["val"], -1)
         flat = lambda k: torch.stack(buf[k], 2).reshape(P, M, *buf[k][0].shape[2:])  # noqa: E731
         b_obs, b_act, b_logp = flat("obs"), flat("act"), flat("logp")
@@ -206,16 +207,16 @@ def _train(drift, P, cfg, seed, levels, groups):
     return {"final": final, "curve": curve, "theta": theta.detach()}
 
 
-def _gae(buf: dict, last_value: Tensor, gamma: float, lam: float) -> Tensor:
+def _advantages(buf: dict, last_value: Tensor, gamma: float, lam: float) -> Tensor:
+    """GAE on the ``[P, E, T]`` rollout by the shared :func:`grid_advantages`; every episode end counts
+    as a termination here (no bootstrap through the time limit: see the module docstring)."""
     rew, done, val = (torch.stack(buf[k], -1) for k in ("rew", "done", "val"))
-    adv = torch.zeros_like(rew)
-    nxt_adv, nxt_val = torch.zeros_like(last_value), last_value
-    for t in range(rew.shape[-1] - 1, -1, -1):
-        keep = 1.0 - done[..., t]
-        delta = rew[..., t] + gamma * nxt_val * keep - val[..., t]
-        nxt_adv = delta + gamma * lam * keep * nxt_adv
-        adv[..., t], nxt_val = nxt_adv, val[..., t]
-    return adv
+    shape, rows = rew.shape, rew.shape[0] * rew.shape[1]
+    flat = lambda t: t.reshape(rows, -1)  # noqa: E731
+    zeros = torch.zeros(rows, shape[-1])
+    adv, _ = grid_advantages(flat(rew), flat(val), flat(done), flat(done), zeros, zeros, last_value.reshape(rows),
+                             gamma, lam)
+    return adv.view(shape)
 
 
 @torch.no_grad()

@@ -146,22 +146,35 @@ def advantages(ro: Rollout, rewards: Tensor, gamma: float, lam: float) -> tuple[
     """GAE advantages and returns on the rollout grid ``[N, T]`` (0 on invalid steps).
 
     Terminated episodes get no bootstrap; truncated ones ``V(final_obs)``; rows cut by the rollout's
-    end ``V(next obs)``. Computed per episode fragment by the shared :func:`gae`.
+    end ``V(next obs)`` (:func:`grid_advantages`).
     """
-    index, mask = fragments(ro.done, ro.valid)
-    width = ro.done.shape[1]
+    return grid_advantages(rewards, ro.values, ro.done, ro.terminated, ro.truncated, ro.final_values, ro.last_value,
+                           gamma, lam, ro.valid)
+
+
+def grid_advantages(rewards: Tensor, values: Tensor, done: Tensor, terminated: Tensor, truncated: Tensor,
+                    final_values: Tensor, last_value: Tensor, gamma: float, lam: float,
+                    valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """GAE advantages and returns on a grid of ``N`` env streams x ``T`` steps, where episodes end
+    anywhere in a row (``done [N, T]``). An episode that ended ``terminated`` gets no bootstrap, one
+    ``truncated`` gets ``final_values`` (the value of its final observation, at that step), and the
+    piece a row's end cuts off gets ``last_value [N]``. Computed per episode fragment by the shared
+    :func:`gae`; ``valid`` (default all) drops steps."""
+    valid = torch.ones_like(done, dtype=torch.bool) if valid is None else valid
+    index, mask = fragments(done, valid)
+    width = done.shape[1]
     last = index.gather(1, (mask.sum(1).long() - 1).unsqueeze(1)).squeeze(1)
-    term = ro.terminated.flatten()[last]
-    trunc = ro.truncated.flatten()[last]
-    boot = torch.where(trunc, ro.final_values.flatten()[last], ro.last_value[last // width])
-    adv, ret = gae(rewards.flatten()[index], ro.values.flatten()[index], mask, gamma, lam,
+    term = terminated.flatten()[last].bool()
+    trunc = truncated.flatten()[last].bool()
+    boot = torch.where(trunc, final_values.flatten()[last], last_value[last // width])
+    adv, ret = gae(rewards.flatten()[index], values.flatten()[index], mask, gamma, lam,
                    bootstrap_value=boot, terminated=term)
-    flat_adv = torch.zeros(ro.done.numel())
-    flat_ret = torch.zeros(ro.done.numel())
+    flat_adv = torch.zeros(done.numel())
+    flat_ret = torch.zeros(done.numel())
     real = mask > 0
     flat_adv[index[real]] = adv[real]
     flat_ret[index[real]] = ret[real]
-    return flat_adv.view_as(ro.values), flat_ret.view_as(ro.values)
+    return flat_adv.view_as(values), flat_ret.view_as(values)
 
 
 @torch.no_grad()
