@@ -100,7 +100,7 @@ def test_claim_prompt_agent_beats_hand_written_and_random_mutation(trained):
 def test_registered_in_the_prompt_lab(name):
     """Each method runs through the prompt lab's registry (the task answered by its rule: seconds)."""
     from rlxf.lab import prompts as L
-    from rlxf.lab.search import resolve
+    from rlxf.lab.registry import resolve
 
     task = pt.PromptTask(respond=pt.rule_respond)
     problem = L.PromptProblem(task, 0, [], np.zeros((0, 1)), task.hand_written)

@@ -33,7 +33,7 @@ from rlxf.critique.config import (ItemsSpec, RoleSpec, check_critics, check_item
 from rlxf.critique.evaluate import critique_eval, critique_items, score_verdicts
 from rlxf.lab import report
 from rlxf.lab.config import RunSection
-from rlxf.lab.search import resolve
+from rlxf.lab.registry import resolve
 from rlxf.lab.stages import StagedLab
 
 TASKS = ("arithmetic", "code")

@@ -27,7 +27,7 @@ from rlxf.core.config import ConfigError
 from rlxf.core.runs import atomic_write_text
 from rlxf.lab import report
 from rlxf.lab.config import RunSection
-from rlxf.lab.search import resolve
+from rlxf.lab.registry import resolve
 from rlxf.lab.stages import StagedLab, seed_stage
 
 

@@ -35,6 +35,19 @@ def lab_class(name: str):
     return getattr(importlib.import_module(module), attr)
 
 
+def resolve(path: str, what: str):
+    """The object at ``module:attr``; a module that does not import or lacks the attribute is a
+    :class:`ConfigError` naming ``what`` (the config key) and the path."""
+    module, attr = path.split(":")
+    try:
+        found = getattr(importlib.import_module(module), attr)
+    except ImportError as e:
+        raise ConfigError(f"{what}: cannot import {module} for {path} ({e})") from None
+    except AttributeError:
+        raise ConfigError(f"{what}: {module} has no {attr} (expected {path})") from None
+    return found
+
+
 def reopen(run_dir: str | Path):
     """The lab of an existing run directory, read back from its ``config.toml`` (to rewrite
     its report; see :meth:`rlxf.lab.stages.StagedLab.reopen`)."""

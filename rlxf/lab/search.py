@@ -16,7 +16,6 @@ step-level beam search on a DPO policy valued by its implicit reward against the
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import time
@@ -32,6 +31,7 @@ from rlxf.core.runs import Run, atomic_write_text
 from rlxf.lab import report
 from rlxf.lab.config import RunSection
 from rlxf.lab.rlvr import train_prover
+from rlxf.lab.registry import resolve
 from rlxf.lab.stages import StagedLab, seed_stage
 from rlxf.objectives.preference import dpo_loss
 from rlxf.policies.language import LanguagePolicy
@@ -224,19 +224,6 @@ METHODS: dict[str, dict[str, str]] = {
                   "cr_planner": "rlxf.algorithms.search.cr_planner:CR_PLANNER"},
 }
 """Each task's methods (:class:`SearchMethod` objects), by import path."""
-
-
-def resolve(path: str, what: str):
-    """The object at ``module:attr``; a module that does not import or lacks the attribute is a
-    :class:`ConfigError` naming ``what`` (the config key) and the path."""
-    module, attr = path.split(":")
-    try:
-        found = getattr(importlib.import_module(module), attr)
-    except ImportError as e:
-        raise ConfigError(f"{what}: cannot import {module} for {path} ({e})") from None
-    except AttributeError:
-        raise ConfigError(f"{what}: {module} has no {attr} (expected {path})") from None
-    return found
 
 
 @dataclass
