@@ -94,7 +94,8 @@ class LearnedRule:
 
 def pair_features(p_first) -> np.ndarray:
     """``[N, 3]`` candidate features from ``p_first [K, N]``, each member's probability that the first of a
-    pair wins: mean, std over members, and ``1 - |2 mean - 1|`` (1 at a coin flip, 0 when sure)."""
+    pair wins: mean, std over members, and ``1 - |2 mean - 1|`` (1 at a coin flip, 0 when sure).
+    Leading batch dimensions pass through: ``[..., K, N]`` -> ``[..., N, 3]``."""
     p = np.asarray(p_first, dtype=np.float64)
-    mean = p.mean(0)
-    return np.stack([mean, p.std(0), 1 - np.abs(2 * mean - 1)], -1).astype(np.float32)
+    mean = p.mean(-2)
+    return np.stack([mean, p.std(-2), 1 - np.abs(2 * mean - 1)], -1).astype(np.float32)

@@ -127,7 +127,15 @@ def query_loss(query_logps: Tensor, entropies: Tensor, guess_logps: Tensor, thre
     ``log q_T(t) - log q_s(t)``, the final return less a baseline that depends only on the past."""
     idx = thresholds[:, None, None].expand(-1, guess_logps.shape[1], 1)
     truth = guess_logps.gather(-1, idx).squeeze(-1).detach().clamp(min=-10.0)  # [B, T + 1]
-    rewards = truth[:, 1:] - truth[:, :-1]
+    return progress_loss(query_logps, entropies, truth, entropy_coef, gamma)
+
+
+def progress_loss(query_logps: Tensor, entropies: Tensor, quality: Tensor, entropy_coef: float,
+                  gamma: float = 1.0) -> Tensor:
+    """REINFORCE on progress, ``[B]``: ``quality [B, T + 1]`` scores what is known after 0..T answers; the
+    answer to query ``s`` earns ``r_s = quality[s + 1] - quality[s]`` and query ``s`` is credited with
+    ``sum_k gamma^(k-s) r_k`` over ``k >= s``, less its batch mean; plus an entropy bonus."""
+    rewards = quality[:, 1:] - quality[:, :-1]
     adv, running = torch.zeros_like(rewards), torch.zeros(len(rewards))
     for s in reversed(range(rewards.shape[1])):
         running = rewards[:, s] + gamma * running
