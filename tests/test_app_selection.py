@@ -82,7 +82,7 @@ def store(tmp_path):
     s.close()
 
 
-@pytest.mark.parametrize("rule", ["uniform", "disagreement", "apohf", "randomized"])
+@pytest.mark.parametrize("rule", ["uniform", "disagreement", "apohf", "randomized", "learned"])
 def test_queue_never_repeats_a_question_and_honours_overlap(store, rule):
     project, _ = store.create_project("p", "preference", overlap=2, selection=rule)
     store.add_items(project, [(f"p{i}", ["a", "b", "c"], {}) for i in range(6)])

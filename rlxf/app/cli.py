@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from rlxf.app.selection import SELECTIONS
 from rlxf.data.label_store import KINDS
@@ -31,6 +32,8 @@ def add_label_commands(subparsers) -> None:
     init.add_argument("--nu", type=float, default=1.0,
                       help="exploration weight of the apohf rule: bonus sqrt(nu * variance); -1 asks random pairs")
     init.add_argument("--eps", type=float, default=0.0, help="uncertainty threshold of the randomized rule")
+    init.add_argument("--query-policy", metavar="FILE",
+                      help="the learned rule's pair query policy (default: the shipped one; --selection learned)")
     init.add_argument("--seed", type=int, default=0)
 
     add = project(sub.add_parser("add-labeler", help="register a labeler and print their token"))
@@ -78,10 +81,23 @@ def _dispatch(args) -> int:
 
     cmd = args.label_command
     if cmd == "init":
+        from rlxf.data.label_store import StoreError
+
         scale = [int(x) if float(x).is_integer() else x for x in args.scale]
+        extra = {}
+        if args.query_policy:
+            if args.selection != "learned":
+                raise StoreError("--query-policy: only the 'learned' selection reads it (add --selection learned)")
+            from rlxf.algorithms.active.pairs import load_pair_policy
+
+            try:
+                load_pair_policy(args.query_policy, "--query-policy")
+            except ValueError as e:
+                raise StoreError(str(e)) from None
+            extra["query_policy"] = str(Path(args.query_policy).resolve())
         token = proj.init_project(args.project, args.kind, args.name, args.database, overlap=args.overlap,
                                   selection=args.selection, scale=scale, max_critique_chars=args.max_critique_chars,
-                                  nu=args.nu, eps=args.eps, seed=args.seed)
+                                  nu=args.nu, eps=args.eps, seed=args.seed, **extra)
         print(f"created {args.kind} project in {args.project}")
         print(f"owner token: {token}")
         print("(shown once; it opens the project page and the export)")

@@ -22,7 +22,9 @@ queue then asks uniformly: a warm start). Every rule here reads only those array
   (std of the difference >= ``eps``); otherwise skip the query.
 - ``learned``: a learned query policy (``rlxf.policies.query.LearnedRule``; Zhang, Jain & Jamieson 2020,
   "Learning to Actively Learn") scores every (item, pair) from the pair's ensemble features
-  (``pair_features`` of the members' ``P_k(a beats b)``), and the highest-scoring one is asked.
+  (``pair_features`` of the members' ``P_k(a beats b)``), and the highest-scoring one is asked. Without
+  a rule passed in, the project's ``query_policy`` file or else the pair policy shipped with
+  :mod:`rlxf.algorithms.active.pairs`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rlxf.algorithms.active.pairs import pair_rule
 from rlxf.algorithms.dueling import duel_pair
 from rlxf.data.label_store import Assignment, Item, Labeler, LabelStore, Project, StoreError
 from rlxf.policies.query import pair_features
@@ -133,9 +136,11 @@ class QueryQueue:
             raise StoreError(f"selection {rule!r} is not one of {', '.join(SELECTIONS)}")
         if rule != "uniform" and scorer is None and duels is None:
             raise StoreError(f"selection {rule!r} needs reward models to score items (serve --reward-model DIR ...)")
-        if rule == "learned" and learned is None:
-            raise StoreError("selection 'learned' needs a learned query rule: QueryQueue(..., learned="
-                             "rlxf.policies.query.LearnedRule(policy))")
+        if rule == "learned" and learned is None:  # the project's policy file, or the shipped pair policy
+            try:
+                learned = pair_rule(project.settings.get("query_policy"), "query_policy (label init --query-policy)")
+            except ValueError as e:
+                raise StoreError(str(e)) from None
         self.store, self.project, self.scorer, self.rule = store, project, scorer, rule
         self.learned = learned  # a LearnedRule, for selection "learned"
         self.duels = duels  # a rlxf.app.prompt_duels.PromptDuels: it makes each question itself

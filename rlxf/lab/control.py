@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from rlxf.algorithms.active.pairs import load_pair_policy
 from rlxf.algorithms.control.offline import OfflineConfig, label_segments, record_dataset, train_bc, train_offline_cpl
 from rlxf.algorithms.control.pbrl import SELECTIONS, PbRL, PbRLConfig
 from rlxf.algorithms.control.ppo import PPO, PPOConfig
@@ -40,6 +41,7 @@ class PbRLSection:
     first_queries: int = PbRLConfig.first_queries
     queries_per_round: int = PbRLConfig.queries_per_round
     schedule: str = PbRLConfig.schedule
+    query_policy: str = PbRLConfig.query_policy  # the learned rule's policy file (empty: the shipped one)
 
 
 @dataclass
@@ -76,9 +78,11 @@ class ControlLab(StagedLab):
         bad = [s for s in self.cfg.pbrl.selections if s not in SELECTIONS]
         if bad:
             raise ConfigError(f"pbrl.selections: unknown rule(s) {bad}; expected some of {list(SELECTIONS)}")
-        if "learned" in self.cfg.pbrl.selections:  # a query policy is a Python object, not a config value
-            raise ConfigError("pbrl.selections: 'learned' needs a query policy passed in Python "
-                              "(PbRL(cfg, env, learned=LearnedRule(policy)), docs/active_demos.md); the lab cannot run it")
+        if "learned" in self.cfg.pbrl.selections:
+            try:
+                load_pair_policy(self.cfg.pbrl.query_policy or None, "pbrl.query_policy")
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
 
     def stages(self) -> list[tuple[str, Callable[[], dict]]]:
         out = [("ppo", self._ppo)] + [(f"pbrl_{rule}", lambda r=rule: self._pbrl(r)) for rule in self.cfg.pbrl.selections]
@@ -94,7 +98,7 @@ class ControlLab(StagedLab):
         p = self.cfg.pbrl
         pbrl = PbRL(PbRLConfig(ppo=PPOConfig(**asdict(self.cfg.ppo)), selection=rule, budget=p.budget,
                                first_queries=p.first_queries, queries_per_round=p.queries_per_round,
-                               schedule=p.schedule, seed=self.cfg.run.seed))
+                               schedule=p.schedule, query_policy=p.query_policy, seed=self.cfg.run.seed))
         hist = pbrl.train(eval_every=self.cfg.eval_every, target=self.cfg.target, run=self.run, stage=f"pbrl_{rule}")
         return {"queries": pbrl.queries, "steps": pbrl.ppo.steps_done, "eval_return": hist[-1]["eval_return"] if hist else None}
 

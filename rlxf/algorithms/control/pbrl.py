@@ -9,7 +9,8 @@ an older policy, ask only when the pair's feature difference is uncertain,
 let the agent optimise one randomly drawn ensemble member per round (a posterior sample standing in
 for the paper's Gaussian perturbation of the MLE; phi are member 0's last-layer features, the
 neural-linear reading of the paper's linear features). With ``selection = "learned"`` a learned query policy
-(``rlxf.policies.query.LearnedRule``, "Learning to Actively Learn") picks the pairs from their ensemble
+(``rlxf.policies.query.LearnedRule``, "Learning to Actively Learn"; by default the pair policy shipped with
+:mod:`rlxf.algorithms.active.pairs`, or the file ``query_policy``) picks the pairs from their ensemble
 features (``pair_features``) and is told each answer.
 
 Segments are windows of ``segment_len`` steps; one that runs past its episode's termination is
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rlxf.algorithms.active.pairs import pair_rule
 from rlxf.algorithms.control.ppo import PPO, PPOConfig, single_thread
 from rlxf.algorithms.control.rollout import EpisodeRecorder, Rollout
 from rlxf.data.transitions import Episode
@@ -46,7 +48,8 @@ class PbRLConfig:
     schedule: str = "constant"  # constant | hyperbolic: round k asks queries_per_round / (1 + k / 2)
     query_every: int = 5  # PPO iterations between query rounds
     segment_len: int = 50
-    selection: str = "disagreement"  # uniform | disagreement | randomized | learned (PbRL(..., learned=rule))
+    selection: str = "disagreement"  # uniform | disagreement | randomized | learned
+    query_policy: str = ""  # learned: a pair query policy file (empty: the shipped one, active/pairs.py)
     candidate_factor: int = 5  # candidate pairs per query to choose from
     threshold: float = 0.05  # randomized rule: minimum ||dphi||_{Sigma^-1} to ask
     ridge: float = 1.0  # randomized rule: Sigma starts as ridge * I
@@ -102,8 +105,7 @@ class PbRL:
 
     def __init__(self, cfg: PbRLConfig, env_spec=None, learned=None):
         if cfg.selection == "learned" and learned is None:
-            raise ValueError("pbrl.selection 'learned' needs a learned query rule: PbRL(cfg, env, "
-                             "learned=rlxf.policies.query.LearnedRule(policy))")
+            learned = pair_rule(cfg.query_policy or None, "pbrl.query_policy")
         self.cfg, self.learned = cfg, learned
         self.ppo = PPO(cfg.ppo, env_spec)
         env = self.ppo.env

@@ -10,7 +10,7 @@ CHOICES = ("a", "b", "tie", "skip")
 RECORD_KINDS = {"preference": ("comparison",), "ranking": ("ranking",), "rating": ("rating",),
                 "critique": ("critique", "correction")}  # the records each project kind exports
 DEFAULT_SETTINGS = {"overlap": 1, "selection": "uniform", "scale": [1, 5], "max_critique_chars": 4000,
-                    "nu": 1.0, "eps": 0.0, "seed": 0}
+                    "nu": 1.0, "eps": 0.0, "seed": 0, "query_policy": ""}  # query_policy: "" = the shipped one
 
 
 class StoreError(ValueError):
