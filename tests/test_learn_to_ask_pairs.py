@@ -152,6 +152,9 @@ def test_shipped_pair_policy_beats_uniform_pairs_on_held_out_preference_problems
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="first run (2026-12-07): trained 0.805 +- 0.007, untrained init 0.808 +- "
+                   "0.007, uniform 0.774 +- 0.007; trained - untrained -0.0024 +- 0.0063 paired: the initial "
+                   "scorer already beats uniform, training did not add to it")
 def test_training_is_what_beats_uniform_pairs():
     """Pre-registered control for the claim above: the shipped pair policy against its own untrained
     initialisation (``make_pair_policy`` with the shipped config, seed 0), both greedy, on 500 fresh held-out
