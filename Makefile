@@ -34,7 +34,7 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m "not slow"
 
 # make test-all: everything, including the tests marked slow (each paper's claim, real-model learning),
-# except the few marked long (an open issue's claim measurement that does not fit the 60 minutes).
+# except the few marked long (a claim measurement that does not fit the 60 minutes).
 test-all: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m "not long"
 

@@ -93,7 +93,7 @@ def test_bad_method_and_eta_are_named():
 
 
 @pytest.mark.slow
-@pytest.mark.long  # 238 s in a quiet full suite: outside test-all's hour while issue 22 is open (make test-long)
+@pytest.mark.long  # 238 s in a quiet full suite: outside test-all's hour (make test-long)
 @pytest.mark.xfail(strict=True, reason=(
     "measured on seeds 0-4 (mean return AUC, paired gain +- SE): CartPole-v1 harpg 98.5 vs reinforce 55.8 "
     "(+42.7 +- 11.8, holds) but vs normalised PG 98.2 (+0.3 +- 7.6, tie); Acrobot-v1 harpg -468.4 vs reinforce "
