@@ -100,6 +100,21 @@ def test_schedule_errors_name_the_setting(tmp_path):
         _fit(tmp_path / "second", OptimConfig(**base, schedule="refined", refine_from=str(tmp_path / "first")))
 
 
+def test_a_relative_refine_from_is_made_absolute_before_the_run_starts(tmp_path, monkeypatch):
+    """Data-parallel learner workers run in another directory, so the checked config (and the run's
+    config.toml) carries refine_from as an absolute path, resolved from where the command ran."""
+    from rlxf.lab.pipeline import Pipeline
+
+    (tmp_path / "first").mkdir()
+    (tmp_path / "first" / "metrics.jsonl").write_text("")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(PipelineConfig, None, [f'run.dir="{tmp_path / "run"}"', 'sft.optim.schedule="refined"',
+                                             'sft.optim.refine_from="first"'])
+    lab = Pipeline(cfg, quiet=True)
+    assert cfg.sft.optim.refine_from == str(tmp_path.resolve() / "first")
+    assert f'refine_from = "{tmp_path.resolve() / "first"}"' in (lab.run.dir / "config.toml").read_text()
+
+
 # -- the claim ---------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -131,6 +131,8 @@ def check_schedules(cfg: Any, prefix: str = "") -> None:
         if cfg.schedule == "refined" and not (Path(cfg.refine_from) / "metrics.jsonl").is_file():
             raise ConfigError(f"{prefix}refine_from: {cfg.refine_from} holds no metrics.jsonl (expected the run "
                               f"directory of a first run of this stage)")
+        if cfg.schedule == "refined":  # absolute: data-parallel learner workers read it from another directory
+            cfg.refine_from = str(Path(cfg.refine_from).resolve())
         return
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
         for f in dataclasses.fields(cfg):
