@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -216,17 +217,24 @@ def train_query_policy(cfg: ActiveConfig, best=None, progress: bool = False, log
     return policy
 
 
-def save_query_policy(policy: QueryPolicy, cfg: ActiveConfig, path: str | Path) -> None:
+def save_query_policy(policy: QueryPolicy, cfg, path: str | Path) -> None:
+    """A query policy's weights with the config (a dataclass) it was trained with."""
     torch.save({"config": asdict(cfg), "state": policy.state_dict()}, path)
+
+
+def read_query_policy(path: str | Path, config_type: type, make: Callable) -> tuple[QueryPolicy, Any]:
+    """A policy saved by :func:`save_query_policy`: its config as ``config_type`` (lists back to tuples)
+    and the policy ``make(cfg)`` builds, with the saved weights."""
+    blob = torch.load(path, weights_only=True)
+    cfg = config_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in blob["config"].items()})
+    policy = make(cfg)
+    policy.load_state_dict(blob["state"])
+    return policy, cfg
 
 
 def load_query_policy(path: str | Path = SHIPPED) -> tuple[QueryPolicy, ActiveConfig]:
     """A saved threshold-toy policy and the config it was trained with."""
-    blob = torch.load(path, weights_only=True)
-    cfg = ActiveConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in blob["config"].items()})
-    policy = make_query_policy(cfg)
-    policy.load_state_dict(blob["state"])
-    return policy, cfg
+    return read_query_policy(path, ActiveConfig, make_query_policy)
 
 
 @torch.no_grad()

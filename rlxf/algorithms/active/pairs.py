@@ -23,7 +23,7 @@ with uniform, disagreement and uncertainty sampling on held-out problems.
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from rlxf.algorithms.active.learn_to_ask import progress_loss
+from rlxf.algorithms.active.learn_to_ask import progress_loss, read_query_policy, save_query_policy
 from rlxf.algorithms.evaluate import mean_se, paired_gain
 from rlxf.policies.control import single_thread
 from rlxf.policies.query import PAIR_FEATURES, LearnedRule, QueryPolicy, pair_features
@@ -193,7 +193,7 @@ def train_pair_policy(cfg: PairConfig, progress: bool = False) -> QueryPolicy:
 
 
 def save_pair_policy(policy: QueryPolicy, cfg: PairConfig, path: str | Path) -> None:
-    torch.save({"config": asdict(cfg), "state": policy.state_dict()}, path)
+    save_query_policy(policy, cfg, path)
 
 
 def load_pair_policy(path: str | Path | None = None, option: str = "query_policy") -> tuple[QueryPolicy, PairConfig]:
@@ -203,10 +203,7 @@ def load_pair_policy(path: str | Path | None = None, option: str = "query_policy
     if not path.is_file():
         raise ValueError(f"{option}: no query policy file {str(path)!r}")
     try:
-        blob = torch.load(path, weights_only=True)
-        cfg = PairConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in blob["config"].items()})
-        policy = make_pair_policy(cfg)
-        policy.load_state_dict(blob["state"])
+        policy, cfg = read_query_policy(path, PairConfig, make_pair_policy)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
         raise ValueError(f"{option}: {str(path)!r} is not a pair query policy saved by "
                          f"rlxf.algorithms.active.pairs ({type(e).__name__}: {e})") from e
