@@ -1,0 +1,79 @@
+"""The control lab's methods x tasks table: one registry of control methods, each a runner that trains
+from scratch on a named task at a small budget and returns its held-out per-episode scores.
+
+A method registers as an import path, so its dependencies (MuJoCo, Meta-World, ...) load only when a
+lab asks for it::
+
+    METHODS["beso"] = ControlMethod(
+        "rlxf.algorithms.control.beso:table_run", tasks=("reach_modes",), metric="success",
+        about="score-based diffusion policy (BESO) from multimodal goal demonstrations")
+
+``run(task, seed, scale)`` trains with seed ``seed`` and returns one score per held-out episode (success
+in {0, 1} or the episode's return), as a list or array; ``scale`` multiplies the method's default
+budget (the lab's smoke test uses a small one). :func:`run_cell` adds the mean and its standard error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rlxf.algorithms.evaluate import mean_se
+from rlxf.core.config import ConfigError
+from rlxf.lab.registry import resolve
+
+
+@dataclass(frozen=True)
+class ControlMethod:
+    run: str  # "module:function", called as function(task, seed, scale) -> per-episode scores
+    tasks: tuple[str, ...]  # the task names it accepts
+    metric: str  # "success" or "return"
+    about: str = ""  # one line for the report
+
+
+METHODS: dict[str, ControlMethod] = {}
+
+
+def check_cells(methods, tasks, what: str = "table") -> list[tuple[str, str]]:
+    """The (method, task) cells of ``methods`` x ``tasks`` that exist; unknown names are a ConfigError
+    naming the option, and so is a pair with no method that runs on the task."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"{what}.methods: unknown method(s) {unknown}; known: {sorted(METHODS)}")
+    known_tasks = sorted({t for m in METHODS.values() for t in m.tasks})
+    bad = [t for t in tasks if t not in known_tasks]
+    if bad:
+        raise ConfigError(f"{what}.tasks: unknown task(s) {bad}; known: {known_tasks}")
+    cells = [(m, t) for m in methods for t in tasks if t in METHODS[m].tasks]
+    empty = [t for t in tasks if not any(t in METHODS[m].tasks for m in methods)]
+    if empty:
+        raise ConfigError(f"{what}.tasks: no method in {list(methods)} runs on {empty}")
+    return cells
+
+
+def run_cell(method: str, task: str, seed: int, scale: float = 1.0) -> dict:
+    """Train ``method`` on ``task`` and score it: per-episode scores, their mean and standard error."""
+    entry = METHODS[method]
+    scores = np.asarray(resolve(entry.run, f"table method {method}")(task, seed, scale), dtype=float)
+    if scores.ndim != 1 or len(scores) == 0:
+        raise ValueError(f"method {method} on {task} returned scores of shape {scores.shape}; expected [episodes]")
+    mean, se = mean_se(scores)
+    return {"method": method, "task": task, "metric": entry.metric, "scores": scores.tolist(), "mean": mean, "se": se}
+
+
+def format_cells(cells: list[dict]) -> str:
+    """Methods down, tasks across: ``mean +- se`` (success rate or return) per cell."""
+    methods = list(dict.fromkeys(c["method"] for c in cells))
+    tasks = list(dict.fromkeys(c["task"] for c in cells))
+    by = {(c["method"], c["task"]): c for c in cells}
+    width = max(16, *(len(t) + 2 for t in tasks))
+    lines = [f"{'method':<18}" + "".join(f"{t:>{width}}" for t in tasks)]
+    for m in methods:
+        row = f"{m:<18}"
+        for t in tasks:
+            c = by.get((m, t))
+            row += f"{'-':>{width}}" if c is None else f"{c['mean']:.3g} +- {c['se']:.2g}".rjust(width)
+        lines.append(row)
+    metrics = sorted({f"{c['task']}: {c['metric']}" for c in cells})
+    return "\n".join(lines + ["(" + "; ".join(metrics) + ")"])
