@@ -61,3 +61,43 @@ def test_report_command_rewrites_any_labs_report_and_refuses_an_unfinished_run(t
     (run_dir / "stages" / "pbrl_uniform" / "done.json").unlink()
     assert main(["report", str(run_dir)]) == 2
     assert "pbrl_uniform" in capsys.readouterr().err
+
+
+def test_methods_by_tasks_table_runs_each_cell_per_seed_and_checks_names_first(tmp_path, monkeypatch):
+    """A table cell trains its method once per seed: one seed gives the SE over held-out episodes, several the
+    SE over seed means; an unknown method or task, or a task no listed method runs on, stops the lab before
+    it writes anything."""
+    import pytest
+
+    from rlxf.core.config import ConfigError
+    from rlxf.lab import control_table
+
+    (tmp_path / "toy_methods.py").write_text(
+        "def run(task, seed, scale):\n"
+        "    return [seed + 1.0, seed + 3.0] if task == 'a' else [10.0 * scale] * 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(control_table.METHODS, "toy", control_table.ControlMethod("toy_methods:run", ("a", "b"), "return"))
+    monkeypatch.setitem(control_table.METHODS, "toy_a", control_table.ControlMethod("toy_methods:run", ("a",), "success"))
+    base = [f'run.dir="{tmp_path / "lab"}"', 'pbrl.selections=[]', "offline.enabled=false", "ppo.total_steps=256",
+            "eval_every=256"]
+    one = load_config(ControlLab.Config, "configs/lab_control.toml",
+                      base + ['table.methods=["toy", "toy_a"]', 'table.tasks=["a", "b"]', "table.scale=0.5"])
+    summary = ControlLab(one, quiet=True, log=lambda _m: None).execute()
+    assert set(summary) == {"ppo", "table_toy_a", "table_toy_b", "table_toy_a_a"}  # toy_a does not run on b
+    assert summary["table_toy_a"]["mean"] == 2.0 and abs(summary["table_toy_a"]["se"] - 1.0) < 1e-12  # sd sqrt2 / sqrt2
+    assert summary["table_toy_b"]["scores"] == [5.0] * 3 and summary["table_toy_b"]["se"] == 0.0
+    table = ControlLab.format_table(summary)
+    assert "toy_a" in table and "2 +- 1" in table and "a: return" in table
+    seeds = load_config(ControlLab.Config, "configs/lab_control.toml",
+                        [f'run.dir="{tmp_path / "lab2"}"'] + base[1:] + ['table.methods=["toy"]', 'table.tasks=["a"]',
+                                                                          "table.seeds=[0, 1, 2]"])
+    cell = ControlLab(seeds, quiet=True, log=lambda _m: None).execute()["table_toy_a"]
+    assert cell["seed_means"] == [2.0, 3.0, 4.0] and cell["mean"] == 3.0 and abs(cell["se"] - 1 / 3**0.5) < 1e-12
+    for bad, named in ((['table.methods=["nope"]', 'table.tasks=["a"]'], "table.methods"),
+                       (['table.methods=["toy"]', 'table.tasks=["zz"]'], "table.tasks"),
+                       (['table.methods=["toy_a"]', 'table.tasks=["b"]'], "no method")):
+        cfg = load_config(ControlLab.Config, "configs/lab_control.toml",
+                          [f'run.dir="{tmp_path / "bad"}"'] + base[1:] + bad)
+        with pytest.raises(ConfigError, match=named):
+            ControlLab(cfg, quiet=True, log=lambda _m: None)
+        assert not (tmp_path / "bad").exists()

@@ -28,7 +28,9 @@ from rlxf.core.config import ConfigError
 from rlxf.core.runs import Run, atomic_write_text, torch_save_atomic
 from rlxf.data.transitions import state_action_coverage, trajectory_quality
 from rlxf.lab import report
+from rlxf.algorithms.evaluate import mean_se
 from rlxf.lab.config import RunSection
+from rlxf.lab.control_table import check_cells, format_cells, run_cell
 from rlxf.lab.stages import StagedLab
 
 
@@ -55,6 +57,18 @@ class OfflineSection:
 
 
 @dataclass
+class TableSection:
+    """The methods x tasks table: every method of ``methods`` that runs on a task of ``tasks`` is trained
+    from scratch once per seed (``rlxf.lab.control_table.METHODS``; ``scale`` multiplies each method's
+    default budget) and scored on its held-out episodes."""
+
+    methods: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = (0,)
+    scale: float = 1.0
+
+
+@dataclass
 class ControlLabConfig:
     lab: str = "control"
     run: RunSection = field(default_factory=lambda: RunSection(dir="runs/control"))
@@ -63,6 +77,7 @@ class ControlLabConfig:
     eval_every: int = 4096
     pbrl: PbRLSection = field(default_factory=PbRLSection)
     offline: OfflineSection = field(default_factory=OfflineSection)
+    table: TableSection = field(default_factory=TableSection)
 
 
 class ControlLab(StagedLab):
@@ -83,10 +98,27 @@ class ControlLab(StagedLab):
                 load_pair_policy(self.cfg.pbrl.query_policy or None, "pbrl.query_policy")
             except ValueError as e:
                 raise ConfigError(str(e)) from None
+        t = self.cfg.table
+        check_cells(t.methods, t.tasks)
+        if not t.seeds or t.scale <= 0:
+            raise ConfigError(f"table: expected at least one seed and scale > 0, got seeds {list(t.seeds)}, scale {t.scale}")
 
     def stages(self) -> list[tuple[str, Callable[[], dict]]]:
         out = [("ppo", self._ppo)] + [(f"pbrl_{rule}", lambda r=rule: self._pbrl(r)) for rule in self.cfg.pbrl.selections]
-        return out + ([("offline", self._offline)] if self.cfg.offline.enabled else [])
+        out += [("offline", self._offline)] if self.cfg.offline.enabled else []
+        return out + [(f"table_{m}_{t}", lambda m=m, t=t: self._cell(m, t))
+                      for m, t in check_cells(self.cfg.table.methods, self.cfg.table.tasks)]
+
+    def _cell(self, method: str, task: str) -> dict:
+        """One cell of the table: the method trained once per seed; with several seeds the standard error
+        is over the seeds' means, with one over its held-out episodes."""
+        t = self.cfg.table
+        runs = [run_cell(method, task, seed, t.scale) for seed in t.seeds]
+        if len(runs) == 1:
+            return runs[0]
+        mean, se = mean_se([r["mean"] for r in runs])
+        return {**runs[0], "scores": [r["scores"] for r in runs], "seed_means": [r["mean"] for r in runs],
+                "mean": mean, "se": se}
 
     def _ppo(self) -> dict:
         ppo = PPO(self.cfg.ppo)
@@ -173,7 +205,7 @@ class ControlLab(StagedLab):
     def format_table(summary: dict) -> str:
         lines = [f"{'stage':<20} {'env steps':>10} {'queries':>8} {'eval return':>12}"]
         for name, r in summary.items():
-            if name == "offline":
+            if name == "offline" or name.startswith("table_"):
                 continue
             ret = "-" if r.get("eval_return") is None else f"{r['eval_return']:.1f}"
             lines.append(f"{name:<20} {r['steps']:>10} {r.get('queries', '-'):>8} {ret:>12}")
@@ -181,4 +213,7 @@ class ControlLab(StagedLab):
             o = summary["offline"]
             lines.append(f"offline: TQ {o['tq']:.3f}  SACo {o['saco']:.3f}  BC return {o['bc_return']:.1f}  "
                          f"CPL return {o['cpl_return']:.1f}")
+        cells = [r for name, r in summary.items() if name.startswith("table_")]
+        if cells:
+            lines += ["", "methods x tasks (mean +- standard error of held-out success or return):", format_cells(cells)]
         return "\n".join(lines)
