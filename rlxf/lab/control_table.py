@@ -33,6 +33,12 @@ class ControlMethod:
 
 
 METHODS: dict[str, ControlMethod] = {}
+METHODS["robomatrix"] = ControlMethod(
+    "rlxf.algorithms.control.robomatrix:table_run", tasks=("tabletop_unseen",), metric="success",
+    about="RoboMatrix: BC skill library sequenced by a simulated LM planner (error 0.1) on unseen task combinations")
+METHODS["flat"] = ControlMethod(
+    "rlxf.algorithms.control.robomatrix:flat_table_run", tasks=("tabletop_unseen",), metric="success",
+    about="flat BC policy on the seen task combinations' demos (the skill library's data and gradient steps)")
 
 
 def check_cells(methods, tasks, what: str = "table") -> list[tuple[str, str]]:
