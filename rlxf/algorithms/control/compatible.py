@@ -39,16 +39,19 @@ from rlxf.tasks.reach2d import scripted_action
 ENV_ID = "rlxf/Reach2D-v0"
 
 
-def demonstrate(style: str, n: int, seed: int = 0, noise: float = 0.1, max_tries: int = 1000) -> list[Episode]:
-    """``n`` successful demonstrations of a scripted demonstrator of ``style`` (failed tries are dropped)."""
-    env = make_env(ENV_ID, n_envs=1, seed=seed)
+def demonstrate(style: str, n: int, seed: int = 0, noise: float = 0.1, max_tries: int = 1000,
+                env_id: str = ENV_ID) -> list[Episode]:
+    """``n`` successful demonstrations of a scripted demonstrator of ``style`` (failed tries are dropped);
+    on the goal-conditioned ``rlxf/GoalReach2D-v0`` the demonstrator heads for the goal in the observation."""
+    env = make_env(env_id, n_envs=1, seed=seed)
     rng = np.random.default_rng(seed)
     episodes: list[Episode] = []
     obs = env.reset()
     for _ in range(max_tries):
         states, actions, rewards, done = [obs[0]], [], [], False
         while not done:
-            a = scripted_action(states[-1], style, noise, rng)
+            s = states[-1]
+            a = scripted_action(s[:2], style, noise, rng, **({"goal": s[2:4]} if len(s) == 4 else {}))
             res = env.step(a[None])
             actions.append(np.clip(a, -1, 1))
             rewards.append(float(res.raw_rewards[0]))
