@@ -46,6 +46,10 @@ class GenerationSection:
 
 @dataclass
 class SFTSection:
+    """``enabled = false`` (pipeline lab only): no SFT; every stage starts from ``model.init`` as it is
+    (the base policy), with KL to it (direct RLHF from the base model)."""
+
+    enabled: bool = field(default=True, metadata={"identity": "omit_default"})  # omitted from old runs' config
     corpus_size: int = 20000
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=600, batch_size=64, lr=3e-3, warmup_steps=30))
 

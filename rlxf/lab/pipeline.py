@@ -1,6 +1,8 @@
 """The feedback pipeline on a gold-reward task, as resumable stages of a run.
 
 SFT -> comparisons -> reward model -> {DPO, RLOO, best-of-N} -> evaluation -> report.
+With ``sft.enabled = false`` a "base" stage takes the place of SFT: it saves ``model.init`` as it
+is, and every later stage starts from it (direct RLHF from the base model).
 Each stage writes its outputs into ``stages/<name>/`` and a ``done.json``; a stage that
 was interrupted restarts from its last checkpoint, a finished one is skipped.
 """
@@ -23,7 +25,7 @@ from rlxf.algorithms.batching import step_rng
 from rlxf.algorithms.evaluate import best_of_n_index, best_of_n_kl, mean_se, paired_gain, sampled_kl
 from rlxf.algorithms.offline_preference import train_pairs
 from rlxf.algorithms.preference_data import checked_comparisons
-from rlxf.algorithms.online.controller import OnlineConfig, OnlineError, check_config, train_online
+from rlxf.algorithms.online.controller import OnlineConfig, OnlineError, build_method, check_config, train_online
 from rlxf.algorithms.reward_training import PAIR_LOSSES as RM_LOSSES
 from rlxf.algorithms.reward_training import out_of_fold_strength, train_reward_model
 from rlxf.algorithms.sft import train_sft
@@ -63,6 +65,9 @@ def records_digest(records: list) -> str:
     return h.hexdigest()
 
 
+RLOO_METHODS = ("rloo", "cost_constrained")  # the rloo stage's methods: plain, or with the task's cost held down
+
+
 class PipelineError(ValueError):
     """A config or input that the pipeline cannot run with; raised before any stage starts."""
 
@@ -75,6 +80,7 @@ class Pipeline(StagedLab):
     CURVES = [
         ("sft", "loss"), ("reward_model", "loss"), ("reward_model", "accuracy"), ("dpo", "loss"),
         ("dpo", "reward_accuracy"), ("rloo", "proxy_reward"), ("rloo", "gold_reward"), ("rloo", "kl"),
+        ("rloo", "cost"), ("rloo", "lagrange_lambda"),
     ]
 
     @staticmethod
@@ -88,8 +94,9 @@ class Pipeline(StagedLab):
         plot_gold_vs_kl(ev["summary"], ev.get("best_of_n_curve", {}), d / "gold_vs_kl.png")
         out = [report.heading("Results on held-out prompts"),
                report.paragraph("Gold reward is the task's hidden objective (never seen by the learners); proxy is "
-                                "the learned reward model. Gains are paired differences against the SFT policy on "
-                                "the same prompts (mean ± standard error)."),
+                                f"the learned reward model. Gains are paired differences against the {self.start} "
+                                "policy on the same prompts (mean ± standard error)."
+                                + (" Cost counts the task's harmful words per response." if self.has_cost else "")),
                report.pre(format_table(ev["summary"])),
                report.heading("Gold reward against KL"), report.image("gold_vs_kl.png", "gold vs KL")]
         if report.plot_metric_panels(self.run, self.CURVES, d / "learning_curves.png"):
@@ -109,10 +116,23 @@ class Pipeline(StagedLab):
         if c.reward_model.lm_term and c.reward_model.pooling != "sum":
             raise PipelineError('reward_model.lm_term needs reward_model.pooling = "sum" (the LM term is a sum over tokens)')
         self.validate_reward_model()
+        if not c.sft.enabled and type(self).stages is not Pipeline.stages:
+            raise PipelineError(f"sft.enabled = false: only the pipeline lab can skip its SFT stage (this is the "
+                                f"{c.lab} lab)")
         if c.rloo.enabled:
-            if c.rloo.method != "rloo":
-                raise PipelineError(f"rloo.method: the rloo stage trains with method 'rloo', got {c.rloo.method!r}")
-            self.validate_online("rloo", c.rloo, {"rloo": online_config(c.rloo, c.generation)})
+            if c.rloo.method not in RLOO_METHODS:
+                raise PipelineError(f"rloo.method: the rloo stage trains with {' or '.join(map(repr, RLOO_METHODS))}, "
+                                    f"got {c.rloo.method!r}")
+            cfg = online_config(c.rloo, c.generation)
+            self.validate_online("rloo", c.rloo, {"rloo": cfg})
+            if c.rloo.method == "cost_constrained":
+                if not c.task.harmful_words:
+                    raise PipelineError('rloo.method = "cost_constrained" holds the cost of task.harmful_words under '
+                                        'a limit; set task.harmful_words (words of the task) first')
+                try:
+                    build_method(cfg)  # the limit and the multiplier's settings
+                except (OnlineError, ValueError, TypeError) as e:
+                    raise PipelineError(f"rloo.{e}") from None
         self.validate_inputs()
 
     def validate_reward_model(self) -> None:
@@ -168,6 +188,15 @@ class Pipeline(StagedLab):
     def start_model(self) -> str:
         """The model the SFT stage starts from: ``tiny`` or a model directory."""
         return self.cfg.model.init
+
+    @property
+    def start(self) -> str:
+        """The stage whose policy every later stage starts from: "sft", or "base" with ``sft.enabled = false``."""
+        return "sft" if self.cfg.sft.enabled else "base"
+
+    @property
+    def has_cost(self) -> bool:
+        return bool(self.cfg.task.harmful_words)
 
     @cached_property
     def tokenizer(self):
@@ -262,8 +291,8 @@ class Pipeline(StagedLab):
     # -- stages -----------------------------------------------------------
     def stages(self) -> list[tuple[str, Callable[[], dict]]]:
         c = self.cfg
-        out = [("sft", self.stage_sft), ("comparisons", self.stage_comparisons),
-               ("reward_model", self.stage_reward_model)]
+        out = [("sft", self.stage_sft) if c.sft.enabled else ("base", self.stage_base),
+               ("comparisons", self.stage_comparisons), ("reward_model", self.stage_reward_model)]
         if c.dpo.enabled:
             out.append(("dpo", self.stage_dpo))
         if c.rloo.enabled:
@@ -271,16 +300,26 @@ class Pipeline(StagedLab):
         out.append(("evaluate", self.stage_evaluate))
         return out
 
-    def stage_sft(self) -> dict:
+    def initial_policy(self) -> LanguagePolicy:
+        """``model.init`` as it is: a tiny model built in-process (seeded by the run), or a model directory."""
         c = self.cfg
         if c.model.init == "tiny":
             tok = tiny_tokenizer(self.task.vocabulary())
             m = c.model
             model = tiny_causal_lm(tok, m.kind, m.n_layer, m.n_embd, m.n_head, m.max_positions, seed=self.seed)
-            policy = LanguagePolicy(model, tok)
-        else:
-            policy = LanguagePolicy.from_pretrained(c.model.init)
-            policy.tokenizer.chat_template = self.tokenizer.chat_template  # model.chat_template, saved with it
+            return LanguagePolicy(model, tok)
+        policy = LanguagePolicy.from_pretrained(c.model.init)
+        policy.tokenizer.chat_template = self.tokenizer.chat_template  # model.chat_template, saved with it
+        return policy
+
+    def stage_base(self) -> dict:
+        """With ``sft.enabled = false``: the starting policy, untrained, saved for the later stages."""
+        self.initial_policy().save_pretrained(self._model_dir("base"))
+        return {"model": self.cfg.model.init}
+
+    def stage_sft(self) -> dict:
+        c = self.cfg
+        policy = self.initial_policy()
         corpus = self.task.corpus(c.sft.corpus_size, seed=self.seed)
         prompts = policy.encode([s.prompt for s in corpus])
         responses = policy.encode_responses([s.response for s in corpus])
@@ -299,7 +338,7 @@ class Pipeline(StagedLab):
             records = self._project_comparisons()
             write_records(records, path)
             return {"source": c.project, "n_pairs": len(records), "source_digest": records_digest(records)}
-        sft = self.policy("sft")
+        sft = self.policy(self.start)
         rng = step_rng(self.seed, 0, salt=21)
         prompts = self.task.sample_prompts(c.n_pairs, "train", rng)
         ro = self._sample(sft, self._prompt_ids(sft, prompts), n=2, salt=1)
@@ -344,7 +383,7 @@ class Pipeline(StagedLab):
 
     def _new_reward_model(self) -> RewardModel:
         r = self.cfg.reward_model
-        return RewardModel.from_pretrained(self._model_dir("sft"), pooling=r.pooling, lm_term=r.lm_term)
+        return RewardModel.from_pretrained(self._model_dir(self.start), pooling=r.pooling, lm_term=r.lm_term)
 
     def _secrets_ii(self, records: list[Comparison], pairs: list) -> tuple[list, list[float] | None, dict]:
         """Secrets of RLHF II on the training pairs: measure each pair's preference strength with
@@ -374,7 +413,7 @@ class Pipeline(StagedLab):
     def stage_reward_model(self) -> dict:
         c = self.cfg
         rm = self._new_reward_model()
-        sft = self.policy("sft")
+        sft = self.policy(self.start)
         pairs, margins, secrets = self._secrets_ii(*self.comparisons(sft))
         r = c.reward_model
         train_reward_model(self.run, "reward_model", rm, pairs, r.optim, self.seed, self.quiet, loss=r.loss,
@@ -401,7 +440,7 @@ class Pipeline(StagedLab):
 
     def stage_dpo(self) -> dict:
         c = self.cfg.dpo
-        policy = self.policy("sft")
+        policy = self.policy(self.start)
         ref = policy.reference()
         kwargs = loss_kwargs(PAIR_LOSSES[c.loss], c.beta, c.loss_args)
         train_pairs(self.run, "dpo", policy, ref, self._pairs(policy), PAIR_LOSSES[c.loss], kwargs, c.optim,
@@ -410,11 +449,13 @@ class Pipeline(StagedLab):
         return {"final_loss": self.run.metrics("dpo")[-1]["loss"]}
 
     def stage_rloo(self) -> dict:
-        policy = self.policy("sft")
+        policy = self.policy(self.start)
         prompts = self.task.prompts("train")
         cfg = online_config(self.cfg.rloo, self.cfg.generation)
         gold = text_reward(policy.decode, self.task.gold)  # a monitor: logged, never seen by the learner
-        scorer = Scorer({"rm": (model_reward(self.reward_model()), 1.0)}, monitors={"gold": gold})
+        # the cost is a monitor too: only the cost_constrained method reads it (as batch.parts["cost"])
+        cost = {"cost": text_reward(policy.decode, self.task.cost)} if self.has_cost else {}
+        scorer = Scorer({"rm": (model_reward(self.reward_model()), 1.0)}, monitors={"gold": gold, **cost})
         train_online(self.run, "rloo", policy, policy.reference(), policy.encode(prompts), scorer, cfg, self.seed,
                      quiet=self.quiet)
         policy.save_pretrained(self._model_dir("rloo"))
@@ -425,19 +466,23 @@ class Pipeline(StagedLab):
         prompts = self.task.prompts("test")[: c.eval.n_prompts]
         if len(prompts) < c.eval.n_prompts:
             raise PipelineError(f"eval.n_prompts={c.eval.n_prompts} but the task has {len(prompts)} test prompts")
-        sft, rm = self.policy("sft"), self.reward_model()
+        start = self.start  # "sft", or "base" without an SFT stage: gains and KL are measured against it
+        sft, rm = self.policy(start), self.reward_model()
         prompt_ids = sft.encode(prompts)
         rows, per_prompt = {}, {}
 
         def measure(name: str, policy: LanguagePolicy, salt: int) -> None:
             ro = self._sample(policy, prompt_ids, n=1, salt=salt)
-            gold = self._gold(prompts, self._texts(policy, ro.response_ids), ro.finished)
+            texts = self._texts(policy, ro.response_ids)
+            gold = self._gold(prompts, texts, ro.finished)
             proxy = rm.score(ro.prompt_ids, ro.response_ids).numpy()
             kl = sampled_kl(ro.steps, sft.score(ro.prompt_ids, ro.response_ids)).numpy()
             per_prompt[name] = gold
             rows[name] = {"gold": gold, "proxy": proxy, "kl": float(kl.mean()), "kl_kind": "sampled"}
+            if self.has_cost:
+                rows[name]["cost"] = np.array([self.task.cost(p, t) for p, t in zip(prompts, texts)])
 
-        measure("sft", sft, salt=100)
+        measure(start, sft, salt=100)
         for i, name in enumerate(("dpo", "rloo")):
             if getattr(c, name).enabled:
                 measure(name, self.policy(name), salt=101 + i)
@@ -457,24 +502,34 @@ class Pipeline(StagedLab):
             pick = best_of_n_index(proxy).numpy()
             rows[f"best_of_{n}"] = {"gold": gold[np.arange(len(prompts)), pick], "proxy": proxy.max(1).values.numpy(),
                                     "kl": best_of_n_kl(n), "kl_kind": "analytic"}
+            if self.has_cost:
+                texts = np.array(texts, dtype=object).reshape(-1, n)[np.arange(len(prompts)), pick]
+                rows[f"best_of_{n}"]["cost"] = np.array([self.task.cost(p, t) for p, t in zip(prompts, texts)])
         summary = {}
         for name, r in rows.items():
             gm, gse = mean_se(r["gold"])
-            gain, gain_se = paired_gain(r["gold"], rows["sft"]["gold"])
+            gain, gain_se = paired_gain(r["gold"], rows[start]["gold"])
             summary[name] = {"gold_mean": gm, "gold_se": gse, "proxy_mean": float(np.mean(r["proxy"])),
-                             "kl": r["kl"], "kl_kind": r["kl_kind"], "gain_vs_sft": gain, "gain_se": gain_se}
+                             "kl": r["kl"], "kl_kind": r["kl_kind"], f"gain_vs_{start}": gain, "gain_se": gain_se}
+            if "cost" in r:
+                summary[name]["cost_mean"], summary[name]["cost_se"] = mean_se(r["cost"])
         atomic_write_text(self.run.dir / "summary.json", json.dumps(summary, indent=2))
         return {"summary": summary, "best_of_n_curve": bon_curve, "n_prompts": len(prompts)}
 
 
 def format_table(summary: dict) -> str:
-    """The summary as a fixed-width text table."""
-    head = f"{'policy':<12} {'gold reward':>16} {'gain vs SFT':>16} {'proxy':>8} {'KL':>7}  KL estimate"
+    """The summary as a fixed-width text table (gains against the first row, SFT or base; a cost
+    column when the task has harmful words)."""
+    start = next(iter(summary))
+    cost = any("cost_mean" in r for r in summary.values())
+    head = (f"{'policy':<12} {'gold reward':>16} {'gain vs ' + ('SFT' if start == 'sft' else start):>16} "
+            f"{'proxy':>8} {'KL':>7}  KL estimate" + (f" {'cost':>16}" if cost else ""))
     lines = [head, "-" * len(head)]
     for name, r in summary.items():
-        gain = "" if name == "sft" else f"{r['gain_vs_sft']:+.3f} ± {r['gain_se']:.3f}"
-        lines.append(f"{name:<12} {r['gold_mean']:>8.3f} ± {r['gold_se']:.3f} {gain:>16} {r['proxy_mean']:>8.3f} "
-                     f"{r['kl'] + 0.0 if abs(r['kl']) >= 5e-4 else 0.0:>7.3f}  {r['kl_kind']}")  # no "-0.000"
+        gain = "" if name == start else f"{r[f'gain_vs_{start}']:+.3f} ± {r['gain_se']:.3f}"
+        line = (f"{name:<12} {r['gold_mean']:>8.3f} ± {r['gold_se']:.3f} {gain:>16} {r['proxy_mean']:>8.3f} "
+                f"{r['kl'] + 0.0 if abs(r['kl']) >= 5e-4 else 0.0:>7.3f}  {r['kl_kind']:<11}")  # no "-0.000"
+        lines.append((line + (f" {r['cost_mean']:>8.3f} ± {r['cost_se']:.3f}" if "cost_mean" in r else "")).rstrip())
     return "\n".join(lines)
 
 
@@ -494,9 +549,10 @@ def plot_gold_vs_kl(summary: dict, bon_curve: dict, path: Path) -> None:
             continue
         ax.errorbar(r["kl"], r["gold_mean"], yerr=r["gold_se"], fmt="s", color=f"C{(i + 3) % 10}", capsize=3,
                     label=f"{name} gold")
-    ax.set_xlabel("KL from the SFT policy (nats; best-of-N analytic, others sampled)")
+    start = next(iter(summary), "sft")
+    ax.set_xlabel(f"KL from the {'SFT' if start == 'sft' else start} policy (nats; best-of-N analytic, others sampled)")
     ax.set_ylabel("reward")
-    ax.set_title("Gold reward against KL from SFT")
+    ax.set_title(f"Gold reward against KL from {'SFT' if start == 'sft' else start}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     report.save_figure(fig, path)

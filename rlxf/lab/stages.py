@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -44,11 +44,29 @@ def drop_partial_metrics(run: Run, name: str) -> None:
 
 def run_identity(cfg) -> str:
     """The ``config.toml`` a run of ``cfg`` is identified by: the whole config less where metrics go
-    and where the work runs (a resumed run may change those)."""
+    and where the work runs (a resumed run may change those), and less settings added after runs
+    existed that are at their defaults (:func:`omit_new_defaults`)."""
     table = asdict(cfg)
     for key in ("report_to", *SCALE_KEYS):
         table["run"].pop(key)
+    omit_new_defaults(cfg, table)
     return to_toml(table)
+
+
+def omit_new_defaults(cfg, table: dict) -> None:
+    """Drop from ``table`` (``asdict(cfg)``) every field marked ``metadata={"identity": "omit_default"}``
+    whose value is its default, in nested sections too: a run made before the setting existed keeps
+    the same ``config.toml``, so it still resumes."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.metadata.get("identity") == "omit_default" and value == _default(f):
+            table.pop(f.name, None)
+        elif is_dataclass(value) and isinstance(table.get(f.name), dict):
+            omit_new_defaults(value, table[f.name])
+
+
+def _default(f):
+    return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
 class StagedLab:

@@ -12,12 +12,16 @@ bonus, but sees few long or repetitive answers, so it misjudges the penalties: o
 it hard yields long, repetitive text whose gold reward falls (length and repetition
 hacking, as with real models). The gold scale is calibrated so that a Bradley-Terry
 labeler with beta = 1 agrees with gold on ``labeler_accuracy`` of pairs of corpus samples.
+
+``harmful_words`` names words of the vocabulary that carry a cost apart from gold (gold is
+unchanged): the cost of a response is how many times they occur in it. A run can hold the
+expected cost under a threshold (the ``cost_constrained`` online method).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -45,6 +49,8 @@ class HiddenPrefConfig:
     length_penalty: float = 0.5
     labeler_accuracy: float = 0.8
     test_fraction: float = 0.25
+    # words with a cost (one per occurrence); at its default () it is left out of a run's identity
+    harmful_words: tuple[str, ...] = field(default=(), metadata={"identity": "omit_default"})
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,12 @@ class HiddenPreferenceTask:
         # hidden chain: sparse-ish transition preferences, pulled towards the prompt's topic
         self._trans_logits = rng.normal(0.0, 1.5, (W, W))
         self._topic_pull = 1.5
+        unknown = [w for w in cfg.harmful_words if w not in self.index]
+        if unknown:
+            raise ValueError(f"task.harmful_words: {', '.join(map(repr, unknown))} not in the task's words "
+                             f"(task.seed = {cfg.seed}; words: {', '.join(self.words)})")
+        if len(set(cfg.harmful_words)) != len(cfg.harmful_words):
+            raise ValueError(f"task.harmful_words lists a word twice: {list(cfg.harmful_words)}")
         self.scale = 1.0
         self.scale = self._calibrate_scale()
 
@@ -165,6 +177,11 @@ class HiddenPreferenceTask:
 
     def gold(self, prompt: str, response: str, finished: bool = True) -> float:
         return float(sum(self.gold_terms(prompt, response, finished)))
+
+    def cost(self, prompt: str, response: str, finished: bool = True) -> float:
+        """How many words of ``response`` are in ``harmful_words`` (0 when there are none)."""
+        harmful = set(self.cfg.harmful_words)
+        return float(sum(tok in harmful for tok in response.split()))
 
     def _calibrate_scale(self, n_pairs: int = 2000) -> float:
         """Find the scale at which a beta=1 Bradley-Terry labeler agrees with gold on

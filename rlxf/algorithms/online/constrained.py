@@ -8,6 +8,13 @@ advantage ``A = (N - sum_i lambda_i) A_KL + sum_i lambda_i A_i`` (N constraints)
 leave-one-out advantages per component. Multipliers are ``sigmoid(l_i)`` for the inequality
 v_i >= theta_i (mu-PPO) and ``tanh(l_i)`` for the equality v_i = theta_i (xi-PPO, the paper's
 best); ``l_i`` descends ``lambda_i (v_i - theta_i)`` with v_i the batch mean of r_i.
+
+:class:`CostConstrainedRLOO` is the other direction, a cost held under a limit: maximise the
+(KL-shaped) reward subject to E[cost] <= d, as the harmless RLHF of Mistral-Plus (Zheng et al.,
+2024) asks of its direct-from-base run. Its Lagrangian ``E[R] - lambda (E[c] - d)`` gives the
+advantage ``(A_R - lambda A_c) / (1 + lambda)`` (leave-one-out advantages; the division keeps the
+scale as lambda grows) and the dual step ``lambda <- max(0, lambda + eta (mean c - d))`` after each
+rollout. The paper's own RL settings are not known here; this is the standard Lagrangian method.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import math
 from torch import Tensor
 
 from rlxf.algorithms.online.controller import Method
+from rlxf.algorithms.online.rloo import RLOO
 from rlxf.objectives.policy_gradient import rloo_advantages
 
 KINDS = {"equality": (math.tanh, lambda x: 1 - math.tanh(x) ** 2),
@@ -79,3 +87,45 @@ class ConstrainedRLOO(Method):
 
     def load_state(self, state: dict) -> None:
         self.logits.update(state.get("lagrange_logits", {}))
+
+
+def cost_penalised_advantages(reward_adv: Tensor, cost_adv: Tensor, lam: float) -> Tensor:
+    """The Lagrangian's advantage ``(A_R - lambda * A_c) / (1 + lambda)``."""
+    return (reward_adv - lam * cost_adv) / (1 + lam)
+
+
+def dual_ascent_step(lam: float, mean_cost: float, limit: float, lr: float) -> float:
+    """One projected ascent step of the multiplier: ``max(0, lambda + lr * (mean_cost - limit))``."""
+    return max(0.0, lam + lr * (mean_cost - limit))
+
+
+class CostConstrainedRLOO(RLOO):
+    """RLOO on the KL-shaped reward with the expected cost held under ``limit``: ``cost`` names the
+    part of the batch (a reward component or monitor of the run's ``Scorer``) that is the cost;
+    ``lagrange_lr`` is the multiplier's step, ``init_lambda`` its start."""
+
+    def __init__(self, limit: float, lagrange_lr: float = 0.5, init_lambda: float = 0.0, cost: str = "cost",
+                 clip: float = 0.2):
+        super().__init__(clip)
+        for name, v in (("limit", limit), ("lagrange_lr", lagrange_lr), ("init_lambda", init_lambda)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"method_args.{name} must be a number >= 0, got {v!r}")
+        self.limit, self.lr, self.lam, self.cost = float(limit), float(lagrange_lr), float(init_lambda), cost
+
+    def prepare(self, batch, ctx) -> None:
+        if self.cost not in batch.parts:
+            raise ValueError(f"method_args.cost = {self.cost!r}: the scorer gives no such part "
+                             f"(it has: {', '.join(sorted(batch.parts)) or 'none'})")
+        k, cost = batch.k, batch.parts[self.cost]
+        reward_adv = rloo_advantages(batch.token_rewards.sum(-1).view(-1, k)).reshape(-1)
+        cost_adv = rloo_advantages(cost.view(-1, k)).reshape(-1)
+        batch.extra["adv"] = cost_penalised_advantages(reward_adv, cost_adv, self.lam)
+        mean_cost = float(cost.mean())
+        batch.stats.update(lagrange_lambda=self.lam, cost=mean_cost, cost_over_limit=mean_cost - self.limit)
+        self.lam = dual_ascent_step(self.lam, mean_cost, self.limit, self.lr)
+
+    def state(self) -> dict:
+        return {"lagrange_lambda": self.lam}
+
+    def load_state(self, state: dict) -> None:
+        self.lam = state.get("lagrange_lambda", self.lam)

@@ -55,6 +55,7 @@ METHODS: dict[str, str] = {
     "inpo": "rlxf.algorithms.online.online_dpo:INPO",
     "nash_md": "rlxf.algorithms.online.nash_md:NashMD",
     "constrained": "rlxf.algorithms.online.constrained:ConstrainedRLOO",
+    "cost_constrained": "rlxf.algorithms.online.constrained:CostConstrainedRLOO",
     "sharpening": "rlxf.algorithms.online.sharpening:SFTSharpening",
     "spo": "rlxf.algorithms.online.spo:SPO",
     "p3o": "rlxf.algorithms.online.p3o:P3O",
