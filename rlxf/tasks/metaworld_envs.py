@@ -45,6 +45,12 @@ def _metaworld():
 
 
 @functools.lru_cache(maxsize=None)
+def _ml1(name: str, benchmark_seed: int):
+    """The ML1 benchmark object (both splits; building it takes seconds, so once per process)."""
+    return _metaworld().ML1(name, seed=benchmark_seed)
+
+
+@functools.lru_cache(maxsize=None)
 def ml1_tasks(name: str, split: str = "train", benchmark_seed: int = 0, goal_observable: bool = True) -> tuple:
     """The 50 task variations of ML1 ``name``'s ``split`` (train | test), as Meta-World ``Task`` s."""
     metaworld = _metaworld()
@@ -52,7 +58,7 @@ def ml1_tasks(name: str, split: str = "train", benchmark_seed: int = 0, goal_obs
         raise EnvError(f"Meta-World split must be 'train' or 'test', got {split!r}")
     if name not in metaworld.ML1.ENV_NAMES:
         raise EnvError(f"Meta-World task {name!r} is not a v3 task; e.g. {', '.join(TASKS)}")
-    bench = metaworld.ML1(name, seed=benchmark_seed)
+    bench = _ml1(name, benchmark_seed)
     tasks = bench.train_tasks if split == "train" else bench.test_tasks
     out = []
     for t in tasks:  # the observability travels inside each task's pickled data
