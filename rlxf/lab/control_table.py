@@ -33,6 +33,21 @@ class ControlMethod:
 
 
 METHODS: dict[str, ControlMethod] = {}
+METHODS["doc"] = ControlMethod(
+    "rlxf.algorithms.control.doc:doc_table_run", tasks=("gamble",), metric="return",
+    about="Dichotomy of Control: future-conditioned BC whose latent may not carry luck (MI penalty)")
+METHODS["rvs"] = ControlMethod(
+    "rlxf.algorithms.control.doc:rvs_table_run", tasks=("gamble",), metric="return",
+    about="return-conditioned BC (RvS / DT-style), conditioned on the best return in the data")
+METHODS["ppo"] = ControlMethod(
+    "rlxf.algorithms.control.demo_rl:ppo_table_run", tasks=("prize_lock",), metric="return",
+    about="PPO from scratch (12288 env steps)")
+METHODS["bc"] = ControlMethod(
+    "rlxf.algorithms.control.demo_rl:bc_table_run", tasks=("prize_lock",), metric="return",
+    about="BC on 2 noisy demonstrations of a small-prize expert")
+METHODS["ppo_demo_kl"] = ControlMethod(
+    "rlxf.algorithms.control.demo_rl:ppo_demo_kl_table_run", tasks=("prize_lock",), metric="return",
+    about="demonstration-regularised RL: BC on the 2 demos, then PPO with KL towards BC (same env steps)")
 METHODS["robomatrix"] = ControlMethod(
     "rlxf.algorithms.control.robomatrix:table_run", tasks=("tabletop_unseen",), metric="success",
     about="RoboMatrix: BC skill library sequenced by a simulated LM planner (error 0.1) on unseen task combinations")

@@ -102,3 +102,62 @@ def prdc_actor_loss(q: Tensor, constraint: Tensor, alpha: float = 2.5) -> Tensor
     """
     lam = alpha / q.abs().mean().detach().clamp(min=1e-6)
     return -lam * q + constraint
+
+
+def prior_kl(dist: torch.distributions.Distribution, prior: torch.distributions.Distribution) -> Tensor:
+    """``KL(pi(.|s) || pi_prior(.|s))`` per state, ``[B]``: the demonstration-regularised RL penalty.
+
+    Tiapkin et al., "Demonstration-Regularized RL" (ICLR 2024): after behaviour cloning, RL maximises
+    ``V^pi - lambda KL(pi || pi_BC)``. Exact for categorical and diagonal-Gaussian policies; gradient
+    flows into ``dist`` only when the caller built ``prior`` without gradient.
+    """
+    return torch.distributions.kl_divergence(dist, prior)
+
+
+def doc_mi_estimate(energies: Tensor, bins: Tensor, log_prior: Tensor) -> Tensor:
+    """Contrastive estimate of the information a latent carries about luck, per example and latent, ``[N, K]``.
+
+    Yang et al., "Dichotomy of Control" (ICLR 2023). ``energies [N, K, B]`` is ``f(s, a, z, b)`` for every
+    latent ``z`` and return bin ``b``; ``bins [N]`` the bin the example's future fell in; ``log_prior [B]``
+    the log of the dataset's bin frequencies. Returns ``f(s, a, z, b_i) - log sum_b prior_b exp f(s, a, z, b)``:
+    its mean under ``q(z | future)`` is a lower bound on ``I(z; b | s, a)`` that ``f`` tightens.
+    """
+    pos = energies.gather(-1, bins.long().view(-1, 1, 1).expand(-1, energies.shape[1], 1)).squeeze(-1)
+    return pos - torch.logsumexp(energies + log_prior, dim=-1)
+
+
+def doc_loss(q: Tensor, action_logps: Tensor, value_errors: Tensor, prior_logps: Tensor, mi: Tensor,
+             mi_weight: float = 1.0) -> dict[str, Tensor]:
+    """DoC's training terms per example, ``[N]`` each, for a discrete latent marginalised exactly.
+
+    ``q [N, K]`` posterior ``q(z | s, a, future)``; ``action_logps [N, K]`` ``log pi(a | s, z)``;
+    ``value_errors [N, K]`` ``V(s, z) - R`` (the example's return-to-go); ``prior_logps [N, K]``
+    ``log p(z | s)``; ``mi [N, K]`` from :func:`doc_mi_estimate`. Terms:
+
+    - ``action``: ``-E_q log pi(a | s, z)`` (future-conditioned BC; shapes q and the policy);
+    - ``value`` and ``prior``: fitted on ``stopgrad q`` (they read the latent, never shape it);
+    - ``critic``: ``-E_{stopgrad q} mi`` (the energy ``f`` tightens the bound);
+    - ``mi``: ``mi_weight * E_q stopgrad(mi)`` (q is pushed to carry no information about luck).
+
+    The official tabular code descends one sum in which q also lowers the contrastive loss; here q and
+    ``f`` play the penalty's two sides (q minimises the estimate that ``f`` maximises), as the paper's
+    constraint reads.
+    """
+    qd = q.detach()
+    return {
+        "action": -(q * action_logps).sum(-1),
+        "value": (qd * value_errors**2).sum(-1),
+        "prior": (qd * (torch.log(qd.clamp_min(1e-12)) - prior_logps)).sum(-1),
+        "critic": -(qd * mi).sum(-1),
+        "mi": mi_weight * (q * mi.detach()).sum(-1),
+    }
+
+
+def bc_log_barrier(action_logps: Tensor) -> Tensor:
+    """``-mean_a log pi(a|s)`` per state, ``[B]``, from ``action_logps [B, A]`` (every action's log-prob).
+
+    Added to behaviour cloning with a small weight it keeps every action's probability bounded below,
+    as the BC phase of demonstration-regularised RL asks (Tiapkin et al., ICLR 2024), so a KL towards
+    the BC policy stays finite and RL can still try what the demonstrator never did.
+    """
+    return -action_logps.mean(-1)

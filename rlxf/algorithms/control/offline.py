@@ -20,7 +20,7 @@ from rlxf.core.runs import Run
 from rlxf.core.steps import Steps
 from rlxf.data.transitions import TransitionDataset
 from rlxf.labelers.simulated import BradleyTerryLabeler
-from rlxf.objectives.control import bc_loss
+from rlxf.objectives.control import bc_log_barrier, bc_loss
 from rlxf.objectives.cpl import cpl_loss
 from rlxf.policies.control import make_policy, single_thread
 from rlxf.rewards.segments import Segments, sample_segments
@@ -67,6 +67,7 @@ class OfflineConfig:
     optim: OptimConfig
     hidden: int = 64
     seed: int = 0
+    smoothing: float = 0.0  # BC: weight of bc_log_barrier (discrete actions), keeping every action possible
 
 
 def _policy_for(dataset: TransitionDataset, cfg: OfflineConfig):
@@ -78,9 +79,12 @@ def _policy_for(dataset: TransitionDataset, cfg: OfflineConfig):
 
 def train_bc(dataset: TransitionDataset, run: Run, cfg: OfflineConfig, n_actions: int | None = None,
              stage: str = "bc", quiet: bool = True):
-    """Behaviour cloning: maximise ``log pi(a|s)`` over every dataset step. Returns the policy."""
+    """Behaviour cloning: maximise ``log pi(a|s)`` over every dataset step (plus ``cfg.smoothing`` times
+    :func:`bc_log_barrier`). Returns the policy."""
     policy = _policy_for(dataset, cfg) if n_actions is None else make_policy(
         dataset.obs_shape[0], n_actions, dataset.discrete, cfg.hidden)
+    if cfg.smoothing and not dataset.discrete:
+        raise ValueError(f"offline smoothing = {cfg.smoothing} needs discrete actions; dataset {dataset.env_id} is continuous")
     tr = dataset.transitions()
     n = tr.obs.shape[0]
 
@@ -92,6 +96,8 @@ def train_bc(dataset: TransitionDataset, run: Run, cfg: OfflineConfig, n_actions
         idx = torch.tensor(micro)
         steps = Steps(logps=policy.log_prob(tr.obs[idx], tr.actions[idx])[:, None], mask=torch.ones(len(idx), 1))
         loss = bc_loss(steps).sum() / len(batch)
+        if cfg.smoothing:
+            loss = loss + cfg.smoothing * bc_log_barrier(policy.distribution(tr.obs[idx]).logits).sum() / len(batch)
         return loss, {"nll": loss.item()}
 
     with single_thread():

@@ -20,6 +20,7 @@ import torch
 from rlxf.algorithms.control.rollout import Rollout, advantages, collect, evaluate
 from rlxf.core.runs import Run
 from rlxf.core.steps import Steps
+from rlxf.objectives.control import prior_kl
 from rlxf.objectives.policy_gradient import ppo_clip_loss, value_loss
 from rlxf.policies.control import FlatParameters, MLPCritic, make_policy, single_thread
 from rlxf.tasks.gym_envs import make_env
@@ -46,6 +47,7 @@ class PPOConfig:
     norm_reward: bool = False
     max_episode_steps: int | None = None
     seed: int = 0
+    prior_kl: float = 0.0  # lambda of KL(pi || prior) per state (demonstration-regularised RL; see start_from)
 
 
 # (ppo, rollout) -> per-step rewards [n_envs, T] used in place of the env's reward
@@ -54,6 +56,8 @@ RewardFn = Callable[["PPO", Rollout], torch.Tensor]
 
 class PPO:
     """A PPO agent: its env, actor, critic and optimiser; ``learn`` runs the whole loop."""
+
+    prior = None  # a frozen prior policy that ``prior_kl`` regularises towards (set by ``start_from``)
 
     def __init__(self, cfg: PPOConfig, env_spec=None):
         self.cfg = cfg
@@ -68,6 +72,19 @@ class PPO:
         self.obs = self.env.reset()
         self.steps_done = 0
         self.gen = torch.Generator().manual_seed(cfg.seed)
+
+    def start_from(self, prior) -> None:
+        """Demonstration-regularised RL (Tiapkin et al., ICLR 2024): the policy becomes a copy of
+        ``prior`` (e.g. BC on demonstrations, same architecture) and ``update`` adds ``cfg.prior_kl``
+        times :func:`prior_kl` towards a frozen copy of it. Call before ``learn``."""
+        if self.cfg.norm_obs:
+            raise ValueError("ppo.norm_obs must be false with a prior policy: the prior reads the env's raw observations")
+        try:
+            self.policy.load_state_dict(prior.state_dict())
+        except RuntimeError as e:
+            raise ValueError(f"the prior policy does not match PPO's policy ({self.env.obs_dim} observations, "
+                             f"{self.env.action_dim} actions, hidden {self.cfg.hidden}): {e}") from None
+        self.prior = prior.frozen_copy()
 
     def progress_left(self) -> float:
         return max(0.0, 1.0 - self.steps_done / self.cfg.total_steps) if self.cfg.anneal else 1.0
@@ -106,6 +123,8 @@ class PPO:
                 loss = pg + cfg.vf_coef * vl
                 if cfg.ent_coef:
                     loss = loss - cfg.ent_coef * self.policy.entropy(o).mean()
+                if cfg.prior_kl:
+                    loss = loss + cfg.prior_kl * self._prior_kl(o)
                 self.flat.zero_grad()
                 loss.backward()
                 self.flat.clip_grad_norm(cfg.max_grad_norm)
@@ -113,6 +132,11 @@ class PPO:
         with torch.no_grad():
             stats = {"policy_loss": pg.item(), "value_loss": vl.item(), "entropy": self.policy.entropy(obs).mean().item()}
         return stats
+
+    def _prior_kl(self, obs: torch.Tensor) -> torch.Tensor:
+        if self.prior is None:
+            raise ValueError(f"ppo.prior_kl = {self.cfg.prior_kl} needs a prior policy: call agent.start_from(bc_policy)")
+        return prior_kl(self.policy.distribution(obs), self.prior.distribution(obs)).mean()
 
     @staticmethod
     def _minibatch(obs, act, old_logp, old_v, adv, ret, idx) -> tuple:

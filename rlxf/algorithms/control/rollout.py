@@ -193,12 +193,16 @@ def evaluate(policy, spec, n_episodes: int = 20, seed: int = 10_000, obs_rms: Ru
 def _evaluate(policy, env, deterministic: bool, max_steps: int) -> np.ndarray:
     n_episodes = env.n_envs
     obs = env.reset()
+    if hasattr(policy, "observe"):  # a stateful policy (e.g. return-conditioned) hears episode starts
+        policy.observe(None, np.ones(env.n_envs, dtype=bool))
     returns = np.zeros(n_episodes)
     alive = np.ones(n_episodes, dtype=bool)
     for _ in range(max_steps):
         o = torch.as_tensor(obs)
         action = policy.greedy(o) if deterministic else policy.act(o)[0]
         res = env.step(action.numpy())
+        if hasattr(policy, "observe"):  # ... and its rewards and episode ends
+            policy.observe(res.raw_rewards, res.done)
         returns += res.raw_rewards * alive
         alive &= ~res.done
         obs = res.obs
