@@ -292,7 +292,20 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--episodes", type=int, default=200)
     ap.add_argument("--error", type=float, default=0.1, help="the simulated planner's error rate")
+    ap.add_argument("--lm", default="", help="plan with this language model through LMRole instead (e.g. "
+                                             "smollm2): success and invalid replies on unseen tasks, first seed")
     args = ap.parse_args(argv)
+    if args.lm:
+        from rlxf.labelers.roles import LMRole
+        from rlxf.policies.loading import ModelSettings, load_policy
+
+        planner = LMRole(load_policy(ModelSettings(path=args.lm)), max_new_tokens=40)
+        with single_thread():
+            library, _ = train_agents(args.seeds[0])
+        scores, invalid = play_skills(unseen_tasks(), library, planner, 1_000_000, args.episodes)
+        print(f"planner {args.lm}: success {scores.mean():.3f} on {args.episodes} unseen-task episodes; "
+              f"invalid replies {invalid}")
+        return
     rows = [compare(s, args.episodes, args.error) for s in args.seeds]
     cat = {k: np.concatenate([r[k] for r in rows]) for k in ("robomatrix", "scripted_planner", "flat", "flat_seen")}
     for k, v in cat.items():
