@@ -126,6 +126,9 @@ def test_video_api_serves_only_the_open_assignments_clips(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured at its first run: Kendall tau 1.00 / 1.00 / 0.80 on seeds 0 / 1 / 2, "
+                   "top-1 right / right / wrong (seed 2 put noise0.3 above noise0 after 60 matches); tau >= 0.8 held "
+                   "on every seed, the top-1 part did not")
 def test_simulated_judges_trueskill_ranking_matches_gold():
     """Pre-registered (committed before its first run): five Reacher-v5 agents (one controller, action
     noise 0, 0.3, 0.6, 1, 2), 60 uniformly drawn same-seed matches judged on gold by a Bradley-Terry judge
