@@ -33,6 +33,18 @@ class ControlMethod:
 
 
 METHODS: dict[str, ControlMethod] = {}
+METHODS["beso"] = ControlMethod(
+    "rlxf.algorithms.control.beso:table_run", tasks=("goal_reach2d",), metric="success",
+    about="BESO: score-based diffusion policy (3 DDIM steps, action chunks) from two-style goal demonstrations")
+METHODS["bc_mlp"] = ControlMethod(
+    "rlxf.algorithms.control.beso:table_run_bc", tasks=("goal_reach2d",), metric="success",
+    about="behaviour cloning with a Gaussian MLP acting by its mean (BESO's baseline, same demonstrations)")
+METHODS["iql"] = ControlMethod(
+    "rlxf.algorithms.control.pgd:table_run_iql", tasks=("pendulum_medium_replay",), metric="return",
+    about="IQL on a medium-replay-style Pendulum dataset (partly trained SAC, mixed exploration)")
+METHODS["iql_pgd"] = ControlMethod(
+    "rlxf.algorithms.control.pgd:table_run", tasks=("pendulum_medium_replay",), metric="return",
+    about="IQL on the real data plus policy-guided diffusion samples (guided by IQL's own policy)")
 METHODS["doc"] = ControlMethod(
     "rlxf.algorithms.control.doc:doc_table_run", tasks=("gamble",), metric="return",
     about="Dichotomy of Control: future-conditioned BC whose latent may not carry luck (MI penalty)")
