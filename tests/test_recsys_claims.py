@@ -38,6 +38,9 @@ def _by(rows, method, key):
     return [r[key] for r in sorted(rows, key=lambda r: r["seed"]) if r["method"] == method]
 
 
+@pytest.mark.xfail(strict=True, reason="first run (seeds 0,1,2, 30k steps per stage, 400 sessions): TSCAC watch 5.26/5.26/4.92 "
+                   "(mean 5.149) vs the Lagrangian's 6.06/6.13/6.16 (mean 6.117), 84% of it; violation TSCAC 0.094/0.102/0.206 "
+                   "(mean 0.134) vs 0.000 for the Lagrangian (+0.134 +- 0.036 paired): TSCAC's fixed lambdas miss both targets")
 def test_tscac_violates_less_at_comparable_watch_time(tscac_rows):
     t_watch, l_watch = _by(tscac_rows, "tscac", "watch"), _by(tscac_rows, "lagrangian", "watch")
     assert mean_se(t_watch)[0] >= 0.95 * mean_se(l_watch)[0], (t_watch, l_watch)
