@@ -33,6 +33,18 @@ class ControlMethod:
 
 
 METHODS: dict[str, ControlMethod] = {}
+METHODS["tscac"] = ControlMethod(
+    "rlxf.algorithms.control.tscac:table_run", tasks=("short_video",), metric="return",
+    about="two-stage constrained actor-critic: per-signal policies, then watch time near them (watch time)")
+METHODS["lagrangian"] = ControlMethod(
+    "rlxf.algorithms.control.tscac:lagrangian_table_run", tasks=("short_video",), metric="return",
+    about="primal-dual constrained PPO with one critic per signal (watch time)")
+METHODS["sim2rec"] = ControlMethod(
+    "rlxf.algorithms.control.sim2rec:table_run", tasks=("short_video_heldout",), metric="return",
+    about="PPO across a set of user simulators with a history extractor (held-out watch time)")
+METHODS["single_sim"] = ControlMethod(
+    "rlxf.algorithms.control.sim2rec:single_sim_table_run", tasks=("short_video_heldout",), metric="return",
+    about="PPO on one nominal user simulator (held-out watch time)")
 METHODS["beso"] = ControlMethod(
     "rlxf.algorithms.control.beso:table_run", tasks=("goal_reach2d",), metric="success",
     about="BESO: score-based diffusion policy (3 DDIM steps, action chunks) from two-style goal demonstrations")

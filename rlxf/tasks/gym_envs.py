@@ -22,6 +22,8 @@ EnvSpec = str | Callable[[], gym.Env]
 # rlxf's own environments, made by id like the gymnasium ones
 if "rlxf/Reach2D-v0" not in gym.registry:  # two equally good, incompatible ways around an obstacle (reach2d.py)
     gym.register(id="rlxf/Reach2D-v0", entry_point="rlxf.tasks.reach2d:Reach2D", max_episode_steps=40)
+if "rlxf/ShortVideo-v0" not in gym.registry:  # a simulated user's short-video session: watch time, likes, shares
+    gym.register(id="rlxf/ShortVideo-v0", entry_point="rlxf.tasks.short_video:ShortVideo")
 if "rlxf/Gamble-v0" not in gym.registry:  # luck, not the action, made the best returns (gamble.py; DoC vs RvS)
     gym.register(id="rlxf/Gamble-v0", entry_point="rlxf.tasks.gamble:Gamble")
 if "rlxf/PrizeLock-v0" not in gym.registry:  # hard exploration with a suboptimal demonstrator (lock.py)

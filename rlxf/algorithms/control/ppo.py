@@ -59,13 +59,15 @@ class PPO:
 
     prior = None  # a frozen prior policy that ``prior_kl`` regularises towards (set by ``start_from``)
 
-    def __init__(self, cfg: PPOConfig, env_spec=None):
+    def __init__(self, cfg: PPOConfig, env_spec=None, policy_fn: Callable | None = None):
+        """``policy_fn(env) -> policy`` builds a custom actor (default: :func:`make_policy`'s MLP)."""
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         self.spec = env_spec if env_spec is not None else cfg.env
         self.env = make_env(self.spec, cfg.n_envs, cfg.seed, norm_obs=cfg.norm_obs, norm_reward=cfg.norm_reward,
                             gamma=cfg.gamma, max_episode_steps=cfg.max_episode_steps)
-        self.policy = make_policy(self.env.obs_dim, self.env.action_dim, self.env.discrete, cfg.hidden)
+        self.policy = (policy_fn(self.env) if policy_fn is not None
+                       else make_policy(self.env.obs_dim, self.env.action_dim, self.env.discrete, cfg.hidden))
         self.critic = MLPCritic(self.env.obs_dim, cfg.hidden)
         self.flat = FlatParameters(self.policy, self.critic)
         self.opt = torch.optim.Adam([self.flat.param], lr=cfg.lr, eps=1e-5, fused=True)
