@@ -250,3 +250,69 @@ def test_human_in_the_loop_prompt_optimisation(tmp_path, browser):
         assert {quality[i], quality[j]} == set(q) and y == float(quality[i] > quality[j])
     assert duels.reported(store, project)["prompt"] == "instruction 5"
     store.close()
+
+
+def test_video_comparison_view_feeds_the_trueskill_table(tmp_path, browser):
+    """BASALT-style matches in the app: each item is two episode GIFs side by side (fetched with the
+    labeler's token); a scripted judge in Chromium reads the clips' pixels (red = the good agent's episode)
+    and answers with a key, a click and a tie; the labels become games and the TrueSkill table puts the
+    good agent first."""
+    import numpy as np
+    from selenium.webdriver.common.by import By
+
+    from rlxf.lab.basalt import games_from_labels, trueskill_table
+    from rlxf.tasks.render import write_gif
+
+    directory = tmp_path / "videos_project"
+    init_project(directory, "preference")
+    store, project = open_project(directory)
+    videos = directory / "videos"
+    videos.mkdir()
+    colour = {"good": (220, 30, 30), "bad": (30, 30, 220)}
+    items = []
+    for m, pair in enumerate((["good", "bad"], ["bad", "good"], ["good", "bad"])):
+        clips = []
+        for agent in pair:
+            clip = f"clip-{m}-{len(clips)}.gif"
+            write_gif([np.full((40, 60, 3), colour[agent], np.uint8), np.full((40, 60, 3), 128, np.uint8)],
+                      videos / clip, fps=2)
+            clips.append(clip)
+        items.append(("Which episode does the task better?", clips, {"videos": True, "agents": pair, "seed": m}))
+    store.add_items(project, items)
+    token = store.add_labeler(project, "ann")
+    pixels = ("return [...document.querySelectorAll('#responses img.clip')].map((img) => {"
+              " if (img.dataset.loaded !== '1') return null;"
+              " const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;"
+              " const x = c.getContext('2d'); x.drawImage(img, 0, 0);"
+              " return Array.from(x.getImageData(2, 2, 1, 1).data.slice(0, 3)); })")
+    answers = []
+    with serve_in_background(create_app(store, project, video_dir=videos)) as url:
+        browser.get(f"{url}/label#token={token}")
+        for how in ("key", "click", "tie"):
+            _wait(browser, lambda d: d.find_element(By.ID, "task").is_displayed()
+                  and len(d.execute_script(pixels)) == 2 and None not in d.execute_script(pixels))
+            before = browser.find_element(By.ID, "task").get_attribute("data-assignment")
+            assert browser.find_element(By.ID, "question").text == "Which episode does the task better?"
+            assert not browser.find_elements(By.CSS_SELECTOR, "#responses .text")  # clips, not the clip names
+            left_red = browser.execute_script(pixels)[0][0] > 150
+            if how == "key":
+                SHOTS.mkdir(parents=True, exist_ok=True)
+                browser.save_screenshot(str(SHOTS / "video_comparison.png"))
+                browser.find_element(By.TAG_NAME, "body").send_keys("1" if left_red else "2")
+            elif how == "click":
+                what = "A is better" if left_red else "B is better"
+                browser.find_element(By.XPATH, f"//button[starts-with(normalize-space(.), '{what}')]").click()
+            else:
+                browser.find_element(By.TAG_NAME, "body").send_keys("t")
+            answers.append((how, left_red))
+            _wait(browser, lambda d: d.find_element(By.ID, "done").is_displayed()
+                  or d.find_element(By.ID, "task").get_attribute("data-assignment") != before)
+        _wait(browser, lambda d: d.find_element(By.ID, "done").is_displayed())
+    games = games_from_labels(store.labels(project))
+    store.close()
+    assert len(games) == 3
+    for (a, b, y), (how, _) in zip(games, answers):
+        assert {a, b} == {"good", "bad"}
+        assert y == (0.5 if how == "tie" else (1.0 if a == "good" else 0.0))  # the red clip's agent won
+    rows = trueskill_table(games)
+    assert [r["agent"] for r in rows] == ["good", "bad"] and rows[0]["wins"] == 2 and rows[0]["draws"] == 1

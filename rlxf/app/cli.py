@@ -141,7 +141,7 @@ def _serve(args) -> int:
         from rlxf.rewards.model import RewardModel
 
         scorer = reward_model_scorer([RewardModel.from_pretrained(d) for d in args.reward_model])
-    app = create_app(store, project, scorer, duels)
+    app = create_app(store, project, scorer, duels, video_dir=Path(args.project) / "videos")
     try:
         sock = listening_socket(args.host, args.port)
     except OSError as e:

@@ -27,7 +27,7 @@ from rlxf.data.label_store import (RECORD_KINDS, Labeler, LabelStore, Project, S
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 256 * 1024
 SECURITY_HEADERS = {
-    "Content-Security-Policy": ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "Content-Security-Policy": ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
                                 "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -47,10 +47,12 @@ def _token(request: Request) -> str | None:
 
 
 def create_app(store: LabelStore, project: Project, scorer: Scorer | None = None, duels=None,
-               learned=None) -> FastAPI:
+               learned=None, video_dir: str | Path | None = None) -> FastAPI:
     """The app for one project of ``store``; ``scorer`` feeds the active selection rules, ``duels``
     (a :class:`rlxf.app.prompt_duels.PromptDuels`) makes a prompt-duel project's questions, ``learned``
-    (a :class:`rlxf.policies.query.LearnedRule`) picks them under ``selection = "learned"``."""
+    (a :class:`rlxf.policies.query.LearnedRule`) picks them under ``selection = "learned"``.
+    ``video_dir`` holds the GIFs of video items (``meta["videos"]``: each response names a GIF there),
+    which the labeling page shows side by side (BASALT-style episode comparisons, :mod:`rlxf.lab.basalt`)."""
     app = FastAPI(title=f"rlxf labels: {project.name}", docs_url=None, redoc_url=None, openapi_url=None)
     queue = QueryQueue(store, project, scorer, seed=int(project.settings.get("seed", 0)), duels=duels,
                        learned=learned)
@@ -119,7 +121,21 @@ def create_app(store: LabelStore, project: Project, scorer: Scorer | None = None
                "scale": project.settings["scale"], "max_critique_chars": project.settings["max_critique_chars"]}
         if project.kind == "critique":  # the steps a labeler may mark as the first wrong one
             out["steps"] = response_steps(a.item, a.shown[0])
+        if a.item.meta.get("videos"):  # the page fetches each clip with the labeler's token
+            out["videos"] = [f"/api/video?assignment={a.id}&k={k}" for k in range(len(a.shown))]
         return out
+
+    @app.get("/api/video")
+    async def video(request: Request, assignment: int, k: int):
+        """The ``k``-th shown clip of the labeler's open assignment (no other clip can be fetched)."""
+        labeler = await labeler_of(request)
+        a = await run_in_threadpool(store.open_assignment, project, labeler)
+        if a is None or a.id != assignment or not a.item.meta.get("videos") or not 0 <= k < len(a.shown):
+            raise ApiError(404, "no such clip in your open assignment")
+        path = video_file(video_dir, a.item.responses[a.shown[k]])
+        if path is None:
+            raise ApiError(404, f"clip {a.item.responses[a.shown[k]]!r} is missing from the project's videos/ folder")
+        return FileResponse(path, media_type="image/gif")
 
     @app.post("/api/labels")
     async def submit(request: Request):
@@ -161,6 +177,14 @@ def create_app(store: LabelStore, project: Project, scorer: Scorer | None = None
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def video_file(video_dir: str | Path | None, name: str) -> Path | None:
+    """The GIF ``name`` inside ``video_dir``, or None: a bare ``*.gif`` file name only, never a path."""
+    if video_dir is None or Path(name).name != name or not name.endswith(".gif") or name.startswith("."):
+        return None
+    path = Path(video_dir) / name
+    return path if path.is_file() else None
 
 
 def listening_socket(host: str, port: int):

@@ -47,9 +47,26 @@
     }
   }
 
+  // A clip of a video item: fetched with the token (an <img> cannot send it) and shown from a blob: URL.
+  function videoCard(label, url) {
+    const img = el("img", { class: "clip", alt: "episode " + label });
+    const card = el("article", { class: "response video" },
+      el("div", { class: "response-head" }, el("span", { class: "badge" }, label)), img);
+    api(url, { raw: true }).then((res) => res.blob()).then((blob) => {
+      img.src = URL.createObjectURL(blob);
+      img.addEventListener("load", () => { img.dataset.loaded = "1"; }, { once: true });
+    }).catch((e) => status(e.message, "error"));
+    return card;
+  }
+
   function showPreference(a) {
-    $("question").textContent = "Which response is better?";
-    a.responses.forEach((r, i) => $("responses").append(responseCard(i === 0 ? "A" : "B", r)));
+    const videos = a.videos || null;
+    $("question").textContent = videos ? "Which episode does the task better?" : "Which response is better?";
+    if (videos) {
+      videos.forEach((url, i) => $("responses").append(videoCard(i === 0 ? "A" : "B", url)));
+    } else {
+      a.responses.forEach((r, i) => $("responses").append(responseCard(i === 0 ? "A" : "B", r)));
+    }
     $("controls").append(
       button("A is better", "1", () => submit({ choice: "a" }), "primary"),
       button("B is better", "2", () => submit({ choice: "b" }), "primary"),
@@ -210,6 +227,7 @@
 
   async function loadNext() {
     const a = await api("/api/next");
+    $("responses").querySelectorAll("img.clip").forEach((img) => { if (img.src) URL.revokeObjectURL(img.src); });
     $("responses").replaceChildren();
     $("controls").replaceChildren();
     onKey = null;
