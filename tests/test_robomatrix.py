@@ -169,3 +169,17 @@ def test_claim_skill_library_beats_flat_policy_on_unseen_combinations():
     out = compare(seed=1, n_episodes=600, error=0.1)
     gain, se = paired_gain(out["robomatrix"], out["flat"])
     assert gain >= 2 * se and gain > 0, (gain, se)
+
+
+def test_flat_and_skill_agents_play_the_same_episodes():
+    """play_flat goes through the shared evaluate (a VecEnv, copy k seeded seed + k); play_skills resets
+    env k with seed + k itself: the first observations (task included) must agree."""
+    from functools import partial
+
+    from rlxf.tasks.gym_envs import make_env
+
+    tasks = unseen_tasks()
+    vec = make_env(partial(Tabletop2D, tasks), n_envs=12, seed=70).reset()
+    own = np.stack([Tabletop2D(tasks).reset(seed=70 + k)[0] for k in range(12)])
+    np.testing.assert_array_equal(vec, own)
+    assert len({tuple(o[-6:]) for o in own}) > 1  # the seeds draw different tasks

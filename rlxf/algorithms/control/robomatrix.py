@@ -25,12 +25,14 @@ import argparse
 import re
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import numpy as np
 import torch
 
 from rlxf.algorithms.control.offline import OfflineConfig, train_bc
+from rlxf.algorithms.control.rollout import evaluate
 from rlxf.algorithms.evaluate import mean_se, paired_gain
 from rlxf.algorithms.loop import OptimConfig
 from rlxf.core.runs import Run
@@ -216,14 +218,16 @@ def run_skills(env: Tabletop2D, plan: list[tuple[str, int]], library: dict, cap:
 
 
 def play_skills(tasks: list, library: dict, planner: TextModel, seed: int, n_episodes: int) -> tuple[np.ndarray, int]:
-    """Per-episode success of the planner + library on ``tasks`` (cycled), and how many replies did not
-    parse. Episode ``k`` resets with seed ``seed + k`` (the same episodes :func:`play_flat` plays)."""
-    env = Tabletop2D(tasks)
-    chosen = [tasks[k % len(tasks)] for k in range(n_episodes)]
-    replies = planner.complete([planner_prompt(task_text(t)) for t in chosen])
+    """Per-episode success of the planner + library on ``tasks``, and how many replies did not parse.
+    Episode ``k`` is the env reset with seed ``seed + k`` (its task drawn from that seed): the same
+    episodes :func:`play_flat` plays through the shared ``evaluate``. The agent is stateful (a plan per
+    episode, a current skill), so it runs its episodes one at a time here."""
+    envs = [Tabletop2D(tasks) for _ in range(n_episodes)]
+    for k, env in enumerate(envs):
+        env.reset(seed=seed + k)
+    replies = planner.complete([planner_prompt(task_text(env.task)) for env in envs])
     out, invalid = np.zeros(n_episodes), 0
-    for k, (task, reply) in enumerate(zip(chosen, replies)):
-        env.reset(seed=seed + k, options={"task": task})
+    for k, (env, reply) in enumerate(zip(envs, replies)):
         plan = parse_plan(reply)
         if plan is None:
             invalid += 1
@@ -233,18 +237,9 @@ def play_skills(tasks: list, library: dict, planner: TextModel, seed: int, n_epi
 
 
 def play_flat(tasks: list, policy, seed: int, n_episodes: int) -> np.ndarray:
-    """Per-episode success of a flat policy on the same episodes as :func:`play_skills`."""
-    env = Tabletop2D(tasks)
-    out = np.zeros(n_episodes)
-    with torch.no_grad():
-        for k in range(n_episodes):
-            obs, _ = env.reset(seed=seed + k, options={"task": tasks[k % len(tasks)]})
-            done = False
-            while not done:
-                obs, r, term, trunc, _ = env.step(int(policy.greedy(torch.as_tensor(obs)[None])[0]))
-                out[k] += r
-                done = term or trunc
-    return out
+    """Per-episode success of a flat policy (greedy) through the shared ``evaluate``: env copy ``k``
+    resets with seed ``seed + k``, the episodes :func:`play_skills` plays."""
+    return evaluate(policy, partial(Tabletop2D, tasks), n_episodes, seed)
 
 
 def unseen_tasks() -> list:
