@@ -45,6 +45,15 @@ METHODS["sim2rec"] = ControlMethod(
 METHODS["single_sim"] = ControlMethod(
     "rlxf.algorithms.control.sim2rec:single_sim_table_run", tasks=("short_video_heldout",), metric="return",
     about="PPO on one nominal user simulator (held-out watch time)")
+METHODS["bc_scripted"] = ControlMethod(
+    "rlxf.algorithms.control.metaworld:table_run_bc", tasks=("metaworld_reach", "metaworld_push", "metaworld_pick_place"),
+    metric="success", about="Meta-World ML1: BC on 25 episodes of the bundled scripted expert (held-out variations)")
+METHODS["sac_metaworld"] = ControlMethod(
+    "rlxf.algorithms.control.metaworld:table_run_sac", tasks=("metaworld_reach", "metaworld_push", "metaworld_pick_place"),
+    metric="success", about="Meta-World ML1: SAC on the env reward, 5000 env steps")
+METHODS["pbrl_metaworld"] = ControlMethod(
+    "rlxf.algorithms.control.metaworld:table_run_pbrl", tasks=("metaworld_reach", "metaworld_push", "metaworld_pick_place"),
+    metric="success", about="Meta-World ML1: PbRL (PPO on a reward ensemble, 200 simulated-labeler queries), 20000 env steps")
 METHODS["beso"] = ControlMethod(
     "rlxf.algorithms.control.beso:table_run", tasks=("goal_reach2d",), metric="success",
     about="BESO: score-based diffusion policy (3 DDIM steps, action chunks) from two-style goal demonstrations")
