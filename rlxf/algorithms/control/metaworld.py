@@ -7,8 +7,8 @@ variations (``rlxf/ML1-<task>-test``) by :func:`success_rate` (the shared ``eval
 ``record_dataset`` into a :class:`~rlxf.data.transitions.TransitionDataset`.
 
     python -m rlxf.algorithms.control.metaworld bc --task reach-v3 --gif runs/metaworld/bc_reach.gif
-    python -m rlxf.algorithms.control.metaworld sac --task push-v3 --steps 20000
-    python -m rlxf.algorithms.control.metaworld pbrl --task reach-v3 --steps 60000 --queries 300
+    python -m rlxf.algorithms.control.metaworld sac --task push-v3 --steps 5000
+    python -m rlxf.algorithms.control.metaworld pbrl --task reach-v3 --steps 20000 --queries 200
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def bc_from_experts(task: str = "reach-v3", seed: int = 0, n_demos: int = 25, st
     return train_bc(data, run, cfg), data
 
 
-def train_sac(task: str, seed: int, steps: int = 20_000):
+def train_sac(task: str, seed: int, steps: int = 5_000):
     """SAC on the env reward of the train variations; returns the agent (``agent.actor`` acts)."""
     from rlxf.algorithms.control.sac import SAC, SACConfig
 
@@ -67,7 +67,7 @@ def train_sac(task: str, seed: int, steps: int = 20_000):
     return agent
 
 
-def train_pbrl(task: str, seed: int, steps: int = 60_000, queries: int = 300):
+def train_pbrl(task: str, seed: int, steps: int = 20_000, queries: int = 200):
     """Preference-based RL (the shared PbRL: PPO on a reward ensemble fitted to segment comparisons
     from a Bradley-Terry labeler on the hidden env reward). Returns the agent (``agent.ppo.policy`` acts)."""
     from rlxf.algorithms.control.pbrl import PbRL, PbRLConfig
@@ -95,14 +95,16 @@ def table_run_bc(task: str, seed: int, scale: float = 1.0) -> np.ndarray:
 
 
 def table_run_sac(task: str, seed: int, scale: float = 1.0) -> np.ndarray:
+    """Control lab: SAC for ``5000 * scale`` env steps on the train variations."""
     name = _task(task)
-    agent = train_sac(name, seed, steps=max(300, round(20_000 * scale)))
+    agent = train_sac(name, seed, steps=max(200, round(5_000 * scale)))
     return success_rate(agent.actor, name, seed + 10_000, n_episodes=N_EVAL if scale >= 1 else max(2, round(N_EVAL * scale)))
 
 
 def table_run_pbrl(task: str, seed: int, scale: float = 1.0) -> np.ndarray:
+    """Control lab: PbRL for ``20000 * scale`` env steps and ``200 * scale`` queries (simulated labeler)."""
     name = _task(task)
-    agent = train_pbrl(name, seed, steps=max(1_024, round(60_000 * scale)), queries=max(10, round(300 * scale)))
+    agent = train_pbrl(name, seed, steps=max(1_024, round(20_000 * scale)), queries=max(10, round(200 * scale)))
     return success_rate(agent.ppo.policy, name, seed + 10_000, obs_rms=agent.ppo.env.obs_rms,
                         n_episodes=N_EVAL if scale >= 1 else max(2, round(N_EVAL * scale)))
 
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="env steps (sac, pbrl) or BC gradient steps")
     p.add_argument("--demos", type=int, default=25, help="bc: scripted demonstrations")
-    p.add_argument("--queries", type=int, default=300, help="pbrl: preference queries")
+    p.add_argument("--queries", type=int, default=200, help="pbrl: preference queries")
     p.add_argument("--gif", help="write a GIF of one test episode of the learned policy here")
     p.add_argument("--out", help="append the result as a JSON line to this file")
     a = p.parse_args(argv)
@@ -131,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         policy, data = bc_from_experts(a.task, a.seed, a.demos, a.steps or 800)
         print(f"{data.n_steps} demonstration steps from {len(data.episodes)} scripted episodes")
     elif a.method == "sac":
-        policy = train_sac(a.task, a.seed, a.steps or 20_000).actor
+        policy = train_sac(a.task, a.seed, a.steps or 5_000).actor
     else:
-        agent = train_pbrl(a.task, a.seed, a.steps or 60_000, a.queries)
+        agent = train_pbrl(a.task, a.seed, a.steps or 20_000, a.queries)
         policy, rms = agent.ppo.policy, agent.ppo.env.obs_rms
     scores = success_rate(policy, a.task, a.seed + 10_000, obs_rms=rms)
     row = {"method": a.method, "task": a.task, "seed": a.seed, "steps": a.steps, "success": float(scores.mean()),
