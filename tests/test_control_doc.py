@@ -41,10 +41,12 @@ def test_doc_loss_terms_match_hand_computed_values_and_route_gradients():
     assert t["prior"].item() == pytest.approx(0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5))
     assert t["critic"].item() == pytest.approx(-(0.25 * 0.2 + 0.75 * 0.4))
     assert t["mi"].item() == pytest.approx(2.0 * (0.25 * 0.2 + 0.75 * 0.4))
-    # value, prior and critic read the latent without shaping it; the penalty does not train the critic
-    (t["value"] + t["prior"] + t["critic"]).sum().backward(retain_graph=True)
+    # prior and critic read the latent without shaping it; the value term shapes it (errors^2 = [1, 4])
+    (t["prior"] + t["critic"]).sum().backward(retain_graph=True)
     assert q.grad is None or torch.all(q.grad == 0)
-    mi.grad = None
+    t["value"].sum().backward(retain_graph=True)
+    assert torch.allclose(q.grad, torch.tensor([[1.0, 4.0]]))
+    q.grad, mi.grad = None, None
     t["mi"].sum().backward()
     assert torch.allclose(q.grad, torch.tensor([[0.4, 0.8]])) and (mi.grad is None or torch.all(mi.grad == 0))
 

@@ -72,6 +72,9 @@ METHODS["doc"] = ControlMethod(
 METHODS["rvs"] = ControlMethod(
     "rlxf.algorithms.control.doc:rvs_table_run", tasks=("gamble",), metric="return",
     about="return-conditioned BC (RvS / DT-style), conditioned on the best return in the data")
+METHODS["doc_no_mi"] = ControlMethod(
+    "rlxf.algorithms.control.doc:doc_no_mi_table_run", tasks=("gamble",), metric="return",
+    about="DoC without its MI penalty (ablation)")
 METHODS["ppo"] = ControlMethod(
     "rlxf.algorithms.control.demo_rl:ppo_table_run", tasks=("prize_lock",), metric="return",
     about="PPO from scratch (12288 env steps)")

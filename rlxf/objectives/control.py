@@ -135,7 +135,9 @@ def doc_loss(q: Tensor, action_logps: Tensor, value_errors: Tensor, prior_logps:
     ``log p(z | s)``; ``mi [N, K]`` from :func:`doc_mi_estimate`. Terms:
 
     - ``action``: ``-E_q log pi(a | s, z)`` (future-conditioned BC; shapes q and the policy);
-    - ``value`` and ``prior``: fitted on ``stopgrad q`` (they read the latent, never shape it);
+    - ``value``: ``E_q (V(s, z) - R)^2``; it shapes q too (as in the official code), which is what tempts
+      the latent to encode luck and why the penalty is needed;
+    - ``prior``: ``KL(stopgrad q || p(z | s))`` (the prior reads the latent, never shapes it);
     - ``critic``: ``-E_{stopgrad q} mi`` (the energy ``f`` tightens the bound);
     - ``mi``: ``mi_weight * E_q stopgrad(mi)`` (q is pushed to carry no information about luck).
 
@@ -146,7 +148,7 @@ def doc_loss(q: Tensor, action_logps: Tensor, value_errors: Tensor, prior_logps:
     qd = q.detach()
     return {
         "action": -(q * action_logps).sum(-1),
-        "value": (qd * value_errors**2).sum(-1),
+        "value": (q * value_errors**2).sum(-1),
         "prior": (qd * (torch.log(qd.clamp_min(1e-12)) - prior_logps)).sum(-1),
         "critic": -(qd * mi).sum(-1),
         "mi": mi_weight * (q * mi.detach()).sum(-1),

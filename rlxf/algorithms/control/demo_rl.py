@@ -96,3 +96,21 @@ def bc_table_run(task: str, seed: int, scale: float = 1.0) -> np.ndarray:
 def ppo_demo_kl_table_run(task: str, seed: int, scale: float = 1.0) -> np.ndarray:
     """BC on the same 2 demonstrations, then PPO (same env steps as ``ppo``) with KL towards BC."""
     return _lock_cell(task, seed, scale, "ppo_demo_kl")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``python -m rlxf.algorithms.control.demo_rl``: BC-then-KL-regularised PPO against PPO and BC on the lock."""
+    import argparse
+
+    from rlxf.lab.control_compare import compare
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--scale", type=float, default=1.0, help="multiplies the default env-step and BC budgets")
+    p.add_argument("--plot", default="demo_rl_lock.png")
+    a = p.parse_args(argv)
+    return compare("prize_lock", ["ppo_demo_kl", "ppo", "bc"], a.seeds, a.scale, pair_over="seeds", plot=a.plot)
+
+
+if __name__ == "__main__":
+    main()

@@ -247,14 +247,14 @@ def gamble_dataset(seed: int, n_episodes: int = 1000) -> TransitionDataset:
     return record_dataset(CategoricalMLPPolicy(3, 2), GAMBLE_ENV, n_episodes, eps=(1.0,), seed=seed)
 
 
-def _gamble_cell(task: str, seed: int, scale: float, learner: str) -> np.ndarray:
+def _gamble_cell(task: str, seed: int, scale: float, learner: str, mi_weight: float = 1.0) -> np.ndarray:
     if task != "gamble":
         raise ValueError(f"{learner} runs on task 'gamble' only, got {task!r}")
     steps = max(20, int(500 * scale))
     data = gamble_dataset(seed, max(50, int(1000 * min(scale * 4, 1.0))))
     optim = OptimConfig(steps=steps, batch_size=128, lr=3e-3, checkpoint_every=0, max_grad_norm=0.0)
     with scratch_run() as run:
-        policy = (train_doc(data, run, DoCConfig(optim, seed=seed)) if learner == "doc"
+        policy = (train_doc(data, run, DoCConfig(optim, mi_weight=mi_weight, seed=seed)) if learner == "doc"
                   else train_rvs(data, run, RvSConfig(optim, seed=seed)))
     n_eval = max(20, int(500 * min(scale * 4, 1.0)))
     return evaluate(policy, GAMBLE_ENV, n_episodes=n_eval, seed=50_000 + 1000 * seed)  # disjoint seeds per seed
@@ -265,6 +265,29 @@ def doc_table_run(task: str, seed: int, scale: float = 1.0) -> np.ndarray:
     return _gamble_cell(task, seed, scale, "doc")
 
 
+def doc_no_mi_table_run(task: str, seed: int, scale: float = 1.0) -> np.ndarray:
+    """DoC without its MI penalty (``mi_weight = 0``): the ablation that shows what the penalty does."""
+    return _gamble_cell(task, seed, scale, "doc", mi_weight=0.0)
+
+
 def rvs_table_run(task: str, seed: int, scale: float = 1.0) -> np.ndarray:
     """Return-conditioned BC on the same data, conditioned on the best return in it."""
     return _gamble_cell(task, seed, scale, "rvs")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``python -m rlxf.algorithms.control.doc``: DoC against return-conditioned BC on the gamble."""
+    import argparse
+
+    from rlxf.lab.control_compare import compare
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--scale", type=float, default=1.0, help="multiplies the default budget (data, steps, episodes)")
+    p.add_argument("--plot", default="doc_gamble.png")
+    a = p.parse_args(argv)
+    return compare("gamble", ["doc", "rvs", "doc_no_mi"], a.seeds, a.scale, pair_over="episodes", plot=a.plot)
+
+
+if __name__ == "__main__":
+    main()
