@@ -106,3 +106,13 @@ def test_claim_corrections_fall_on_repeated_and_similar_tasks():
     for r in (1, 2):
         gain, se = paired_gain(res["none"][:, r].ravel(), res["memory"][:, r].ravel())
         assert gain >= 2 * se and gain > 0, (r, gain, se)
+
+
+def test_name_keys_do_not_reach_a_recoloured_lookalike():
+    kb, corrector = KnowledgeBase(), Counting()
+    run_task(make_object("white", "plate", "ceramic"), 1, seed=0, corrector=corrector, kb=kb, key="name")
+    assert set(kb.entries) == {("white plate", "height"), ("white plate", "gentle")}
+    assert run_task(make_object("white", "plate", "ceramic"), 0, seed=3, corrector=corrector, kb=kb, key="name")[
+        "corrections"] == 0
+    assert run_task(make_object("red", "plate", "ceramic"), 0, seed=3, corrector=corrector, kb=kb, key="name")[
+        "corrections"] == 3

@@ -118,17 +118,18 @@ class KnowledgeBase:
 
 # -- one task -------------------------------------------------------------------------------------
 def run_task(obj: ObjectSpec, place: int, seed: int, corrector: TextModel, kb: KnowledgeBase | None,
-             horizon: int = 40) -> dict:
+             horizon: int = 40, key: str = "description") -> dict:
     """Put ``obj`` in bin ``place`` (two plain blocks on the table too), asking ``corrector`` whenever a
     step slips or bounces. With a knowledge base, parameters are retrieved first and what worked after
-    corrections is stored. Returns corrections asked, unparseable replies and success."""
+    corrections is stored, under the object's ``key`` ("description": colour, material and shape; "name":
+    colour and shape only). Returns corrections asked, unparseable replies and success."""
     objects = (obj,) + BLOCKS[1:]
     env = Tabletop2D([((0, place),)], objects, horizon=horizon)
     env.reset(seed=seed)
     params = dict(DEFAULT_PARAMS)
     if kb is not None:
         for name in params:
-            found = kb.retrieve(obj.description, name)
+            found = kb.retrieve(getattr(obj, key), name)
             params[name] = params[name] if found is None else found
     env.set_params(**params)
     stats = {"corrections": 0, "invalid": 0}
@@ -155,7 +156,7 @@ def run_task(obj: ObjectSpec, place: int, seed: int, corrector: TextModel, kb: K
         worked = {"height": env.held == 0 or env.in_bin[0] is not None, "gentle": env.in_bin[0] is not None}
         for name in corrected:
             if worked[name]:
-                kb.add(obj.description, name, env.params[name])
+                kb.add(getattr(obj, key), name, env.params[name])
     return {**stats, "success": float(success)}
 
 
@@ -169,7 +170,7 @@ def rounds_objects(seed: int) -> list[list[ObjectSpec]]:
     return [make(first), make(first), make(third)]
 
 
-def run_rounds(seed: int, memory: bool, error: float = 0.1) -> dict:
+def run_rounds(seed: int, memory: bool, error: float = 0.1, key: str = "description") -> dict:
     """Corrections per task ``[3 rounds, len(KINDS)]`` (and successes) with or without memory."""
     corrector, kb = simulated_corrector(error, seed), KnowledgeBase() if memory else None
     rng = np.random.default_rng(seed)
@@ -178,18 +179,19 @@ def run_rounds(seed: int, memory: bool, error: float = 0.1) -> dict:
     invalid = 0
     for r, objs in enumerate(rounds_objects(seed)):
         for k, obj in enumerate(objs):
-            out = run_task(obj, int(rng.integers(len(PLACE_NAMES))), seed * 1_000 + r * 100 + k, corrector, kb)
+            out = run_task(obj, int(rng.integers(len(PLACE_NAMES))), seed * 1_000 + r * 100 + k, corrector, kb,
+                           key=key)
             corrections[r, k], success[r, k] = out["corrections"], out["success"]
             invalid += out["invalid"]
     return {"corrections": corrections, "success": success, "invalid": invalid}
 
 
-def experiment(seeds, error: float = 0.1, progress: bool = False) -> dict:
+def experiment(seeds, error: float = 0.1, progress: bool = False, key: str = "description") -> dict:
     """Memory vs no memory on the same seeds: corrections ``[seeds, 3, kinds]`` each."""
     out = {"memory": [], "none": [], "success_memory": [], "success_none": []}
     for s in tqdm(list(seeds), disable=not progress, desc="droc seeds"):
         for name, mem in (("memory", True), ("none", False)):
-            r = run_rounds(s, mem, error)
+            r = run_rounds(s, mem, error, key)
             out[name].append(r["corrections"])
             out[f"success_{name}"].append(r["success"])
     return {k: np.stack(v) for k, v in out.items()}
@@ -220,9 +222,11 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="DROC: corrections per task with and without distilled knowledge")
     ap.add_argument("--seeds", type=int, default=100, help="seeds 0..N-1, each 3 rounds of len(KINDS) tasks")
     ap.add_argument("--error", type=float, default=0.1, help="the simulated corrector's error rate")
+    ap.add_argument("--keys", choices=("description", "name"), default="description",
+                    help="what knowledge is stored under: colour, material and shape, or the name (colour, shape)")
     ap.add_argument("--plot", default="", help="write the corrections-per-task plot to this PNG")
     args = ap.parse_args(argv)
-    res = experiment(range(args.seeds), args.error, progress=True)
+    res = experiment(range(args.seeds), args.error, progress=True, key=args.keys)
     for r, name in enumerate(("new", "repeated", "similar")):
         mem, none = res["memory"][:, r].ravel(), res["none"][:, r].ravel()
         gain, se = paired_gain(none, mem)
