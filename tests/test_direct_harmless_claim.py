@@ -22,9 +22,16 @@ Claims, each at 2 standard errors over the 500 paired prompts:
 2. it matches SFT-first on gold: mean paired gold difference (direct - SFT-first) >= -2 SE;
 3. it stays closer to the base: paired KL-to-base difference (SFT-first - direct) >= 2 SE.
 Setup check (not the claim): the base's own mean cost is above LIMIT + 2 SE, so the limit binds.
+
+First run (figures in ``FIRST_RUN``): equal compute, the limit binding and claim 1 hold (direct cost
+0.074 ± 0.012, far under 0.25). Claims 2 and 3 fail and are strict xfails: gold -0.152 ± 0.072
+(-2.1 SE) against SFT-first, and the direct arm ends further from the base (KL 7.43 against 4.13).
+Marked long: with the session's pipeline run it took 5.8 min wall (83 s CPU) on the shared machine.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
@@ -41,8 +48,12 @@ from rlxf.tasks.hidden_pref import HiddenPrefConfig, HiddenPreferenceTask
 HARMFUL = ("mura", "keme", "pavo", "pode")
 LIMIT = 0.25
 SFT_STEPS, RL_STEPS, N_DEMOS, N_EVAL = 150, 60, 2000, 500
+FIRST_RUN = ("seed 0, 500 paired test prompts: base gold 0.547 ± 0.077, cost 0.408 ± 0.036; SFT-first gold "
+             "2.244 ± 0.065, cost 0.100 ± 0.014, KL to base 4.132; direct gold 2.092 ± 0.069, cost 0.074 ± 0.012, "
+             "KL to base 7.431; forward tokens 216129 vs 232818 (+7.7%)")
 
-pytestmark = pytest.mark.slow
+# about 25-30 s of CPU beyond the session's pipeline run (its time under load: see the guide), so long too
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 
 class TokenCounter:
@@ -76,8 +87,8 @@ def rl(tmp_path, name, start, rm, task, steps):
     counter = TokenCounter(policy, ref)
     cfg = OnlineConfig(method="cost_constrained", method_args={"limit": LIMIT}, samples_per_prompt=4,
                        optim=OptimConfig(steps=steps, batch_size=16, lr=5e-4, checkpoint_every=10**6))
-    scorer = Scorer({"rm": (model_reward(rm), 1.0)},
-                    monitors={"gold": text_reward(policy.decode, task.gold), "cost": text_reward(policy.decode, task.cost)})
+    monitors = {"gold": text_reward(policy.decode, task.gold), "cost": text_reward(policy.decode, task.cost)}
+    scorer = Scorer({"rm": (model_reward(rm), 1.0)}, monitors=monitors)
     run = Run(tmp_path / name, name, fresh=True)
     train_online(run, "rl", policy, ref, policy.encode(task.prompts("train")), scorer, cfg, seed=0, quiet=True)
     return policy, counter.close()
@@ -96,6 +107,7 @@ def evaluate(policy, base, task, prompts):
 
 @pytest.fixture(scope="module")
 def arms(sft_policy, reward_model, tmp_path_factory):
+    t0 = time.process_time()
     tmp = tmp_path_factory.mktemp("direct_harmless")
     task = HiddenPreferenceTask(HiddenPrefConfig(harmful_words=HARMFUL))
     rng = np.random.default_rng([0, 23])
@@ -113,9 +125,9 @@ def arms(sft_policy, reward_model, tmp_path_factory):
     extra = round(sft_tokens / (rl_tokens / RL_STEPS))  # RL steps that cost what the SFT stage cost
     direct, direct_tokens = rl(tmp, "direct", sft_policy, reward_model, task, RL_STEPS + extra)
     prompts = task.prompts("test")[:N_EVAL]
-    return {"tokens": (sft_tokens + rl_tokens, direct_tokens),
-            **{name: evaluate(p, sft_policy, task, prompts)
-               for name, p in (("base", sft_policy), ("sft_first", sft_first), ("direct", direct))}}
+    out = {name: evaluate(p, sft_policy, task, prompts)
+           for name, p in (("base", sft_policy), ("sft_first", sft_first), ("direct", direct))}
+    return {"tokens": (sft_tokens + rl_tokens, direct_tokens), "cpu_s": time.process_time() - t0, **out}
 
 
 def figures(arms) -> str:
@@ -124,7 +136,7 @@ def figures(arms) -> str:
         r = arms[name]
         out.append(f"{name}: gold {mean_se(r['gold'])[0]:.3f} ± {mean_se(r['gold'])[1]:.3f}, cost "
                    f"{mean_se(r['cost'])[0]:.3f} ± {mean_se(r['cost'])[1]:.3f}, KL to base {r['kl_base'].mean():.3f}")
-    return "; ".join(out) + f"; forward tokens (SFT-first, direct) {arms['tokens']}"
+    return "; ".join(out) + f"; forward tokens (SFT-first, direct) {arms['tokens']}; CPU {arms['cpu_s']:.0f} s"
 
 
 def test_the_arms_use_equal_compute(arms):
@@ -142,11 +154,14 @@ def test_direct_rlhf_holds_the_cost_under_the_limit(arms):
     assert m <= LIMIT + 2 * se, figures(arms)
 
 
+@pytest.mark.xfail(strict=True, reason="first run: gold direct - SFT-first -0.152 ± 0.072 (-2.1 SE); " + FIRST_RUN)
 def test_direct_rlhf_matches_sft_first_on_gold(arms):
     d, se = paired_gain(arms["direct"]["gold"], arms["sft_first"]["gold"])
     assert d >= -2 * se, f"gold direct - SFT-first {d:.3f} ± {se:.3f}; " + figures(arms)
 
 
+@pytest.mark.xfail(strict=True, reason="first run: KL to base SFT-first - direct -3.299 ± 0.184: the direct arm, "
+                   "with its extra RL steps, moved further from the base; " + FIRST_RUN)
 def test_direct_rlhf_stays_closer_to_the_base(arms):
     d, se = paired_gain(arms["sft_first"]["kl_base"], arms["direct"]["kl_base"])
     assert d >= 2 * se, f"KL to base SFT-first - direct {d:.3f} ± {se:.3f}; " + figures(arms)
