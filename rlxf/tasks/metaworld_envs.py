@@ -103,7 +103,8 @@ class ML1Env(gym.Env):
         return obs.astype(np.float32), float(reward), terminated, truncated, info
 
     def render(self):
-        return self.env.render()
+        frame = self.env.render()  # Meta-World's off-screen frames come out upside down
+        return None if frame is None else np.ascontiguousarray(frame[::-1])
 
     def close(self):
         self.env.close()
