@@ -58,8 +58,11 @@ def test_knowledge_base_retrieves_lookalikes_only():
     assert kb.retrieve("red wooden cup", "height") == 0.3  # shares two words with the bowl
     assert kb.retrieve("red plastic cup", "height") is None  # one shared word is not a lookalike
     assert kb.retrieve("green glass vase", "gentle") is None
+    kb.add("blue glass vase", "height", 0.7)
+    assert kb.retrieve("blue glass vase", "height") == 0.7  # the exact key beats a two-word lookalike
+    assert kb.retrieve("blue glass bottle", "height") == 0.9
     kb.add("blue glass bottle", "height", 0.7)  # the latest value per (key, parameter) is kept
-    assert kb.retrieve("blue glass bottle", "height") == 0.7 and len(kb.entries) == 3
+    assert kb.retrieve("blue glass bottle", "height") == 0.7 and len(kb.entries) == 4
 
 
 def test_a_plate_needs_three_corrections_then_none_from_memory():

@@ -14,10 +14,10 @@ ignored). :func:`simulated_corrector` plays the corrector from the gold error wi
 
 Distillation: when a skill succeeds after corrections, the parameter that made it work is stored under
 the object's description as a text key (``"blue glass bottle"`` -> ``height 0.9``). Retrieval: for a new
-task, each parameter comes from the stored entry that BM25 (rank-bm25, as in
-:mod:`rlxf.tasks.retrieval`) ranks highest for the new object's description, among entries sharing at
-least two of its words (a lookalike: same shape and material, or colour and one of them); otherwise the
-default. Protocol (:func:`run_rounds`): round 1 one object of each kind, round 2 the same tasks again
+task, each parameter comes from the stored entry whose key shares the most words with the new object's
+description (BM25 from rank-bm25, tokenised as in :mod:`rlxf.tasks.retrieval`, breaks ties), among
+entries sharing at least two (a lookalike: same shape and material, or colour and one of them);
+otherwise the default. Protocol (:func:`run_rounds`): round 1 one object of each kind, round 2 the same tasks again
 (repeated), round 3 new instances of each kind in other colours (similar); the no-memory baseline
 starts every task from the defaults.
 """
@@ -103,17 +103,20 @@ class KnowledgeBase:
         self.entries[key, param] = value
 
     def retrieve(self, query: str, param: str):
-        """The value stored under the key BM25 ranks highest for ``query`` among keys sharing at least
-        ``min_shared`` words with it, or None."""
+        """Among keys sharing at least ``min_shared`` words with ``query``: the value under the one sharing
+        the most, ties broken by BM25 score; None when no key shares enough."""
         keys = [k for k, p in self.entries if p == param]
         if not keys:
             return None
         q = tokens(query)
         scores = BM25Okapi([tokens(k) for k in keys]).get_scores(q)
-        ok = [i for i, k in enumerate(keys) if len(set(q) & set(tokens(k))) >= self.min_shared]
+        shared = [len(set(q) & set(tokens(k))) for k in keys]
+        ok = [i for i in range(len(keys)) if shared[i] >= self.min_shared]
         if not ok:
             return None
-        return self.entries[keys[max(ok, key=lambda i: (scores[i], -i))], param]
+        # more shared words first: on a handful of keys BM25's idf degenerates (a word in half the keys
+        # or more weighs nothing or less), and an exact key can tie with a two-word lookalike
+        return self.entries[keys[max(ok, key=lambda i: (shared[i], scores[i], -i))], param]
 
 
 # -- one task -------------------------------------------------------------------------------------
