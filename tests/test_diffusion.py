@@ -21,7 +21,8 @@ def test_edm_scalings_and_the_loss_weighting_by_hand():
     # x = 1, x_sigma = 1.5: target (1 - 0.5 * 1.5) / 0.35355 = 0.70711; F = 0 costs 0.5
     x, noised, sigma = torch.ones(1, 1), torch.full((1, 1), 1.5), torch.tensor([0.5])
     assert denoising_loss(torch.zeros(1, 1), x, noised, sigma, 0.5).item() == pytest.approx(0.5)
-    assert denoising_loss(torch.full((1, 1), math.sqrt(0.5)), x, noised, sigma, 0.5).item() == pytest.approx(0, abs=1e-12)
+    exact = torch.full((1, 1), math.sqrt(0.5))
+    assert denoising_loss(exact, x, noised, sigma, 0.5).item() == pytest.approx(0, abs=1e-12)
     # the same as ||D - x||^2 / c_out^2 with D = c_skip x_sigma + c_out F
     f = torch.tensor([[0.3]])
     d = 0.5 * 1.5 + (0.25 / math.sqrt(0.5)) * 0.3

@@ -58,7 +58,8 @@ class Reach2D(gym.Env):
 def scripted_action(pos: np.ndarray, style: str, noise: float = 0.0, rng: np.random.Generator | None = None,
                     step: float = 0.1, goal: np.ndarray = GOAL) -> np.ndarray:
     """A demonstrator's action at ``pos``: ``style`` "up" climbs to the goal's height first, then goes right;
-    "right" goes right to the goal's column first, then up. Gaussian noise of std ``noise`` is added. ``goal`` defaults to the fixed task's."""
+    "right" goes right to the goal's column first, then up. Gaussian noise of std ``noise`` is added.
+    ``goal`` defaults to the fixed task's."""
     if style not in STYLES:
         raise ValueError(f"demonstrator style {style!r}: expected one of {STYLES}")
     to_goal = np.clip((goal - pos) / step, -1.0, 1.0)

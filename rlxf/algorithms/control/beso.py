@@ -1,10 +1,11 @@
 """BESO: goal-conditioned imitation with a score-based diffusion policy (Reuss, Li, Jia, Lioutikov, RSS 2023).
 
-The policy is a denoiser over the action given the state and the goal (:mod:`rlxf.algorithms.control.diffusion`:
-EDM preconditioning, log-logistic training noise, goal dropped with probability 0.1 for classifier-free
-guidance), and acts by sampling a chunk of the next 4 actions with 3 DDIM steps and playing it. Because it samples instead of regressing to a mean, it keeps
-every mode of the demonstrations, where a Gaussian MLP behaviour-cloning policy (``train_bc``, acting by its
-mean) averages them.
+The policy is a denoiser over the next 4 actions given the state and the goal
+(:mod:`rlxf.algorithms.control.diffusion`: EDM preconditioning, log-logistic training noise, goal dropped with
+probability 0.1 for classifier-free guidance); it acts by sampling such a chunk with 3 DDIM steps and playing
+it before sampling again. Because it samples instead of regressing to a mean, it keeps every mode of the
+demonstrations, where a Gaussian MLP behaviour-cloning policy (``train_bc``, acting by its mean) averages them.
+Without chunks (one action per sample) the mode is redrawn every step and the path zig-zags into the obstacle.
 
 Toy task ``rlxf/GoalReach2D-v0``: reach a goal drawn per episode in the top-right corner from the bottom-left
 around a square obstacle; half of the demonstrations go round on the left ("up"), half below ("right"), so the
@@ -183,7 +184,8 @@ def main(argv=None) -> int:
     gain, se = paired_gain(beso, bc)
     shares = route_shares(beso, sum((r["beso_routes"] for r in results), []))
     print(f"BESO {mb:.3f} +- {sb:.3f}, BC-MLP {mc:.3f} +- {sc:.3f}, paired gain {gain:.3f} +- {se:.3f} "
-          f"({len(beso)} paired episodes); BESO's successful routes: up {shares['up']:.2f}, right {shares['right']:.2f}")
+          f"({len(beso)} paired episodes); BESO's successful routes: up {shares['up']:.2f}, "
+          f"right {shares['right']:.2f}")
     if args.plot:
         from rlxf.lab.report import plt, save_figure  # plotting only for the command-line report
 

@@ -47,8 +47,8 @@ class Denoiser(nn.Module):
         super().__init__()
         self.x_dim, self.cond_dim, self.sigma_data = x_dim, cond_dim, sigma_data
         self.register_buffer("droppable", torch.zeros(cond_dim, dtype=torch.bool) if droppable is None else droppable)
-        self.net = nn.Sequential(nn.Linear(x_dim + cond_dim + 2, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                 nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, x_dim))
+        self.net = nn.Sequential(nn.Linear(x_dim + cond_dim + 2, hidden), nn.SiLU(), nn.Linear(hidden, hidden),
+                                 nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, x_dim))
 
     def raw(self, x: Tensor, sigma: Tensor, cond: Tensor, dropped: Tensor) -> Tensor:
         """``F`` at ``c_in x`` (``dropped [B]`` bool: the droppable condition is hidden for those rows)."""

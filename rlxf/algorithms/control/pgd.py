@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -168,7 +169,8 @@ def study(seed: int, iql_steps: int = 3000, n_episodes: int = 30, cfg: PGDConfig
         logp = {name: float(real.log_prob(e_obs, e_act).mean()) for name, (e_obs, e_act) in
                 (("real", (data.transitions().obs, data.transitions().actions)),
                  ("synthetic", (torch.cat([e.obs[:-1] for e in synth]), torch.cat([e.actions for e in synth]))))}
-    return {"iql": evaluate(real, ENV_ID, n_episodes, eval_seed), "iql_pgd": evaluate(mixed, ENV_ID, n_episodes, eval_seed),
+    return {"iql": evaluate(real, ENV_ID, n_episodes, eval_seed),
+            "iql_pgd": evaluate(mixed, ENV_ID, n_episodes, eval_seed),
             "data_return": float(np.mean([e.ret for e in data.episodes])), "target_logp": logp}
 
 
@@ -197,21 +199,40 @@ def table_run_iql(task: str, seed: int, scale: float = 1.0) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Policy-guided diffusion + IQL vs IQL on a Pendulum-v1 medium-replay-style dataset")
+    ap = argparse.ArgumentParser(description="Policy-guided diffusion + IQL vs IQL on a medium-replay-style "
+                                             "Pendulum-v1 dataset")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--episodes", type=int, default=30, help="held-out episodes per seed")
     ap.add_argument("--guidance", type=float, default=1.0, help="guidance coefficient c (0: unguided samples)")
+    ap.add_argument("--plot", default=None, help="save the per-seed returns of both agents (PNG; Pendulum-v1 does "
+                                                 "not render here: it needs pygame)")
     args = ap.parse_args(argv)
-    results = [study(s, n_episodes=args.episodes, cfg=PGDConfig(guidance=args.guidance), quiet=False) for s in args.seeds]
+    results = [study(s, n_episodes=args.episodes, cfg=PGDConfig(guidance=args.guidance), quiet=False)
+               for s in args.seeds]
     for s, r in zip(args.seeds, results):
-        print(f"seed {s}: data return {r['data_return']:.1f}  IQL {r['iql'].mean():.1f}  IQL+PGD {r['iql_pgd'].mean():.1f}  "
-              f"mean log pi_target(a|s): real {r['target_logp']['real']:.2f}, synthetic {r['target_logp']['synthetic']:.2f}")
+        logp = r["target_logp"]
+        print(f"seed {s}: data return {r['data_return']:.1f}  IQL {r['iql'].mean():.1f}  "
+              f"IQL+PGD {r['iql_pgd'].mean():.1f}  mean log pi_target(a|s): real {logp['real']:.2f}, "
+              f"synthetic {logp['synthetic']:.2f}")
     real = np.concatenate([r["iql"] for r in results])
     pgd = np.concatenate([r["iql_pgd"] for r in results])
     (mr, sr), (mp, sp) = mean_se(real), mean_se(pgd)
     gain, se = paired_gain(pgd, real)
     print(f"IQL {mr:.1f} +- {sr:.1f}, IQL+PGD {mp:.1f} +- {sp:.1f}, paired gain {gain:.1f} +- {se:.1f} "
           f"({len(real)} paired episodes, guidance {args.guidance})")
+    if args.plot:
+        from rlxf.lab.report import plt, save_figure  # plotting only for the command-line report
+
+        fig, ax = plt.subplots(figsize=(5, 3))
+        for k, (name, label) in enumerate((("iql", "IQL (real)"), ("iql_pgd", "IQL (real + PGD)"))):
+            stats = [mean_se(r[name]) for r in results]
+            ax.errorbar(np.arange(len(results)) + 0.1 * k, [m for m, _ in stats], [2 * e for _, e in stats],
+                        fmt="o", capsize=3, label=label)
+        ax.set_xticks(range(len(results)), [f"seed {s}" for s in args.seeds])
+        ax.set_ylabel("held-out return (+- 2 SE)")
+        ax.legend()
+        save_figure(fig, Path(args.plot))
+        print(f"saved {args.plot}")
     return 0
 
 
