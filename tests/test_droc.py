@@ -74,7 +74,8 @@ def test_a_plate_needs_three_corrections_then_none_from_memory():
     first = run_task(plate, 1, seed=0, corrector=corrector, kb=kb)
     assert (first["corrections"], first["invalid"], first["success"]) == (3, 0, 1.0)
     assert [right_correction(r) for r in corrector.asked] == ["grasp lower", "grasp lower", "move slower near the bin"]
-    assert kb.entries == {("white ceramic plate", "height"): pytest.approx(0.1), ("white ceramic plate", "gentle"): True}
+    assert kb.entries == {("white ceramic plate", "height"): pytest.approx(0.1),
+                          ("white ceramic plate", "gentle"): True}
     assert run_task(plate, 2, seed=1, corrector=corrector, kb=kb)["corrections"] == 0
     assert run_task(make_object("red", "plate", "ceramic"), 0, seed=2, corrector=corrector, kb=kb)["corrections"] == 0
     assert run_task(plate, 2, seed=1, corrector=corrector, kb=None)["corrections"] == 3

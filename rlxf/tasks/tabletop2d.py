@@ -115,7 +115,8 @@ class Tabletop2D(gym.Env):
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
         options = options or {}
-        self.task = tuple(options["task"]) if "task" in options else self.tasks[self.np_random.integers(len(self.tasks))]
+        drawn = self.np_random.integers(len(self.tasks))  # drawn either way, so a given task leaves the rest alike
+        self.task = tuple(options["task"]) if "task" in options else self.tasks[drawn]
         cells = [(x, y) for x in range(1, WIDTH - 1) for y in range(HEIGHT - 1)]
         pick = self.np_random.choice(len(cells), len(self.objects), replace=False)
         self.pos = np.array([cells[i] for i in pick], dtype=np.int64)

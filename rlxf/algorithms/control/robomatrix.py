@@ -86,7 +86,8 @@ def demonstrations(tasks, n_episodes: int, seed: int, noise: float = 0.2) -> tup
         flat.append(_episode([o for o, *_ in rows] + [rows[-1][3]], [a for _, a, *_ in rows], [r for *_, r, _ in rows]))
         for s, seg in segs.items():
             if seg:
-                per_skill[s].append(_episode([o for o, *_ in seg] + [seg[-1][2]], [a for _, a, _ in seg], [0.0] * len(seg)))
+                per_skill[s].append(_episode([o for o, *_ in seg] + [seg[-1][2]], [a for _, a, _ in seg],
+                                             [0.0] * len(seg)))
     return (TransitionDataset(flat, "rlxf/Tabletop2D", {"seed": seed}),
             {s: TransitionDataset(e, f"skill:{s}", {"seed": seed}) for s, e in per_skill.items()})
 
