@@ -28,6 +28,12 @@ if "rlxf/Gamble-v0" not in gym.registry:  # luck, not the action, made the best 
     gym.register(id="rlxf/Gamble-v0", entry_point="rlxf.tasks.gamble:Gamble")
 if "rlxf/PrizeLock-v0" not in gym.registry:  # hard exploration with a suboptimal demonstrator (lock.py)
     gym.register(id="rlxf/PrizeLock-v0", entry_point="rlxf.tasks.lock:PrizeLock", max_episode_steps=30)
+for _task in ("reach-v3", "push-v3", "pick-place-v3"):  # Meta-World ML1 (metaworld_envs.py); imported on make only
+    for _suffix, _split in (("", "train"), ("-test", "test")):  # test: an episode ends at its first success
+        if f"rlxf/ML1-{_task}{_suffix}" not in gym.registry:
+            gym.register(id=f"rlxf/ML1-{_task}{_suffix}", entry_point="rlxf.tasks.metaworld_envs:ML1Env",
+                         kwargs={"task": _task, "split": _split, "terminate_on_success": _split == "test"},
+                         max_episode_steps=500, disable_env_checker=True)
 
 
 class EnvError(ValueError):

@@ -179,37 +179,62 @@ def grid_advantages(rewards: Tensor, values: Tensor, done: Tensor, terminated: T
 
 @torch.no_grad()
 def evaluate(policy, spec, n_episodes: int = 20, seed: int = 10_000, obs_rms: RunningMeanStd | None = None,
-             deterministic: bool = True, max_steps: int = 100_000, **env_kwargs) -> np.ndarray:
-    """Undiscounted returns of ``n_episodes`` episodes (one per env copy), ``[n_episodes]``.
+             deterministic: bool = True, max_steps: int = 100_000, metric: str = "return", n_envs: int | None = None,
+             **env_kwargs) -> np.ndarray:
+    """One score per episode of ``n_episodes``, ``[n_episodes]``.
 
-    With ``obs_rms`` the observations are normalised by those (frozen) training statistics.
+    ``metric="return"``: the undiscounted return. ``metric="success"``: 1.0 if some step of the episode
+    reports ``info["success"]`` (Meta-World's success flag), else 0.0: over 50 episodes, Meta-World's
+    success rate. By default every episode runs in its own env copy (and under ``success`` stops at its
+    first success, as under Meta-World's ``terminate_on_success``); ``n_envs`` fewer copies each play a
+    fixed share of the episodes in turn (cheaper where making an env is slow), which needs episodes that
+    end by themselves. With ``obs_rms`` the observations are normalised by those (frozen) training statistics.
     """
+    if metric not in ("return", "success"):
+        raise ValueError(f"evaluate: metric must be 'return' or 'success', got {metric!r}")
+    n_envs = n_episodes if n_envs is None else min(n_envs, n_episodes)
+    if metric == "success":
+        env_kwargs["reward_terms"] = ("success",)
     with single_thread():
-        return _evaluate(policy, make_env(spec, n_envs=n_episodes, seed=seed, norm_obs=obs_rms is not None,
-                                          obs_rms=obs_rms, update_stats=False, **env_kwargs),
-                         deterministic, max_steps)
+        env = make_env(spec, n_envs=n_envs, seed=seed, norm_obs=obs_rms is not None, obs_rms=obs_rms,
+                       update_stats=False, **env_kwargs)
+        return _evaluate(policy, env, n_episodes, deterministic, max_steps, metric)
 
 
-def _evaluate(policy, env, deterministic: bool, max_steps: int) -> np.ndarray:
-    n_episodes = env.n_envs
+def _evaluate(policy, env, n_episodes: int, deterministic: bool, max_steps: int, metric: str) -> np.ndarray:
+    """Copy ``i`` plays ``quota[i]`` episodes in turn (a fixed share, so short episodes are not favoured)."""
+    n = env.n_envs
+    quota = np.full(n, n_episodes // n) + (np.arange(n) < n_episodes % n)
+    one_each = n == n_episodes
+    scores: list[list[float]] = [[] for _ in range(n)]
+    current = np.zeros(n)
     obs = env.reset()
     if hasattr(policy, "observe"):  # a stateful policy (e.g. return-conditioned) hears episode starts
         policy.observe(None, np.ones(env.n_envs, dtype=bool))
-    returns = np.zeros(n_episodes)
-    alive = np.ones(n_episodes, dtype=bool)
     for _ in range(max_steps):
         o = torch.as_tensor(obs)
         action = policy.greedy(o) if deterministic else policy.act(o)[0]
         res = env.step(action.numpy())
         if hasattr(policy, "observe"):  # ... and its rewards and episode ends
             policy.observe(res.raw_rewards, res.done)
-        returns += res.raw_rewards * alive
-        alive &= ~res.done
+        if metric == "success":
+            current = np.maximum(current, res.reward_terms[:, 0] > 0)
+            ended = res.done | (current > 0) if one_each else res.done
+        else:
+            current += res.raw_rewards
+            ended = res.done
+        for i in np.flatnonzero(ended):
+            if len(scores[i]) < quota[i]:
+                scores[i].append(float(current[i]))
+        current[ended] = 0.0
         obs = res.obs
-        if not alive.any():
+        if all(len(s) >= q for s, q in zip(scores, quota)):
             break
     env.close()
-    return returns
+    for i, s in enumerate(scores):  # episodes cut by max_steps count with their score so far
+        if len(s) < quota[i]:
+            s.append(float(current[i]))
+    return np.array([x for s in scores for x in s])
 
 
 class EpisodeRecorder:
