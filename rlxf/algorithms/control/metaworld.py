@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
            "episodes": len(scores), "seconds": round(time.time() - t0, 1)}
     print(json.dumps(row))
     if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         with open(a.out, "a") as f:
             f.write(json.dumps(row) + "\n")
     if a.gif:
