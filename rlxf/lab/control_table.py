@@ -33,6 +33,12 @@ class ControlMethod:
 
 
 METHODS: dict[str, ControlMethod] = {}
+METHODS["skillmimic_hl"] = ControlMethod(
+    "rlxf.algorithms.control.skillmimic:table_run", tasks=("puck_compose",), metric="success",
+    about="SkillMimic: push skills imitated from state-only demos, a high-level PPO picks them")
+METHODS["ppo_scratch"] = ControlMethod(
+    "rlxf.algorithms.control.skillmimic:table_run_scratch", tasks=("puck_compose",), metric="success",
+    about="PPO from scratch on the composite PuckBall task at the high-level policy's env steps")
 METHODS["tscac"] = ControlMethod(
     "rlxf.algorithms.control.tscac:table_run", tasks=("short_video",), metric="return",
     about="two-stage constrained actor-critic: per-signal policies, then watch time near them (watch time)")
