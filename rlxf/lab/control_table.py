@@ -33,6 +33,12 @@ class ControlMethod:
 
 
 METHODS: dict[str, ControlMethod] = {}
+METHODS["slim"] = ControlMethod(
+    "rlxf.algorithms.control.slim:table_run", tasks=("reacher", "pusher"), metric="return",
+    about="SLIM: PPO with one critic head per reward term, each term's advantage normalised, then averaged")
+METHODS["ppo_summed"] = ControlMethod(
+    "rlxf.algorithms.control.slim:table_run_ppo", tasks=("reacher", "pusher"), metric="return",
+    about="PPO with one critic on the summed reward (SLIM's baseline, same settings and env steps)")
 METHODS["skillmimic_hl"] = ControlMethod(
     "rlxf.algorithms.control.skillmimic:table_run", tasks=("puck_compose",), metric="success",
     about="SkillMimic: push skills imitated from state-only demos, a high-level PPO picks them")

@@ -1,4 +1,4 @@
-"""Pure losses for control-side algorithms: behaviour cloning, IQL, SAC and PRDC.
+"""Pure losses for control-side algorithms: behaviour cloning, IQL, SAC, PRDC and multi-critic advantages.
 
 Each returns unreduced per-example terms (``[batch]``, or ``[batch, steps]`` for ``Steps``); the
 caller averages. Nothing here knows about networks: inputs are the tensors they produced.
@@ -163,3 +163,22 @@ def bc_log_barrier(action_logps: Tensor) -> Tensor:
     the BC policy stays finite and RL can still try what the demonstrator never did.
     """
     return -action_logps.mean(-1)
+
+
+def normalise_advantages(adv: Tensor, eps: float = 1e-8) -> Tensor:
+    """Advantages scaled to zero mean and unit standard deviation over the batch: ``[m]`` as one
+    column, ``[m, K]`` column by column (one reward term each, so no term's scale swamps another's).
+    A single row is returned unchanged."""
+    if adv.shape[0] < 2:
+        return adv
+    if adv.dim() == 1:
+        return (adv - adv.mean()) / (adv.std() + eps)
+    return (adv - adv.mean(0)) / (adv.std(0) + eps)
+
+
+def combine_advantages(adv: Tensor, weights: Tensor) -> Tensor:
+    """The actor's advantage from per-term ones: ``sum_k w_k adv[:, k] / sum_k w_k``, ``[m, K] -> [m]``."""
+    weights = torch.as_tensor(weights, dtype=adv.dtype)
+    if weights.shape != adv.shape[-1:]:
+        raise ValueError(f"term weights have shape {tuple(weights.shape)}; expected ({adv.shape[-1]},), one per reward term")
+    return adv @ weights / weights.sum()

@@ -160,18 +160,24 @@ class GaussianMLPPolicy(_MLPPolicy):
 
 
 class MLPCritic(nn.Module):
-    """State-value function ``V(s)``: ``obs [..., obs_dim] -> [...]``."""
+    """State-value function ``V(s)``: ``obs [..., obs_dim] -> [...]``. With ``heads = K > 1`` it has one
+    output per reward term on a shared trunk (multi-critic PPO): ``obs [..., obs_dim] -> [..., K]``."""
 
-    def __init__(self, obs_dim: int, hidden: int = 64):
+    def __init__(self, obs_dim: int, hidden: int = 64, heads: int = 1):
         super().__init__()
-        self.net = _mlp(obs_dim, 1, hidden, out_gain=1.0)
+        self.heads = heads
+        self.net = _mlp(obs_dim, heads, hidden, out_gain=1.0)
+
+    def _out(self, x: Tensor) -> Tensor:
+        return x.squeeze(-1) if self.heads == 1 else x
 
     def values(self, obs: Tensor, mask: Tensor | None = None) -> Tensor:
         """``V(s)`` per step, ``[B, T]`` for ``obs [B, T, obs_dim]``; with ``mask``, padding gives 0."""
         if mask is None:
-            return self.net(obs).squeeze(-1)
-        v = self.net(_pad_safe(obs, mask, 0.0)).squeeze(-1)
-        return torch.where(mask > 0, v, torch.zeros((), dtype=v.dtype, device=v.device))
+            return self._out(self.net(obs))
+        v = self._out(self.net(_pad_safe(obs, mask, 0.0)))
+        m = mask if self.heads == 1 else mask[..., None]
+        return torch.where(m > 0, v, torch.zeros((), dtype=v.dtype, device=v.device))
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.values(obs)

@@ -92,6 +92,7 @@ class StepResult:
     final_obs: np.ndarray
     episode_returns: list[float] = field(default_factory=list)  # raw returns of episodes ended here
     raw_final_obs: np.ndarray | None = None  # ``final_obs`` before normalisation (None when not normalising)
+    reward_terms: np.ndarray | None = None  # ``[n_envs, K]`` raw reward terms read from ``info`` (None unless asked for)
 
     @property
     def done(self) -> np.ndarray:
@@ -103,11 +104,14 @@ class VecEnv:
 
     ``spec`` is a gymnasium id or a zero-argument factory (for hand-made envs). Continuous actions
     are clipped to the action box before stepping. Every observation is checked to be finite.
+    ``reward_terms`` names ``info`` keys (e.g. Reacher's ``reward_dist``, ``reward_ctrl``) whose values
+    each step reports as ``StepResult.reward_terms``, for critics that learn one reward term each.
     """
 
     def __init__(self, spec: EnvSpec, n_envs: int = 8, seed: int = 0, norm_obs: bool = False,
                  norm_reward: bool = False, gamma: float = 0.99, max_episode_steps: int | None = None,
-                 obs_rms: RunningMeanStd | None = None, update_stats: bool = True, clip: float = 10.0):
+                 obs_rms: RunningMeanStd | None = None, update_stats: bool = True, clip: float = 10.0,
+                 reward_terms: tuple[str, ...] = ()):
         if n_envs < 1:
             raise EnvError(f"n_envs must be >= 1, got {n_envs}")
         self.name = spec if isinstance(spec, str) else getattr(spec, "__name__", "custom env")
@@ -115,6 +119,7 @@ class VecEnv:
         fns = [lambda e=first: e] + [lambda: _make_one(spec, max_episode_steps) for _ in range(n_envs - 1)]
         self.envs = gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
         self.n_envs, self.seed, self.gamma, self.clip = n_envs, seed, gamma, clip
+        self.reward_terms = tuple(reward_terms)
         obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
         if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
             raise EnvError(f"{self.name}: expected a flat Box observation space, got {obs_space}")
@@ -206,7 +211,23 @@ class VecEnv:
             scaled = np.clip(rew / np.sqrt(self.ret_rms.var + 1e-8), -self.clip, self.clip)
             self._ret[done] = 0.0
         return StepResult(self.normalize(obs), scaled.astype(np.float32), rew.astype(np.float32), term, trunc,
-                          self.normalize(final), returns, final.astype(np.float32) if self.norm_obs else None)
+                          self.normalize(final), returns, final.astype(np.float32) if self.norm_obs else None,
+                          self._terms(info, done) if self.reward_terms else None)
+
+    def _terms(self, info: dict, done: np.ndarray) -> np.ndarray:
+        """``[n_envs, K]`` reward terms from a vector step's ``info``; an env that just finished reports
+        its last step's terms in ``final_info`` (same-step autoreset)."""
+        out = np.zeros((self.n_envs, len(self.reward_terms)), dtype=np.float32)
+        final = info.get("final_info", {})
+        for k, name in enumerate(self.reward_terms):
+            for i in range(self.n_envs):
+                src = final if done[i] else info
+                if name not in src or not src.get("_" + name, np.ones(self.n_envs, bool))[i]:
+                    keys = sorted(key for key in src if not key.startswith("_") and key not in ("final_obs", "final_info"))
+                    raise EnvError(f"{self.name}: reward term {name!r} is not in the step's info (keys: {keys}); "
+                                   f"reward_terms must name info entries the env reports every step")
+                out[i, k] = src[name][i]
+        return out
 
     def close(self) -> None:
         self.envs.close()

@@ -6,6 +6,11 @@ episode fragment, truncation bootstrapped, termination not). Defaults are the tu
 settings of rl-baselines3-zoo (8 envs x 32 steps, 20 epochs, gamma 0.98, lambda 0.8, linearly
 annealed lr 1e-3 and clip 0.2). ``learn`` takes an optional ``reward_fn`` so preference-based RL
 and SPO train the agent on a learned or self-play reward with the very same update.
+
+Multi-critic PPO (SLIM, Emukpere et al. 2024): with ``reward_terms`` (``info`` keys of the env) the
+critic gets one head per term, each head learns its own term's return, the per-term GAE advantages
+are normalised separately (:func:`normalise_advantages`) and combined with ``term_weights``
+(:func:`combine_advantages`) into the one advantage the clipped actor loss uses.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from rlxf.algorithms.control.rollout import Rollout, advantages, collect, evaluate
+from rlxf.algorithms.control.rollout import Rollout, advantages, collect, evaluate, term_advantages
 from rlxf.core.runs import Run
 from rlxf.core.steps import Steps
 from rlxf.objectives.control import prior_kl
+from rlxf.objectives.control import combine_advantages, normalise_advantages
 from rlxf.objectives.policy_gradient import ppo_clip_loss, value_loss
 from rlxf.policies.control import FlatParameters, MLPCritic, make_policy, single_thread
 from rlxf.tasks.gym_envs import make_env
@@ -47,6 +53,8 @@ class PPOConfig:
     norm_reward: bool = False
     max_episode_steps: int | None = None
     seed: int = 0
+    reward_terms: tuple[str, ...] = ()  # info keys: one critic head per term (multi-critic); () = one critic
+    term_weights: tuple[float, ...] = ()  # the terms' weights in the actor's advantage; () = equal
     prior_kl: float = 0.0  # lambda of KL(pi || prior) per state (demonstration-regularised RL; see start_from)
 
 
@@ -64,11 +72,16 @@ class PPO:
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         self.spec = env_spec if env_spec is not None else cfg.env
+        terms = tuple(cfg.reward_terms)
+        if cfg.term_weights and len(cfg.term_weights) != len(terms):
+            raise ValueError(f"ppo.term_weights has {len(cfg.term_weights)} entries for {len(terms)} reward_terms "
+                             f"{list(terms)}; give one weight per term or none")
+        self.term_weights = torch.tensor(cfg.term_weights or [1.0] * len(terms), dtype=torch.float32)
         self.env = make_env(self.spec, cfg.n_envs, cfg.seed, norm_obs=cfg.norm_obs, norm_reward=cfg.norm_reward,
-                            gamma=cfg.gamma, max_episode_steps=cfg.max_episode_steps)
+                            gamma=cfg.gamma, max_episode_steps=cfg.max_episode_steps, reward_terms=terms)
         self.policy = (policy_fn(self.env) if policy_fn is not None
                        else make_policy(self.env.obs_dim, self.env.action_dim, self.env.discrete, cfg.hidden))
-        self.critic = MLPCritic(self.env.obs_dim, cfg.hidden)
+        self.critic = MLPCritic(self.env.obs_dim, cfg.hidden, heads=max(1, len(terms)))
         self.flat = FlatParameters(self.policy, self.critic)
         self.opt = torch.optim.Adam([self.flat.param], lr=cfg.lr, eps=1e-5, fused=True)
         self.obs = self.env.reset()
@@ -97,14 +110,19 @@ class PPO:
         return ro
 
     def update(self, ro: Rollout, rewards: torch.Tensor | None = None) -> dict:
-        """``epochs`` passes of minibatch PPO over the rollout; ``rewards`` override the env's."""
+        """``epochs`` passes of minibatch PPO over the rollout; ``rewards`` override the env's
+        (``[N, T, K]`` per-term rewards for a multi-critic agent)."""
         cfg = self.cfg
-        rew = ro.rewards if rewards is None else rewards.float()
-        adv, ret = advantages(ro, rew, cfg.gamma, cfg.lam)
+        if self.critic.heads > 1:
+            rew = ro.reward_terms if rewards is None else rewards.float()
+            adv, ret = term_advantages(ro, rew, cfg.gamma, cfg.lam)  # [N, T, K]
+        else:
+            rew = ro.rewards if rewards is None else rewards.float()
+            adv, ret = advantages(ro, rew, cfg.gamma, cfg.lam)
         real = ro.valid.flatten()
         obs, act = ro.obs.flatten(0, 1)[real], ro.actions.flatten(0, 1)[real]
-        old_logp, old_v = ro.logps.flatten()[real], ro.values.flatten()[real]
-        adv, ret = adv.flatten()[real], ret.flatten()[real]
+        old_logp, old_v = ro.logps.flatten()[real], ro.values.flatten(0, 1)[real]
+        adv, ret = adv.flatten(0, 1)[real], ret.flatten(0, 1)[real]
         frac = self.progress_left()
         for g in self.opt.param_groups:
             g["lr"] = cfg.lr * frac
@@ -112,16 +130,18 @@ class PPO:
         n = obs.shape[0]
         whole = n <= cfg.minibatch_size  # one minibatch per epoch: the same tensors every time
         if whole:
-            batch = self._minibatch(obs, act, old_logp, old_v, adv, ret, slice(None))
+            batch = self._minibatch(obs, act, old_logp, old_v, adv, ret, slice(None), self.term_weights)
         for _ in range(cfg.epochs):
             perm = None if whole else torch.randperm(n, generator=self.gen)
             for start in range(0, n, cfg.minibatch_size):
                 if not whole:
-                    batch = self._minibatch(obs, act, old_logp, old_v, adv, ret, perm[start : start + cfg.minibatch_size])
+                    batch = self._minibatch(obs, act, old_logp, old_v, adv, ret, perm[start : start + cfg.minibatch_size],
+                                            self.term_weights)
                 o, a, old_lp, old_val, adv_mb, ret_mb, ones = batch
                 steps = Steps(logps=self.policy.log_prob(o, a)[:, None], mask=ones, old_logps=old_lp)
                 pg = ppo_clip_loss(steps, adv_mb, clip=clip).mean()
-                vl = value_loss(self.critic.values(o)[:, None], old_val, ret_mb, ones).mean()
+                v = _column(self.critic.values(o))  # [m, K]: the heads' losses averaged
+                vl = value_loss(v, old_val, ret_mb, torch.ones_like(v)).mean()
                 loss = pg + cfg.vf_coef * vl
                 if cfg.ent_coef:
                     loss = loss - cfg.ent_coef * self.policy.entropy(o).mean()
@@ -141,13 +161,14 @@ class PPO:
         return prior_kl(self.policy.distribution(obs), self.prior.distribution(obs)).mean()
 
     @staticmethod
-    def _minibatch(obs, act, old_logp, old_v, adv, ret, idx) -> tuple:
-        """The rows ``idx`` as ``[m, 1]`` step tensors, advantages normalised within the minibatch."""
-        a = adv[idx]
-        if a.numel() > 1:
-            a = (a - a.mean()) / (a.std() + 1e-8)
+    def _minibatch(obs, act, old_logp, old_v, adv, ret, idx, term_weights=None) -> tuple:
+        """The rows ``idx`` as ``[m, 1]`` step tensors (values and returns ``[m, K]`` with K critic
+        heads), advantages normalised within the minibatch, per term before they are combined."""
+        a = normalise_advantages(adv[idx])
+        if a.dim() == 2:
+            a = combine_advantages(a, term_weights)
         ones = torch.ones(a.numel(), 1)
-        return obs[idx], act[idx], old_logp[idx][:, None], old_v[idx][:, None], a[:, None], ret[idx][:, None], ones
+        return obs[idx], act[idx], old_logp[idx][:, None], _column(old_v[idx]), a[:, None], _column(ret[idx]), ones
 
     def evaluate(self, n_episodes: int = 20, seed: int = 10_000) -> np.ndarray:
         rms = self.env.obs_rms if self.cfg.norm_obs else None
@@ -182,3 +203,8 @@ class PPO:
                     if target is not None and ret.mean() >= target:
                         break
         return history
+
+
+def _column(x: torch.Tensor) -> torch.Tensor:
+    """``[m] -> [m, 1]``; per-head ``[m, K]`` stays."""
+    return x[:, None] if x.dim() == 1 else x

@@ -28,7 +28,7 @@ class Rollout:
     next_obs: Tensor  # the true next observation, also on the last step of an episode
     actions: Tensor
     logps: Tensor
-    values: Tensor
+    values: Tensor  # [n_envs, T], or [n_envs, T, K] from a critic with one head per reward term
     rewards: Tensor  # as the env gave them (normalised if the env normalises)
     raw_rewards: Tensor  # the env's own reward: the gold reward in preference experiments
     terminated: Tensor  # bool
@@ -38,6 +38,7 @@ class Rollout:
     valid: Tensor  # bool: False on steps after an env finished (episode collection)
     raw_obs: Tensor | None = None  # obs / next_obs before normalisation; None when the env does not normalise
     raw_next_obs: Tensor | None = None
+    reward_terms: Tensor | None = None  # [n_envs, T, K] raw reward terms when the env reports them (multi-critic)
 
     @property
     def done(self) -> Tensor:
@@ -84,6 +85,7 @@ def collect(env: VecEnv, policy, critic, obs: np.ndarray, n_steps: int,
     cols: dict[str, list] = {k: [] for k in ("obs", "next", "act", "logp", "val", "rew", "raw", "term", "trunc", "fval", "valid")}
     raw_obs: list[Tensor] | None = [] if env.norm_obs else None
     raw_next: list[Tensor] = []
+    terms: list[Tensor] = []
     alive = np.ones(env.n_envs, dtype=bool)
     for _ in range(n_steps):
         o = torch.as_tensor(obs)
@@ -94,9 +96,12 @@ def collect(env: VecEnv, policy, critic, obs: np.ndarray, n_steps: int,
         res = env.step(action.numpy())
         if raw_obs is not None:
             raw_next.append(torch.as_tensor(res.raw_final_obs))
-        fval = np.zeros(env.n_envs, dtype=np.float32)
+        fval = np.zeros(tuple(value.shape), dtype=np.float32)
         if res.truncated.any():
-            fval = critic.values(torch.as_tensor(res.final_obs)).numpy() * res.truncated
+            trunc = res.truncated.reshape(-1, *[1] * (len(value.shape) - 1))
+            fval = critic.values(torch.as_tensor(res.final_obs)).numpy() * trunc
+        if res.reward_terms is not None:
+            terms.append(torch.as_tensor(res.reward_terms))
         for k, v in (("obs", o), ("next", res.final_obs), ("act", action), ("logp", logp), ("val", value), ("rew", res.rewards),
                      ("raw", res.raw_rewards), ("term", res.terminated), ("trunc", res.truncated),
                      ("fval", fval), ("valid", alive.copy())):
@@ -113,6 +118,8 @@ def collect(env: VecEnv, policy, critic, obs: np.ndarray, n_steps: int,
                  stack["fval"].float(), last_value.float(), stack["valid"].bool())
     if raw_obs is not None:
         ro.raw_obs, ro.raw_next_obs = torch.stack(raw_obs, dim=1), torch.stack(raw_next, dim=1)
+    if terms:
+        ro.reward_terms = torch.stack(terms, dim=1).float()
     return ro, obs
 
 
@@ -150,6 +157,15 @@ def advantages(ro: Rollout, rewards: Tensor, gamma: float, lam: float) -> tuple[
     """
     return grid_advantages(rewards, ro.values, ro.done, ro.terminated, ro.truncated, ro.final_values, ro.last_value,
                            gamma, lam, ro.valid)
+
+
+def term_advantages(ro: Rollout, rewards: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """GAE per reward term: ``rewards [N, T, K]`` against the critic's heads ``ro.values [N, T, K]``;
+    advantages and returns ``[N, T, K]``, term ``k`` computed exactly as :func:`advantages` on its own."""
+    pairs = [grid_advantages(rewards[..., k], ro.values[..., k], ro.done, ro.terminated, ro.truncated,
+                             ro.final_values[..., k], ro.last_value[..., k], gamma, lam, ro.valid)
+             for k in range(rewards.shape[-1])]
+    return torch.stack([a for a, _ in pairs], -1), torch.stack([r for _, r in pairs], -1)
 
 
 def grid_advantages(rewards: Tensor, values: Tensor, done: Tensor, terminated: Tensor, truncated: Tensor,
