@@ -124,6 +124,15 @@ def test_skill_select_env_runs_a_skill_for_hold_steps_and_scripted_choices_solve
     assert wins >= 4  # the goal is reachable with the four pushes
 
 
+def test_push_distances_split_starts_behind_and_in_front_of_the_ball():
+    from rlxf.algorithms.control.skillmimic import push_distances
+
+    still = type("Still", (), {"greedy": staticmethod(lambda obs: torch.zeros(obs.shape[0], 2))})()
+    scripted = push_distances({"push_up": ScriptedSkill(SKILLS["push_up"]), "push_left": still}, n_episodes=8, steps=40)
+    assert scripted["push_up"]["behind"] > 0.3 and scripted["push_up"]["front"] > 0.15  # it walks around, then pushes
+    assert scripted["push_left"] == {"behind": 0.0, "front": 0.0}  # a hand that stays put moves nothing
+
+
 def test_puck_ball_renders_off_screen(demos):
     from rlxf.tasks.render import RenderError, episode_frames
 

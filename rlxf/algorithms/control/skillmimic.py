@@ -98,6 +98,26 @@ def imitation_returns(library: dict[str, SkillPolicy], n_episodes: int = 32, see
             for i, (name, skill) in enumerate(library.items())}
 
 
+def push_distances(library: dict, n_episodes: int = 20, seed: int = 30_000, steps: int = 60) -> dict[str, dict]:
+    """Per skill, how far it pushes the ball along its direction in ``steps`` steps from composite-task
+    starts, split by whether the hand starts behind the ball (push at once) or in front (walk around
+    first): ``{"behind": mean metres, "front": mean metres}``."""
+    out = {}
+    for name, skill in library.items():
+        d, rows = np.asarray(SKILLS[name]), []
+        for i in range(n_episodes):
+            env = ComposeEnv()
+            obs, _ = env.reset(seed=seed + i)
+            start = env.sim.state()
+            for _ in range(steps):
+                obs, *_ = env.step(skill.greedy(torch.as_tensor(obs[None]))[0].numpy())
+            rows.append(((start[0:2] - start[2:4]) @ d > 0, (env.sim.state()[2:4] - start[2:4]) @ d))
+            env.close()
+        out[name] = {side: float(np.mean([m for f, m in rows if f == front]) if any(f == front for f, _ in rows)
+                                 else float("nan")) for side, front in (("behind", False), ("front", True))}
+    return out
+
+
 def train_high_level(library: dict[str, SkillPolicy], seed: int, env_steps: int, hold: int = 8) -> PPO:
     """Discrete PPO over the frozen skills on the composite task; ``env_steps`` counts low-level steps."""
     spec = functools.partial(SkillSelectEnv, library=library, hold=hold)
@@ -180,11 +200,16 @@ def main(argv=None) -> None:
         library = skill_library(seed, args.scale)
         imit = imitation_returns(library)
         if seed == args.seeds[0]:
-            ref = imitation_returns({n: ScriptedSkill(d) for n, d in SKILLS.items()})
+            scripted = {n: ScriptedSkill(d) for n, d in SKILLS.items()}
             print("the reference controller's own imitation return (32 held-out episodes per skill):",
-                  ", ".join(f"{k} {v.mean():.1f}" for k, v in ref.items()))
+                  ", ".join(f"{k} {v.mean():.1f}" for k, v in imitation_returns(scripted).items()))
+            print("the reference controller's push distances (behind / in front):",
+                  ", ".join(f"{k} {v['behind']:.2f}/{v['front']:.2f}" for k, v in push_distances(scripted).items()))
         print(f"seed {seed}: learned skills' imitation return (unified reward, 32 held-out episodes per skill):",
               ", ".join(f"{k} {v.mean():.1f}" for k, v in imit.items()))
+        print(f"seed {seed}: metres each skill pushes the ball its way in 60 steps from composite starts "
+              "(hand behind the ball / in front of it):",
+              ", ".join(f"{k} {v['behind']:.2f}/{v['front']:.2f}" for k, v in push_distances(library).items()))
         hl = train_high_level(library, seed, steps, cfg.hold)
         scratch = train_scratch(seed, steps)
         h, s = compose_success(hl.policy, library, args.episodes), compose_success(scratch.policy, None, args.episodes)
