@@ -10,7 +10,8 @@ from rlxf.objectives.control import combine_advantages, normalise_advantages
 from rlxf.policies.control import MLPCritic
 from rlxf.tasks.gym_envs import EnvError, make_env
 
-pytest.importorskip("mujoco")
+needs_mujoco = pytest.mark.skipif(__import__("importlib").util.find_spec("mujoco") is None,
+                                  reason="the optional mujoco extra is not installed")
 
 
 def test_each_term_is_normalised_on_its_own_and_combined_by_weight():
@@ -34,6 +35,7 @@ def test_one_column_is_normalised_as_ppo_always_did():
     assert torch.equal(normalise_advantages(torch.tensor([[5.0, 7.0]])), torch.tensor([[5.0, 7.0]]))  # one row: unchanged
 
 
+@needs_mujoco
 def test_reward_terms_come_from_info_and_sum_to_the_reward_also_on_episode_ends():
     env = make_env("Reacher-v5", n_envs=2, seed=0, max_episode_steps=3, reward_terms=("reward_dist", "reward_ctrl"))
     env.reset()
@@ -84,6 +86,7 @@ def test_critic_heads():
     assert v.shape == (4, 5, 2) and torch.all(v[:, 3:] == 0) and torch.all(v[:, :3] != 0)
 
 
+@needs_mujoco
 def test_multi_critic_ppo_smoke_on_reacher():
     from rlxf.algorithms.control.slim import config
     from rlxf.algorithms.control.ppo import PPO
@@ -101,6 +104,7 @@ def test_multi_critic_ppo_smoke_on_reacher():
         PPO(replace(config("reacher", "slim", seed=0), n_envs=1, term_weights=(1.0,)))
 
 
+@needs_mujoco
 def test_lab_runner_returns_held_out_returns():
     from rlxf.algorithms.control.slim import table_run
 
@@ -108,6 +112,7 @@ def test_lab_runner_returns_held_out_returns():
     assert scores.shape == (50,) and np.all(scores < 0)  # Reacher's reward is a cost
 
 
+@needs_mujoco
 @pytest.mark.slow
 @pytest.mark.long
 def test_slim_beats_one_critic_on_the_summed_reward():

@@ -8,13 +8,14 @@ reward and the hierarchical planner of the paper are not built. The baseline is 
 critic on the env's reward, which for these tasks is exactly the sum of the terms. Both are scored by
 the greedy policy's summed return on held-out episodes, at equal env steps::
 
-    python -m rlxf.algorithms.control.slim --seeds 0 1 2 --steps 40000 --plot slim.png --gif slim.gif
+    python -m rlxf.algorithms.control.slim --seeds 0 1 2 --steps 60000 --plot runs/slim/slim_reacher.png --gif runs/slim/slim_reacher.gif
 """
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -32,7 +33,7 @@ class SlimTask:
 
 TASKS = {
     # a 2-joint arm reaching a random target in 50 steps: distance to the target vs control effort
-    "reacher": SlimTask("Reacher-v5", ("reward_dist", "reward_ctrl"), 40_000),
+    "reacher": SlimTask("Reacher-v5", ("reward_dist", "reward_ctrl"), 60_000),
     # a 7-joint arm pushing a puck to a goal in 100 steps: hand to puck, puck to goal, control effort
     "pusher": SlimTask("Pusher-v5", ("reward_near", "reward_dist", "reward_ctrl"), 100_000),
 }
@@ -120,6 +121,7 @@ def main(argv=None) -> None:
         print(f"{m:>5}: held-out return {mean:.3f} +- {se:.3f}  per seed {[round(x, 3) for x in out['rows'][m]]}")
     print(f"slim - ppo: {out['diff']:.3f} +- {out['se']:.3f} (paired over seeds {args.seeds})")
     if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot_curves(out["curves"], args.plot)
         print(f"curves: {args.plot}")
     if args.gif:
