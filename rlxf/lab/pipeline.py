@@ -94,7 +94,8 @@ class Pipeline(StagedLab):
         plot_gold_vs_kl(ev["summary"], ev.get("best_of_n_curve", {}), d / "gold_vs_kl.png")
         out = [report.heading("Results on held-out prompts"),
                report.paragraph("Gold reward is the task's hidden objective (never seen by the learners); proxy is "
-                                f"the learned reward model. Gains are paired differences against the {self.start} "
+                                f"the learned reward model. Gains are paired differences against the "
+                                f"{'SFT' if self.start == 'sft' else self.start} "
                                 "policy on the same prompts (mean ± standard error)."
                                 + (" Cost counts the task's harmful words per response." if self.has_cost else "")),
                report.pre(format_table(ev["summary"])),
