@@ -36,7 +36,7 @@ XML = """
   <visual><global offwidth="320" offheight="320"/></visual>
   <worldbody>
     <light pos="0 0 3" dir="0 0 -1" directional="true"/>
-    <camera name="top" pos="0 0 1.6" xyaxes="1 0 0 0 1 0"/>
+    <camera name="top" pos="0 0 2.0" xyaxes="1 0 0 0 1 0"/>
     <geom name="table" type="plane" size="1.5 1.5 0.05" rgba="0.55 0.6 0.55 1" contype="0" conaffinity="0"/>
     <body name="goal" mocap="true" pos="0 0 0.002">
       <geom type="cylinder" size="0.08 0.002" rgba="0.2 0.8 0.2 0.5" contype="0" conaffinity="0"/>
