@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import rlxf.tasks.render  # noqa: F401  (MuJoCo's off-screen GL backend, set before any test imports mujoco)
 from rlxf.core.config import load_config
 from rlxf.lab.config import PipelineConfig
 from rlxf.tasks.hidden_pref import HiddenPreferenceTask

@@ -17,11 +17,15 @@ from typing import Callable
 import gymnasium as gym
 import numpy as np
 
+import rlxf.tasks.render  # noqa: F401  (picks MuJoCo's off-screen GL backend before any MuJoCo env is made)
+
 EnvSpec = str | Callable[[], gym.Env]
 
 # rlxf's own environments, made by id like the gymnasium ones
 if "rlxf/Reach2D-v0" not in gym.registry:  # two equally good, incompatible ways around an obstacle (reach2d.py)
     gym.register(id="rlxf/Reach2D-v0", entry_point="rlxf.tasks.reach2d:Reach2D", max_episode_steps=40)
+if "rlxf/GoalReach2D-v0" not in gym.registry:  # Reach2D with a goal per episode in the observation (BESO)
+    gym.register(id="rlxf/GoalReach2D-v0", entry_point="rlxf.tasks.reach2d:goal_reach2d", max_episode_steps=40)
 if "rlxf/ShortVideo-v0" not in gym.registry:  # a simulated user's short-video session: watch time, likes, shares
     gym.register(id="rlxf/ShortVideo-v0", entry_point="rlxf.tasks.short_video:ShortVideo")
 if "rlxf/Gamble-v0" not in gym.registry:  # luck, not the action, made the best returns (gamble.py; DoC vs RvS)

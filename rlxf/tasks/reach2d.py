@@ -72,6 +72,6 @@ def scripted_action(pos: np.ndarray, style: str, noise: float = 0.0, rng: np.ran
     return np.clip(a, -1.0, 1.0).astype(np.float32)
 
 
-if "rlxf/GoalReach2D-v0" not in gym.registry:  # registered here, so importing this module is enough to make it
-    gym.register(id="rlxf/GoalReach2D-v0", entry_point="rlxf.tasks.reach2d:Reach2D", max_episode_steps=40,
-                 kwargs={"goal_range": GOAL_RANGE})
+def goal_reach2d(**kwargs) -> Reach2D:
+    """``rlxf/GoalReach2D-v0`` (registered in :mod:`rlxf.tasks.gym_envs`): a goal per episode in ``GOAL_RANGE``."""
+    return Reach2D(goal_range=GOAL_RANGE, **kwargs)
