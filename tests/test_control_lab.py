@@ -11,7 +11,8 @@ from rlxf.lab.registry import lab_class, lab_of
 def test_control_lab_runs_and_resumes(tmp_path):
     assert lab_class(lab_of("configs/lab_control.toml")) is ControlLab
     small = [f'run.dir="{tmp_path / "lab"}"', "ppo.total_steps=2048", "eval_every=2048", 'pbrl.selections=["uniform"]',
-             "pbrl.budget=20", "offline.episodes=8", "offline.comparisons=40", "offline.bc_steps=5", "offline.cpl_steps=5"]
+             "pbrl.budget=20", "offline.episodes=8", "offline.comparisons=40", "offline.bc_steps=5", "offline.cpl_steps=5",
+             "table.methods=[]", "table.tasks=[]", "trueskill.reacher=false"]
     cfg = load_config(ControlLab.Config, "configs/lab_control.toml", small)
     logs = []
     summary = ControlLab(cfg, log=logs.append).execute()
@@ -47,7 +48,8 @@ def test_report_command_rewrites_any_labs_report_and_refuses_an_unfinished_run(t
     from rlxf.cli import main
 
     small = ["--set", f'run.dir="{tmp_path / "lab"}"', "--set", "ppo.total_steps=1024", "--set", "eval_every=1024",
-             "--set", 'pbrl.selections=["uniform"]', "--set", "pbrl.budget=10", "--set", "offline.enabled=false"]
+             "--set", 'pbrl.selections=["uniform"]', "--set", "pbrl.budget=10", "--set", "offline.enabled=false",
+             "--set", "table.methods=[]", "--set", "table.tasks=[]", "--set", "trueskill.reacher=false"]
     assert main(["run", "configs/lab_control.toml", "--quiet", *small]) == 0
     run_dir = tmp_path / "lab"
     (run_dir / "report.html").unlink()
@@ -79,11 +81,12 @@ def test_methods_by_tasks_table_runs_each_cell_per_seed_and_checks_names_first(t
     monkeypatch.setitem(control_table.METHODS, "toy", control_table.ControlMethod("toy_methods:run", ("a", "b"), "return"))
     monkeypatch.setitem(control_table.METHODS, "toy_a", control_table.ControlMethod("toy_methods:run", ("a",), "success"))
     base = [f'run.dir="{tmp_path / "lab"}"', 'pbrl.selections=[]', "offline.enabled=false", "ppo.total_steps=256",
-            "eval_every=256"]
+            "eval_every=256", "trueskill.reacher=false"]
     one = load_config(ControlLab.Config, "configs/lab_control.toml",
                       base + ['table.methods=["toy", "toy_a"]', 'table.tasks=["a", "b"]', "table.scale=0.5"])
     summary = ControlLab(one, quiet=True, log=lambda _m: None).execute()
-    assert set(summary) == {"ppo", "table_toy_a", "table_toy_b", "table_toy_a_a"}  # toy_a does not run on b
+    # toy_a does not run on b; task a has two methods, so they are also ranked by TrueSkill
+    assert set(summary) == {"ppo", "table_toy_a", "table_toy_b", "table_toy_a_a", "trueskill_a"}
     assert summary["table_toy_a"]["mean"] == 2.0 and abs(summary["table_toy_a"]["se"] - 1.0) < 1e-12  # sd sqrt2 / sqrt2
     assert summary["table_toy_b"]["scores"] == [5.0] * 3 and summary["table_toy_b"]["se"] == 0.0
     table = ControlLab.format_table(summary)
@@ -114,7 +117,7 @@ def test_lab_table_runs_the_registered_methods_that_have_no_smoke_test_of_their_
     tasks = ["goal_reach2d", "pendulum_medium_replay", "short_video", "short_video_heldout", "metaworld_reach"]
     cfg = load_config(ControlLab.Config, "configs/lab_control.toml",
                       [f'run.dir="{tmp_path / "lab"}"', 'pbrl.selections=[]', "offline.enabled=false",
-                       "ppo.total_steps=256", "eval_every=256", f"table.methods={json.dumps(methods)}",
+                       "ppo.total_steps=256", "eval_every=256", "trueskill.reacher=false", f"table.methods={json.dumps(methods)}",
                        f"table.tasks={json.dumps(tasks)}", "table.scale=0.05"])
     summary = ControlLab(cfg, quiet=True, log=lambda _m: None).execute()
     cells = {k: v for k, v in summary.items() if k.startswith("table_")}
@@ -126,3 +129,43 @@ def test_lab_table_runs_the_registered_methods_that_have_no_smoke_test_of_their_
             assert set(scores) <= {0.0, 1.0}, name
     table = ControlLab.format_table(summary)
     assert all(m in table for m in methods)
+
+
+def test_trueskill_ranks_each_table_task_and_the_reacher_agents(tmp_path, monkeypatch):
+    """BASALT-style tables in the lab: on a table task the methods are judged episode against episode on their
+    held-out scores; with error-free judges the TrueSkill order is the gold order. The Reacher protocol's stage
+    runs too (a small pool), and a bad selection rule is refused before anything is written."""
+    import pytest
+
+    from rlxf.core.config import ConfigError
+    from rlxf.lab import control_table
+
+    pytest.importorskip("mujoco")
+    (tmp_path / "ranked_methods.py").write_text(
+        "import numpy as np\n"
+        "LEVEL = {'good': 3.0, 'mid': 2.0, 'bad': 1.0}\n"
+        "def run(name):\n"
+        "    return lambda task, seed, scale: LEVEL[name] + np.random.default_rng(seed).normal(0, 0.3, 30)\n"
+        "good, mid, bad = run('good'), run('mid'), run('bad')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("good", "mid", "bad"):
+        monkeypatch.setitem(control_table.METHODS, name,
+                            control_table.ControlMethod(f"ranked_methods:{name}", ("t",), "return"))
+    base = [f'run.dir="{tmp_path / "lab"}"', 'pbrl.selections=[]', "offline.enabled=false", "ppo.total_steps=256",
+            "eval_every=256", 'table.methods=["bad", "good", "mid"]', 'table.tasks=["t"]', "trueskill.reacher=true",
+            "trueskill.episodes=6", "trueskill.matches=60", "trueskill.mistake_rate=0.0"]
+    summary = ControlLab(load_config(ControlLab.Config, "configs/lab_control.toml", base), quiet=True,
+                         log=lambda _m: None).execute()
+    ranked = summary["trueskill_t"]
+    assert [r["agent"] for r in ranked["rows"]] == ranked["gold_order"] == ["good", "mid", "bad"]
+    assert ranked["kendall_tau"] == 1.0 and ranked["games"] == 60
+    assert sum(r["games"] for r in ranked["rows"]) == 120  # two agents per game
+    reacher = summary["basalt_reacher"]
+    assert len(reacher["rows"]) == 5 and reacher["games"] == 60 and -1.0 <= reacher["kendall_tau"] <= 1.0
+    table = ControlLab.format_table(summary)
+    assert "trueskill_t: TrueSkill from 60 judged pairs" in table and "mu-3sigma" in table
+    cfg = load_config(ControlLab.Config, "configs/lab_control.toml",
+                      [f'run.dir="{tmp_path / "bad"}"'] + base[1:] + ['trueskill.selection="best"'])
+    with pytest.raises(ConfigError, match="trueskill.selection"):
+        ControlLab(cfg, quiet=True, log=lambda _m: None)
+    assert not (tmp_path / "bad").exists()

@@ -69,6 +69,26 @@ class TableSection:
 
 
 @dataclass
+class TrueSkillSection:
+    """BASALT-style ranking: simulated judges compare pairs of episodes (the same episode seed for both
+    agents) and TrueSkill rates the agents (``rlxf.lab.basalt``). ``reacher``: the Reacher-v5 protocol with
+    five agents of known quality, its judge Bradley-Terry on return (``judge_beta`` per unit, a draw below
+    ``tie_below``). Every table task with two or more methods is ranked too, from the cells' held-out
+    episodes, by a judge on scores in units of the task's pooled standard deviation (``table_beta`` per
+    unit, a draw below ``table_tie_below`` units). Each judge flips ``mistake_rate`` of its decided answers."""
+
+    reacher: bool = False
+    episodes: int = 40  # the Reacher protocol's episode pool (each agent plays every one)
+    matches: int = 150
+    selection: str = "uniform"  # or "active": BASALT's most informative pair
+    judge_beta: float = 0.2
+    tie_below: float = 2.0
+    table_beta: float = 2.0
+    table_tie_below: float = 0.1
+    mistake_rate: float = 0.1
+
+
+@dataclass
 class ControlLabConfig:
     lab: str = "control"
     run: RunSection = field(default_factory=lambda: RunSection(dir="runs/control"))
@@ -78,6 +98,7 @@ class ControlLabConfig:
     pbrl: PbRLSection = field(default_factory=PbRLSection)
     offline: OfflineSection = field(default_factory=OfflineSection)
     table: TableSection = field(default_factory=TableSection)
+    trueskill: TrueSkillSection = field(default_factory=TrueSkillSection)
 
 
 class ControlLab(StagedLab):
@@ -102,12 +123,56 @@ class ControlLab(StagedLab):
         check_cells(t.methods, t.tasks)
         if not t.seeds or t.scale <= 0:
             raise ConfigError(f"table: expected at least one seed and scale > 0, got seeds {list(t.seeds)}, scale {t.scale}")
+        ts = self.cfg.trueskill
+        if ts.selection not in ("uniform", "active"):
+            raise ConfigError(f"trueskill.selection: expected 'uniform' or 'active', got {ts.selection!r}")
+        if ts.matches < 1 or ts.episodes < 1 or not 0 <= ts.mistake_rate < 0.5 or min(ts.judge_beta, ts.table_beta) <= 0:
+            raise ConfigError(f"trueskill: expected matches >= 1, episodes >= 1, 0 <= mistake_rate < 0.5 and judge "
+                              f"betas > 0; got matches {ts.matches}, episodes {ts.episodes}, mistake_rate {ts.mistake_rate}, judge_beta {ts.judge_beta}, "
+                              f"table_beta {ts.table_beta}")
 
     def stages(self) -> list[tuple[str, Callable[[], dict]]]:
         out = [("ppo", self._ppo)] + [(f"pbrl_{rule}", lambda r=rule: self._pbrl(r)) for rule in self.cfg.pbrl.selections]
         out += [("offline", self._offline)] if self.cfg.offline.enabled else []
-        return out + [(f"table_{m}_{t}", lambda m=m, t=t: self._cell(m, t))
-                      for m, t in check_cells(self.cfg.table.methods, self.cfg.table.tasks)]
+        cells = check_cells(self.cfg.table.methods, self.cfg.table.tasks)
+        out += [(f"table_{m}_{t}", lambda m=m, t=t: self._cell(m, t)) for m, t in cells]
+        out += [("basalt_reacher", self._trueskill_reacher)] if self.cfg.trueskill.reacher else []
+        ranked = [t for t in self.cfg.table.tasks if sum(task == t for _, task in cells) >= 2]
+        return out + [(f"trueskill_{t}", lambda t=t: self._trueskill_task(t, [m for m, task in cells if task == t]))
+                      for t in ranked]
+
+    def _trueskill_reacher(self) -> dict:
+        from rlxf.lab.basalt import basalt_table
+
+        ts = self.cfg.trueskill
+        return basalt_table(ts.matches, ts.judge_beta, ts.mistake_rate, ts.tie_below, ts.selection, seed=self.seed,
+                            n_episodes=ts.episodes)
+
+    def _trueskill_task(self, task: str, methods: list[str]) -> dict:
+        """The methods of one table task ranked by simulated judges on their held-out episodes: episode i of
+        one method against episode i of another (with several seeds, seed by seed), scores divided by the
+        task's pooled standard deviation."""
+        import numpy as np
+
+        from rlxf.labelers.simulated import BPrefLabeler
+        from rlxf.lab.basalt import gold_order, kendall_tau, simulate_matches, trueskill_table
+
+        ts = self.cfg.trueskill
+        golds = {m: np.ravel(np.asarray(self.run.result(f"table_{m}_{task}")["scores"], dtype=float)) for m in methods}
+        n = min(len(g) for g in golds.values())
+        golds = {m: g[:n] for m, g in golds.items()}
+        scale = float(np.concatenate(list(golds.values())).std()) or 1.0
+        judge = BPrefLabeler(beta=ts.table_beta, mistake_rate=ts.mistake_rate, tie_below=ts.table_tie_below,
+                             seed=self.seed)
+        games = simulate_matches({m: g / scale for m, g in golds.items()}, ts.matches, judge,
+                                 selection=ts.selection, seed=self.seed)
+        rows = trueskill_table(games, agents=methods)
+        for r in rows:
+            r["gold_mean_return"] = float(golds[r["agent"]].mean())
+        gold = gold_order(golds)
+        order = [r["agent"] for r in rows]
+        return {"rows": rows, "gold_order": gold, "kendall_tau": kendall_tau(order, gold), "top1": order[0] == gold[0],
+                "games": len(games)}
 
     def _cell(self, method: str, task: str) -> dict:
         """One cell of the table: the method trained once per seed; with several seeds the standard error
@@ -205,7 +270,7 @@ class ControlLab(StagedLab):
     def format_table(summary: dict) -> str:
         lines = [f"{'stage':<20} {'env steps':>10} {'queries':>8} {'eval return':>12}"]
         for name, r in summary.items():
-            if name == "offline" or name.startswith("table_"):
+            if name == "offline" or name.startswith(("table_", "trueskill_", "basalt_")):
                 continue
             ret = "-" if r.get("eval_return") is None else f"{r['eval_return']:.1f}"
             lines.append(f"{name:<20} {r['steps']:>10} {r.get('queries', '-'):>8} {ret:>12}")
@@ -216,4 +281,10 @@ class ControlLab(StagedLab):
         cells = [r for name, r in summary.items() if name.startswith("table_")]
         if cells:
             lines += ["", "methods x tasks (mean +- standard error of held-out success or return):", format_cells(cells)]
+        for name, r in summary.items():
+            if name.startswith(("trueskill_", "basalt_")):
+                from rlxf.lab.basalt import format_table as format_ratings
+
+                lines += ["", f"{name}: TrueSkill from {r['games']} judged pairs (best first by mu - 3 sigma; "
+                              f"Kendall tau with the gold order {r['kendall_tau']:.2f})", format_ratings(r["rows"])]
         return "\n".join(lines)
