@@ -90,7 +90,9 @@ def test_methods_by_tasks_table_runs_each_cell_per_seed_and_checks_names_first(t
     assert summary["table_toy_a"]["mean"] == 2.0 and abs(summary["table_toy_a"]["se"] - 1.0) < 1e-12  # sd sqrt2 / sqrt2
     assert summary["table_toy_b"]["scores"] == [5.0] * 3 and summary["table_toy_b"]["se"] == 0.0
     table = ControlLab.format_table(summary)
-    assert "toy_a" in table and "2 +- 1" in table and "a: return" in table
+    rows = [line.split() for line in table.splitlines()]
+    assert ["a", "toy", "return", "2", "+-", "1", "2"] in rows and ["b", "toy", "return", "5", "+-", "0", "3"] in rows
+    assert ["a", "toy_a", "success", "2", "+-", "1", "2"] in rows
     seeds = load_config(ControlLab.Config, "configs/lab_control.toml",
                         [f'run.dir="{tmp_path / "lab2"}"'] + base[1:] + ['table.methods=["toy"]', 'table.tasks=["a"]',
                                                                           "table.seeds=[0, 1, 2]"])

@@ -132,17 +132,12 @@ def run_cell(method: str, task: str, seed: int, scale: float = 1.0) -> dict:
 
 
 def format_cells(cells: list[dict]) -> str:
-    """Methods down, tasks across: ``mean +- se`` (success rate or return) per cell."""
-    methods = list(dict.fromkeys(c["method"] for c in cells))
-    tasks = list(dict.fromkeys(c["task"] for c in cells))
-    by = {(c["method"], c["task"]): c for c in cells}
-    width = max(16, *(len(t) + 2 for t in tasks))
-    lines = [f"{'method':<18}" + "".join(f"{t:>{width}}" for t in tasks)]
-    for m in methods:
-        row = f"{m:<18}"
-        for t in tasks:
-            c = by.get((m, t))
-            row += f"{'-':>{width}}" if c is None else f"{c['mean']:.3g} +- {c['se']:.2g}".rjust(width)
-        lines.append(row)
-    metrics = sorted({f"{c['task']}: {c['metric']}" for c in cells})
-    return "\n".join(lines + ["(" + "; ".join(metrics) + ")"])
+    """The methods x tasks table, one row per (task, method) cell, grouped by task in the order listed:
+    ``mean +- se`` of held-out success or return, and how many scores (episodes, or seeds) are behind it."""
+    lines = [f"{'task':<24}{'method':<18}{'metric':<9}{'mean +- se':>22}{'n':>6}"]
+    for task in dict.fromkeys(c["task"] for c in cells):
+        for c in (c for c in cells if c["task"] == task):
+            n = len(c["seed_means"]) if "seed_means" in c else len(c["scores"])
+            value = f"{c['mean']:.3g} +- {c['se']:.2g}"
+            lines.append(f"{task:<24}{c['method']:<18}{c['metric']:<9}{value:>22}{n:>6}")
+    return "\n".join(lines)
