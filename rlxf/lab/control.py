@@ -240,7 +240,9 @@ class ControlLab(StagedLab):
             f"preferences under each query rule (at most {self.cfg.pbrl.budget} queries), each stopped once its greedy "
             f"20-episode mean reaches {self.cfg.target:g}; then behaviour cloning against offline CPL on a "
             "mixed-quality dataset recorded from the PPO policy (its trajectory quality TQ and state-action coverage "
-            "SACo beside them)."),
+            "SACo beside them). Then every method of the [table] section on every listed task it runs on, trained from "
+            "scratch per seed and scored on held-out episodes (mean +- standard error), and BASALT-style TrueSkill "
+            "tables: simulated judges compare same-seed episodes of two agents and TrueSkill ranks them."),
             report.pre(self.format_table(summary)),
             report.heading("Learning curves"), report.image("control_curves.png", "eval return against env steps and queries")]
 
