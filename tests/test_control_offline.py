@@ -114,3 +114,24 @@ def test_offline_cpl_from_2000_comparisons_beats_bc_on_gold_return(mixed_dataset
     cpl_ret = evaluate(cpl, "CartPole-v1", 20, deterministic=False).mean()
     assert cpl_ret > bc_ret + 50, (cpl_ret, bc_ret)
     assert [m["step"] for m in run.metrics("cpl")][-1] == 149  # it ran through the shared training loop
+
+
+def test_recorded_data_and_bc_depend_on_their_seeds_only(tmp_path):
+    """The same seed records the same episodes (the random actions come from a seeded copy of the action space,
+    not from the env's unseeded one) and BC with ``n_actions`` given starts from the same weights whatever the
+    global generator's state; another seed records other data."""
+    policy = CategoricalMLPPolicy(4, 2, 16)
+    first = record_dataset(policy, "CartPole-v1", 4, eps=(0.5, 1.0), seed=3)
+    torch.manual_seed(123)
+    np.random.seed(5)
+    again = record_dataset(policy, "CartPole-v1", 4, eps=(0.5, 1.0), seed=3)
+    other = record_dataset(policy, "CartPole-v1", 4, eps=(0.5, 1.0), seed=4)
+    assert all(torch.equal(a.actions, b.actions) for a, b in zip(first.episodes, again.episodes))
+    assert not all(torch.equal(a.actions, b.actions) for a, b in zip(first.episodes, other.episodes))
+    cfg = OfflineConfig(OptimConfig(steps=3, batch_size=8, checkpoint_every=0), hidden=16, seed=7)
+    weights = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        bc = train_bc(first, Run(tmp_path / f"bc{global_seed}", "x = 1\n"), cfg, n_actions=2)
+        weights.append(torch.cat([p.detach().flatten() for p in bc.parameters()]))
+    assert torch.equal(weights[0], weights[1])

@@ -8,6 +8,8 @@ training loop :func:`rlxf.algorithms.loop.train`, so they log to a run and resum
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +34,9 @@ class EpsilonGreedy(nn.Module):
 
     def __init__(self, policy, eps: np.ndarray, action_space, seed: int = 0):
         super().__init__()
-        self.policy, self.eps, self.space = policy, np.asarray(eps, dtype=float), action_space
+        self.policy, self.eps = policy, np.asarray(eps, dtype=float)
+        self.space = copy.deepcopy(action_space)  # its own generator, seeded: the same seed records the same data
+        self.space.seed(int(seed))
         self.rng = np.random.default_rng(seed)
 
     @torch.no_grad()
@@ -70,10 +74,12 @@ class OfflineConfig:
     smoothing: float = 0.0  # BC: weight of bc_log_barrier (discrete actions), keeping every action possible
 
 
-def _policy_for(dataset: TransitionDataset, cfg: OfflineConfig):
+def _policy_for(dataset: TransitionDataset, cfg: OfflineConfig, n_actions: int | None = None):
+    """A fresh policy for ``dataset``, initialised from ``cfg.seed`` (not from the global generator's state)."""
     torch.manual_seed(cfg.seed)
-    first = dataset.episodes[0]
-    n_actions = int(max(int(e.actions.max()) for e in dataset.episodes)) + 1 if dataset.discrete else first.actions.shape[-1]
+    if n_actions is None:
+        first = dataset.episodes[0]
+        n_actions = int(max(int(e.actions.max()) for e in dataset.episodes)) + 1 if dataset.discrete else first.actions.shape[-1]
     return make_policy(dataset.obs_shape[0], n_actions, dataset.discrete, cfg.hidden)
 
 
@@ -81,8 +87,7 @@ def train_bc(dataset: TransitionDataset, run: Run, cfg: OfflineConfig, n_actions
              stage: str = "bc", quiet: bool = True):
     """Behaviour cloning: maximise ``log pi(a|s)`` over every dataset step (plus ``cfg.smoothing`` times
     :func:`bc_log_barrier`). Returns the policy."""
-    policy = _policy_for(dataset, cfg) if n_actions is None else make_policy(
-        dataset.obs_shape[0], n_actions, dataset.discrete, cfg.hidden)
+    policy = _policy_for(dataset, cfg, n_actions)
     if cfg.smoothing and not dataset.discrete:
         raise ValueError(f"offline smoothing = {cfg.smoothing} needs discrete actions; dataset {dataset.env_id} is continuous")
     tr = dataset.transitions()
