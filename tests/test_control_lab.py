@@ -164,6 +164,8 @@ def test_trueskill_ranks_each_table_task_and_the_reacher_agents(tmp_path, monkey
     assert sum(r["games"] for r in ranked["rows"]) == 120  # two agents per game
     reacher = summary["basalt_reacher"]
     assert len(reacher["rows"]) == 5 and reacher["games"] == 60 and -1.0 <= reacher["kendall_tau"] <= 1.0
+    gif = tmp_path / "lab" / "basalt_reacher.gif"  # the top- and bottom-rated agents side by side, in the report
+    assert gif.stat().st_size > 1000 and "basalt_reacher.gif" in (tmp_path / "lab" / "report.html").read_text()
     table = ControlLab.format_table(summary)
     assert "trueskill_t: TrueSkill from 60 judged pairs" in table and "mu-3sigma" in table
     cfg = load_config(ControlLab.Config, "configs/lab_control.toml",

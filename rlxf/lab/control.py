@@ -145,8 +145,25 @@ class ControlLab(StagedLab):
         from rlxf.lab.basalt import basalt_table
 
         ts = self.cfg.trueskill
-        return basalt_table(ts.matches, ts.judge_beta, ts.mistake_rate, ts.tie_below, ts.selection, seed=self.seed,
-                            n_episodes=ts.episodes)
+        table = basalt_table(ts.matches, ts.judge_beta, ts.mistake_rate, ts.tie_below, ts.selection, seed=self.seed,
+                             n_episodes=ts.episodes)
+        self._reacher_gif(table)
+        return table
+
+    def _reacher_gif(self, table: dict) -> None:
+        """``basalt_reacher.gif``: the top- and bottom-rated agents side by side on the same episode seed
+        (what a judge of the protocol sees); skipped with a note where MuJoCo cannot render."""
+        from rlxf.lab.basalt import NOISES, TASK, reacher_agents
+        from rlxf.tasks.render import RenderError, episode_frames, side_by_side, write_gif
+
+        agents = reacher_agents(NOISES, self.seed)
+        best, worst = table["rows"][0]["agent"], table["rows"][-1]["agent"]
+        try:
+            clips = [episode_frames(agents[a], TASK, seed=self.seed, max_steps=50, every=2)[0] for a in (best, worst)]
+        except RenderError as e:
+            self.log(f"[basalt_reacher] no GIF: {e}")
+            return
+        write_gif(side_by_side(*clips), self.run.dir / "basalt_reacher.gif", fps=15)
 
     def _trueskill_task(self, task: str, methods: list[str]) -> dict:
         """The methods of one table task ranked by simulated judges on their held-out episodes: episode i of
@@ -244,7 +261,10 @@ class ControlLab(StagedLab):
             "scratch per seed and scored on held-out episodes (mean +- standard error), and BASALT-style TrueSkill "
             "tables: simulated judges compare same-seed episodes of two agents and TrueSkill ranks them."),
             report.pre(self.format_table(summary)),
-            report.heading("Learning curves"), report.image("control_curves.png", "eval return against env steps and queries")]
+            report.heading("Learning curves"), report.image("control_curves.png", "eval return against env steps and queries")
+        ] + ([report.heading("BASALT protocol: the top- and bottom-rated Reacher agents, same episode"),
+              report.image("basalt_reacher.gif", "top-rated agent (left) and bottom-rated agent (right)")]
+             if (self.run.dir / "basalt_reacher.gif").is_file() else [])
 
     def _plot_curves(self, summary: dict) -> None:
         fig, (by_steps, by_queries) = report.plt.subplots(1, 2, figsize=(11, 4))
